@@ -1,0 +1,186 @@
+#include "analysis/cpu/luma_ops.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "opencv2/core.hpp"
+#include "opencv2/imgproc.hpp"
+
+namespace framepipe::cpu {
+namespace {
+
+inline int Reflect101(int i, int n) {
+  if (n == 1) return 0;
+  if (i < 0) return -i;
+  if (i >= n) return 2 * n - 2 - i;
+  return i;
+}
+
+// Four interleaved sub-histograms hide the store-to-load dependency of repeated bins.
+void HistRow(const uint8_t* p, int n, uint32_t h[4][256]) {
+  int x = 0;
+  for (; x + 8 <= n; x += 8) {
+    uint64_t v;
+    std::memcpy(&v, p + x, 8);
+    ++h[0][v & 0xFF];
+    ++h[1][(v >> 8) & 0xFF];
+    ++h[2][(v >> 16) & 0xFF];
+    ++h[3][(v >> 24) & 0xFF];
+    ++h[0][(v >> 32) & 0xFF];
+    ++h[1][(v >> 40) & 0xFF];
+    ++h[2][(v >> 48) & 0xFF];
+    ++h[3][v >> 56];
+  }
+  for (; x < n; ++x) ++h[0][p[x]];
+}
+
+void MergeHist(uint32_t h[4][256], uint32_t out[256]) {
+  for (int i = 0; i < 256; ++i) out[i] += h[0][i] + h[1][i] + h[2][i] + h[3][i];
+}
+
+// Sums for one interior run x in [1, w-1) of a row; all arithmetic in 32-bit lanes so the
+// compiler vectorises it. Chunks of <= 4096 pixels keep the squared sum inside uint32.
+inline void InteriorRun(const uint8_t* up, const uint8_t* c, const uint8_t* dn, int x0, int x1,
+                        GradientSums* s) {
+  for (int base = x0; base < x1; base += 4096) {
+    const int end = std::min(x1, base + 4096);
+    int32_t sum = 0;
+    uint32_t sq = 0;
+    int32_t edges = 0;
+    for (int x = base; x < end; ++x) {
+      const int32_t l = c[x - 1], r = c[x + 1], u = up[x], d = dn[x];
+      const int32_t lap = u + d + l + r - 4 * static_cast<int32_t>(c[x]);
+      const int32_t gx = (up[x + 1] - up[x - 1]) + 2 * (r - l) + (dn[x + 1] - dn[x - 1]);
+      const int32_t gy = (dn[x - 1] + 2 * d + dn[x + 1]) - (up[x - 1] + 2 * u + up[x + 1]);
+      sum += lap;
+      sq += static_cast<uint32_t>(lap * lap);
+      edges += (gx * gx + gy * gy) > 4096 ? 1 : 0;
+    }
+    s->lap_sum += sum;
+    s->lap_sq_sum += sq;
+    s->edge_count += static_cast<uint64_t>(edges);
+  }
+}
+
+inline void BorderPixel(const uint8_t* up, const uint8_t* c, const uint8_t* dn, int x, int w,
+                        GradientSums* s) {
+  const int xl = Reflect101(x - 1, w), xr = Reflect101(x + 1, w);
+  const int32_t lap = up[x] + dn[x] + c[xl] + c[xr] - 4 * static_cast<int32_t>(c[x]);
+  const int32_t gx = (up[xr] + 2 * c[xr] + dn[xr]) - (up[xl] + 2 * c[xl] + dn[xl]);
+  const int32_t gy = (dn[xl] + 2 * dn[x] + dn[xr]) - (up[xl] + 2 * up[x] + up[xr]);
+  s->lap_sum += lap;
+  s->lap_sq_sum += static_cast<uint64_t>(lap * lap);
+  s->edge_count += (gx * gx + gy * gy) > 4096 ? 1 : 0;
+}
+
+}  // namespace
+
+void LumaAndHistogram(const Image& src, int y0, int y1, Image* luma, uint32_t hist[256]) {
+  if (y1 <= y0) return;
+  const int w = src.width();
+  const int rows = y1 - y0;
+  uint8_t* dst = luma->mutable_row(y0);
+  if (src.format() == PixelFormat::kGray8) {
+    for (int y = y0; y < y1; ++y) std::memcpy(luma->mutable_row(y), src.row(y), w);
+  } else {
+    cv::Mat in(rows, w, CV_8UC3, const_cast<uint8_t*>(src.row(y0)), src.stride());
+    cv::Mat out(rows, w, CV_8UC1, dst, luma->stride());
+    cv::cvtColor(in, out,
+                 src.format() == PixelFormat::kRgb8 ? cv::COLOR_RGB2GRAY : cv::COLOR_BGR2GRAY);
+  }
+  Histogram(*luma, y0, y1, hist);
+}
+
+void Histogram(const Image& gray, int y0, int y1, uint32_t hist[256]) {
+  alignas(64) uint32_t h[4][256];
+  std::memset(h, 0, sizeof(h));
+  for (int y = y0; y < y1; ++y) HistRow(gray.row(y), gray.width(), h);
+  MergeHist(h, hist);
+}
+
+GradientSums Gradients(const Image& luma, int y0, int y1) {
+  GradientSums s;
+  const int w = luma.width(), h = luma.height();
+  for (int y = y0; y < y1; ++y) {
+    const uint8_t* up = luma.row(Reflect101(y - 1, h));
+    const uint8_t* c = luma.row(y);
+    const uint8_t* dn = luma.row(Reflect101(y + 1, h));
+    BorderPixel(up, c, dn, 0, w, &s);
+    if (w > 1) {
+      InteriorRun(up, c, dn, 1, w - 1, &s);
+      BorderPixel(up, c, dn, w - 1, w, &s);
+    }
+  }
+  return s;
+}
+
+void Thumbnail(const Image& luma, int l0, int l1, uint8_t out[kThumbnailBytes]) {
+  const int w = luma.width(), h = luma.height();
+  constexpr int64_t kT = kThumbnailSize;
+  // Output column j covers source x in [j*w/64, (j+1)*w/64); in units of 1/64 source pixel the
+  // boundaries are the integers j*w, so every overlap weight is an integer.
+  std::vector<int32_t> col_begin(kT + 1);
+  std::vector<int32_t> src_x;
+  std::vector<uint32_t> wx;
+  src_x.reserve(static_cast<size_t>(w) + 2 * kT);
+  wx.reserve(static_cast<size_t>(w) + 2 * kT);
+  for (int64_t j = 0; j < kT; ++j) {
+    col_begin[j] = static_cast<int32_t>(src_x.size());
+    const int64_t lo = j * w, hi = (j + 1) * w;
+    for (int64_t i = lo / kT; i * kT < hi; ++i) {
+      const int64_t ov = std::min(i * kT + kT, hi) - std::max(i * kT, lo);
+      if (ov > 0) {
+        src_x.push_back(static_cast<int32_t>(i));
+        wx.push_back(static_cast<uint32_t>(ov));
+      }
+    }
+  }
+  col_begin[kT] = static_cast<int32_t>(src_x.size());
+  const uint64_t area = static_cast<uint64_t>(w) * static_cast<uint64_t>(h);
+  uint32_t colsum[kThumbnailSize];
+  uint64_t acc[kThumbnailSize];
+  for (int64_t l = l0; l < l1; ++l) {
+    std::fill(acc, acc + kT, 0);
+    const int64_t lo = l * h, hi = (l + 1) * h;
+    for (int64_t k = lo / kT; k * kT < hi; ++k) {
+      const int64_t wy = std::min(k * kT + kT, hi) - std::max(k * kT, lo);
+      if (wy <= 0) continue;
+      const uint8_t* row = luma.row(static_cast<int>(k));
+      for (int j = 0; j < kT; ++j) {
+        uint32_t s = 0;
+        for (int32_t t = col_begin[j]; t < col_begin[j + 1]; ++t) s += wx[t] * row[src_x[t]];
+        colsum[j] = s;
+      }
+      for (int j = 0; j < kT; ++j) acc[j] += static_cast<uint64_t>(wy) * colsum[j];
+    }
+    for (int j = 0; j < kT; ++j) {
+      out[l * kT + j] = static_cast<uint8_t>((acc[j] + area / 2) / area);
+    }
+  }
+}
+
+void StatsFromHistogram(const uint32_t hist[256], uint64_t n, double* mean, double* stddev) {
+  if (n == 0) {
+    *mean = *stddev = 0;
+    return;
+  }
+  unsigned __int128 s1 = 0, s2 = 0;
+  for (int i = 0; i < 256; ++i) {
+    s1 += static_cast<unsigned __int128>(i) * hist[i];
+    s2 += static_cast<unsigned __int128>(i * i) * hist[i];
+  }
+  *mean = static_cast<double>(s1) / static_cast<double>(n);
+  const unsigned __int128 num = s2 * n - s1 * s1;  // n^2 * variance, exact and >= 0
+  *stddev = std::sqrt(static_cast<double>(num)) / static_cast<double>(n);
+}
+
+double VarianceFromSums(int64_t sum, uint64_t sq_sum, uint64_t n) {
+  if (n == 0) return 0;
+  const __int128 num = static_cast<__int128>(sq_sum) * static_cast<__int128>(n) -
+                       static_cast<__int128>(sum) * static_cast<__int128>(sum);
+  return static_cast<double>(num) / (static_cast<double>(n) * static_cast<double>(n));
+}
+
+}  // namespace framepipe::cpu

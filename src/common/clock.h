@@ -1,0 +1,33 @@
+// One monotonic clock for every timing point, so per-frame Timings and the Prometheus
+// histograms measure the same intervals.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+
+namespace framepipe {
+
+using Clock = std::chrono::steady_clock;
+using TimePoint = Clock::time_point;
+
+inline TimePoint Now() { return Clock::now(); }
+
+// Microseconds from `from` to `to`, clamped at 0.
+inline uint64_t MicrosBetween(TimePoint from, TimePoint to) {
+  auto d = std::chrono::duration_cast<std::chrono::microseconds>(to - from).count();
+  return d > 0 ? static_cast<uint64_t>(d) : 0;
+}
+
+inline double SecondsBetween(TimePoint from, TimePoint to) {
+  double s = std::chrono::duration<double>(to - from).count();
+  return s > 0 ? s : 0.0;
+}
+
+// Wall clock in microseconds since the Unix epoch (the unit of capture_time_us).
+inline int64_t WallMicros() {
+  return std::chrono::duration_cast<std::chrono::microseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+}  // namespace framepipe

@@ -1,0 +1,366 @@
+#include "pipeline/internal/core.h"
+
+#include <algorithm>
+#include <exception>
+#include <shared_mutex>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "oneapi/tbb/flow_graph.h"
+#include "oneapi/tbb/global_control.h"
+#include "oneapi/tbb/task_arena.h"
+#include "pipeline/internal/stream_state.h"
+
+namespace framepipe::internal {
+
+namespace flow = oneapi::tbb::flow;
+
+namespace {
+constexpr const char* kStageNames[3] = {"decode", "analyse", "enrich"};
+// The deadline timer never rescans more often than this: deadlines are met to within it.
+constexpr auto kTimerSlack = std::chrono::milliseconds(1);
+
+int64_t ToNanos(TimePoint t) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
+}
+}  // namespace
+
+// The oneTBB objects. The graph is built inside `arena`, so all its tasks run on the arena's
+// `workers` threads; producers outside the arena only enqueue messages (try_put never blocks:
+// the function_nodes buffer what they cannot start yet, and credits bound those buffers).
+class Graph {
+ public:
+  explicit Graph(int workers)
+      // The process-wide worker pool is sized to hardware threads - 1 by default, which would
+      // leave an arena of `workers` threads short of one thread when nobody joins it.
+      : parallelism_(oneapi::tbb::global_control::max_allowed_parallelism,
+                     std::max<size_t>(oneapi::tbb::global_control::active_value(
+                                          oneapi::tbb::global_control::max_allowed_parallelism),
+                                      static_cast<size_t>(workers) + 1)),
+        arena_(workers, /*reserved_for_masters=*/0) {}
+
+  void Build(Core* core, int workers) {
+    arena_.execute([&] {
+      graph_ = std::make_unique<flow::graph>();
+      for (int stage = 0; stage < 3; ++stage) {
+        stages_[stage] = std::make_unique<flow::function_node<JobPtr, JobPtr>>(
+            *graph_, static_cast<size_t>(workers), [core, stage](const JobPtr& job) {
+              core->RunStage(job, stage);
+              return job;
+            });
+      }
+      finish_ = std::make_unique<flow::function_node<JobPtr>>(
+          *graph_, flow::unlimited, [core](const JobPtr& job) {
+            core->Finish(job);
+            return flow::continue_msg();
+          });
+      flow::make_edge(*stages_[0], *stages_[1]);
+      flow::make_edge(*stages_[1], *stages_[2]);
+      flow::make_edge(*stages_[2], *finish_);
+    });
+  }
+
+  bool Put(JobPtr job) {
+    std::shared_lock<std::shared_mutex> lock(mu_);
+    if (!graph_) return false;
+    stages_[0]->try_put(std::move(job));
+    return true;
+  }
+
+  // Waits for every message in the graph, then tears it down; later Put() calls fail.
+  void Shutdown() {
+    std::unique_lock<std::shared_mutex> lock(mu_);
+    if (!graph_) return;
+    graph_->wait_for_all();
+    finish_.reset();
+    for (auto& s : stages_) s.reset();
+    graph_.reset();
+  }
+
+ private:
+  oneapi::tbb::global_control parallelism_;
+  oneapi::tbb::task_arena arena_;
+  std::shared_mutex mu_;
+  std::unique_ptr<flow::graph> graph_;
+  std::unique_ptr<flow::function_node<JobPtr, JobPtr>> stages_[3];
+  std::unique_ptr<flow::function_node<JobPtr>> finish_;
+};
+
+Core::Core(const PipelineOptions& options, Stages stages)
+    : options_(options), stages_(std::move(stages)) {
+  workers_ = options_.workers > 0 ? options_.workers
+                                  : std::max(1u, std::thread::hardware_concurrency());
+}
+
+Core::~Core() {
+  {
+    std::lock_guard<std::mutex> lock(timer_mu_);
+    timer_exit_ = true;
+  }
+  timer_cv_.notify_all();
+  if (timer_.joinable()) timer_.join();
+  if (graph_) graph_->Shutdown();
+}
+
+absl::Status Core::Start() {
+  if (!stages_.decode || !stages_.analyse || !stages_.enrich) {
+    return absl::InvalidArgumentError("pipeline needs decode, analyse and enrich stages");
+  }
+  if (options_.global_max_in_flight == 0) {
+    return absl::InvalidArgumentError("global_max_in_flight must be at least 1");
+  }
+  graph_ = std::make_unique<Graph>(workers_);
+  graph_->Build(this, workers_);
+  if (options_.ordered) timer_ = std::thread([this] { TimerLoop(); });
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::shared_ptr<StreamState>> Core::OpenStream(StreamOptions options) {
+  if (options.max_in_flight == 0 || options.max_in_flight > 65536) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_in_flight must be between 1 and 65536, got ", options.max_in_flight));
+  }
+  if (options.frame_timeout.count() < 0) {
+    return absl::InvalidArgumentError("frame_timeout must not be negative");
+  }
+  if (!options_.ordered &&
+      (options.overload == OverloadPolicy::kDropOldest || options.frame_timeout.count() > 0)) {
+    return absl::InvalidArgumentError(
+        "an unordered pipeline supports neither DROP_OLDEST nor frame deadlines");
+  }
+  OrderedFn ordered;
+  if (options_.ordered && stages_.ordered) ordered = stages_.ordered();
+  std::lock_guard<std::mutex> lock(registry_mu_);
+  if (stopping()) return absl::FailedPreconditionError("pipeline is stopping");
+  auto state = std::make_shared<StreamState>(shared_from_this(), std::move(options),
+                                             std::move(ordered));
+  streams_.emplace(state.get(), state);
+  if (state->has_timeout()) ++timed_streams_;
+  return state;
+}
+
+void Core::Unregister(StreamState* stream) {
+  {
+    std::lock_guard<std::mutex> lock(registry_mu_);
+    streams_.erase(stream);
+    if (stream->has_timeout()) --timed_streams_;
+  }
+  progress_cv_.notify_all();
+}
+
+std::vector<std::shared_ptr<StreamState>> Core::SnapshotStreams() {
+  std::vector<std::shared_ptr<StreamState>> out;
+  std::lock_guard<std::mutex> lock(registry_mu_);
+  out.reserve(streams_.size());
+  for (auto& [ptr, weak] : streams_) {
+    if (auto s = weak.lock()) out.push_back(std::move(s));
+  }
+  return out;
+}
+
+void Core::NotifyStreamProgress() {
+  { std::lock_guard<std::mutex> lock(registry_mu_); }
+  progress_cv_.notify_all();
+}
+
+void Core::Submit(JobPtr job) {
+  if (!graph_ || !graph_->Put(job)) {
+    // Only after Stop() tore the graph down, by which time every stream was closed and
+    // cancelled: nobody waits for this frame's result.
+    job->state.store(kCancelled, std::memory_order_release);
+  }
+}
+
+bool Core::TryAcquireGlobal(uint64_t cost_bytes, StreamState* stream) {
+  std::lock_guard<std::mutex> lock(global_mu_);
+  const bool bytes_ok = options_.global_max_bytes == 0 || global_bytes_ == 0 ||
+                        global_bytes_ + cost_bytes <= options_.global_max_bytes;
+  if (global_credits_ < options_.global_max_in_flight && bytes_ok) {
+    ++global_credits_;
+    global_peak_ = std::max(global_peak_, global_credits_);
+    global_bytes_ += cost_bytes;
+    return true;
+  }
+  if (!stream->in_global_waiters) {
+    stream->in_global_waiters = true;
+    global_waiters_.push_back(stream->weak_from_this());
+  }
+  return false;
+}
+
+void Core::ReleaseGlobal(uint32_t credits, uint64_t bytes) {
+  {
+    std::lock_guard<std::mutex> lock(global_mu_);
+    global_credits_ -= credits;
+    global_bytes_ -= bytes;
+    if (global_waiters_.empty()) return;
+  }
+  // Wake as many waiting streams as units came back (at least one for a bytes-only release);
+  // a woken stream that no longer waits passes the wake-up on to the next.
+  uint32_t wakes = std::max<uint32_t>(credits, 1);
+  while (wakes > 0) {
+    std::shared_ptr<StreamState> s;
+    {
+      std::lock_guard<std::mutex> lock(global_mu_);
+      while (!s && !global_waiters_.empty()) {
+        s = global_waiters_.front().lock();
+        global_waiters_.pop_front();
+        if (s) s->in_global_waiters = false;
+      }
+    }
+    if (!s) return;
+    if (s->NotifyCredit()) --wakes;
+  }
+}
+
+void Core::PokeTimer(TimePoint deadline) {
+  if (ToNanos(deadline) >= timer_next_wake_ns_.load(std::memory_order_acquire)) return;
+  {
+    std::lock_guard<std::mutex> lock(timer_mu_);
+    ++timer_pokes_;
+  }
+  timer_cv_.notify_one();
+}
+
+void Core::TimerLoop() {
+  std::unique_lock<std::mutex> lock(timer_mu_);
+  while (!timer_exit_) {
+    const uint64_t pokes = timer_pokes_;
+    // While scanning, any new deadline pokes us (it may belong to a stream already scanned).
+    timer_next_wake_ns_.store(INT64_MIN, std::memory_order_release);
+    lock.unlock();
+    const TimePoint now = Now();
+    TimePoint next = TimePoint::max();
+    for (auto& s : SnapshotStreams()) {
+      if (s->has_timeout()) next = std::min(next, s->CheckDeadlines(now));
+    }
+    lock.lock();
+    if (timer_exit_) break;
+    if (timer_pokes_ != pokes) continue;
+    if (next == TimePoint::max()) {
+      timer_next_wake_ns_.store(INT64_MAX, std::memory_order_release);
+      timer_cv_.wait(lock, [&] { return timer_exit_ || timer_pokes_ != pokes; });
+    } else {
+      next = std::max(next, now + kTimerSlack);
+      timer_next_wake_ns_.store(ToNanos(next), std::memory_order_release);
+      timer_cv_.wait_until(lock, next, [&] { return timer_exit_ || timer_pokes_ != pokes; });
+    }
+  }
+}
+
+void Core::RunStage(const JobPtr& job, int stage) {
+  Job& j = *job;
+  if (stage == 0) {
+    int expected = kQueued;
+    if (!j.state.compare_exchange_strong(expected, kRunning, std::memory_order_acq_rel)) return;
+  } else if (j.state.load(std::memory_order_acquire) != kRunning) {
+    return;
+  }
+  if (j.failed) return;
+  const TimePoint start = Now();
+  if (j.has_deadline() && start > j.deadline) {
+    int expected = kRunning;
+    if (j.state.compare_exchange_strong(expected, kExpired, std::memory_order_acq_rel)) {
+      j.stream->OnJobExpired(job, kStageNames[stage]);
+    }
+    return;
+  }
+  absl::Status st;
+  if (stage == 0 && !j.ctx.input.rejection.ok()) {
+    st = j.ctx.input.rejection;
+  } else {
+    const StageFn& fn =
+        stage == 0 ? stages_.decode : (stage == 1 ? stages_.analyse : stages_.enrich);
+    try {
+      st = fn(j.ctx);
+    } catch (const std::exception& e) {
+      st = absl::InternalError(absl::StrCat("threw an exception: ", e.what()));
+    } catch (...) {
+      st = absl::InternalError("threw an exception of unknown type");
+    }
+  }
+  j.last_end = Now();
+  j.stage_us[stage] = MicrosBetween(start, j.last_end);
+  if (!st.ok()) {
+    j.failed = true;
+    FrameResult& r = *j.ctx.result;
+    r.status = FrameStatusFromCode(st.code());
+    if (r.status == FrameStatus::kInternal) {
+      r.error = absl::StrCat("frame seq=", j.ctx.input.seq, ": ", kStageNames[stage],
+                             " stage failed: ", st.message());
+    } else {
+      r.error = absl::StrCat("frame seq=", j.ctx.input.seq, ": ", st.message());
+    }
+    r.analysis = Analysis{};
+    r.enrichment = Enrichment{};
+  }
+}
+
+void Core::Finish(const JobPtr& job) {
+  Job& j = *job;
+  int expected = kRunning;
+  if (!j.state.compare_exchange_strong(expected, kDone, std::memory_order_acq_rel)) return;
+  // The frame's buffers are no longer needed; free them before the result waits for order.
+  j.ctx.image = Image();
+  j.ctx.luma = Image();
+  std::string().swap(j.ctx.input.data);
+  if (options_.ordered) {
+    j.stream->OnJobDone(job);
+  } else {
+    j.stream->DeliverUnordered(job);
+  }
+}
+
+bool Core::Stop(std::chrono::milliseconds drain_timeout) {
+  std::lock_guard<std::mutex> stop_lock(stop_mu_);
+  if (stopped_.load()) return true;
+  {
+    std::lock_guard<std::mutex> lock(registry_mu_);
+    stopping_.store(true, std::memory_order_release);
+  }
+  auto streams = SnapshotStreams();
+  for (auto& s : streams) s->Close();
+  const TimePoint deadline = Now() + drain_timeout;
+  bool drained;
+  {
+    std::unique_lock<std::mutex> lock(registry_mu_);
+    drained = progress_cv_.wait_until(lock, deadline, [&] {
+      return std::all_of(streams.begin(), streams.end(),
+                         [](const std::shared_ptr<StreamState>& s) { return s->complete(); });
+    });
+  }
+  for (auto& s : streams) s->Cancel();
+  streams.clear();
+  {
+    std::lock_guard<std::mutex> lock(timer_mu_);
+    timer_exit_ = true;
+  }
+  timer_cv_.notify_all();
+  if (timer_.joinable()) timer_.join();
+  if (graph_) graph_->Shutdown();
+  stopped_.store(true);
+  return drained;
+}
+
+PipelineCounters Core::counters() const {
+  PipelineCounters c;
+  c.admitted = admitted.load(std::memory_order_relaxed);
+  c.delivered = delivered.load(std::memory_order_relaxed);
+  c.reorder_depth = reorder_depth.load(std::memory_order_relaxed);
+  for (int i = 0; i < kFrameStatusCount; ++i) {
+    c.by_status[i] = by_status[i].load(std::memory_order_relaxed);
+  }
+  {
+    std::lock_guard<std::mutex> lock(global_mu_);
+    c.in_flight = global_credits_;
+    c.peak_in_flight = global_peak_;
+    c.bytes_in_flight = global_bytes_;
+  }
+  {
+    std::lock_guard<std::mutex> lock(const_cast<std::mutex&>(registry_mu_));
+    c.active_streams = static_cast<uint32_t>(streams_.size());
+  }
+  return c;
+}
+
+}  // namespace framepipe::internal

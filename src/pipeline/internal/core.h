@@ -1,0 +1,98 @@
+// Core: the shared part of a Pipeline - the oneTBB arena and flow graph, the global credit and
+// byte budget with its FIFO of waiting streams, the stream registry and the deadline timer.
+// Streams keep the Core alive (shared_ptr), so a Credit released after the Pipeline was
+// destroyed still finds valid counters; the graph itself is torn down by Stop().
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "common/clock.h"
+#include "pipeline/internal/job.h"
+#include "pipeline/pipeline.h"
+
+namespace framepipe::internal {
+
+class Graph;  // the oneTBB objects, kept out of this header
+
+class Core : public std::enable_shared_from_this<Core> {
+ public:
+  Core(const PipelineOptions& options, Stages stages);
+  ~Core();
+
+  absl::Status Start();
+  absl::StatusOr<std::shared_ptr<StreamState>> OpenStream(StreamOptions options);
+  bool Stop(std::chrono::milliseconds drain_timeout);
+
+  // Hands an admitted job to the graph.
+  void Submit(JobPtr job);
+  bool stopping() const { return stopping_.load(std::memory_order_acquire); }
+
+  // Global budget. TryAcquire registers `stream` as a waiter when it fails.
+  bool TryAcquireGlobal(uint64_t cost_bytes, StreamState* stream);
+  void ReleaseGlobal(uint32_t credits, uint64_t bytes);
+
+  // Deadline timer: a stream admitted a frame with this deadline.
+  void PokeTimer(TimePoint deadline);
+
+  void Unregister(StreamState* stream);
+  void NotifyStreamProgress();  // a stream completed or was cancelled (wakes Stop)
+
+  // Stage bodies, run on the graph's threads.
+  void RunStage(const JobPtr& job, int stage);
+  void Finish(const JobPtr& job);
+
+  const PipelineOptions& options() const { return options_; }
+  const Stages& stages() const { return stages_; }
+  PipelineObserver* observer() const { return options_.observer; }
+  PipelineCounters counters() const;
+  int workers() const { return workers_; }
+
+  // Counters written by streams.
+  std::atomic<uint64_t> admitted{0};
+  std::atomic<uint64_t> delivered{0};
+  std::atomic<uint32_t> reorder_depth{0};
+  std::atomic<uint64_t> by_status[kFrameStatusCount] = {};
+
+ private:
+  void TimerLoop();
+  std::vector<std::shared_ptr<StreamState>> SnapshotStreams();
+
+  const PipelineOptions options_;
+  const Stages stages_;
+  int workers_ = 1;
+  std::unique_ptr<Graph> graph_;
+  std::atomic<bool> stopping_{false};
+  std::atomic<bool> stopped_{false};
+  std::mutex stop_mu_;  // serialises Stop()
+
+  // Global budget.
+  mutable std::mutex global_mu_;
+  uint64_t global_credits_ = 0;
+  uint64_t global_peak_ = 0;
+  uint64_t global_bytes_ = 0;
+  std::deque<std::weak_ptr<StreamState>> global_waiters_;
+
+  // Registry (for Stop and the timer).
+  std::mutex registry_mu_;
+  std::condition_variable progress_cv_;
+  std::unordered_map<StreamState*, std::weak_ptr<StreamState>> streams_;
+  uint32_t timed_streams_ = 0;
+
+  // Deadline timer.
+  std::mutex timer_mu_;
+  std::condition_variable timer_cv_;
+  bool timer_exit_ = false;
+  uint64_t timer_pokes_ = 0;
+  std::atomic<int64_t> timer_next_wake_ns_{INT64_MAX};
+  std::thread timer_;
+};
+
+}  // namespace framepipe::internal

@@ -1,0 +1,88 @@
+// Pipeline: the ordered, bounded oneTBB flow graph every frame goes through.
+//
+//   admission (credits) -> decode -> analyse -> enrich      (function_nodes, concurrency=workers)
+//                       -> per-stream resequencer -> ordered temporal stage -> stream output
+//
+// Many streams share one graph. Each stream's results leave in admission order, exactly one
+// per admitted frame; a slow or failed frame of one stream never holds back another's results.
+// Memory is bounded by credits: per-stream max_in_flight and a global count/byte budget.
+//
+// Thread rules: all methods are thread-safe. Stage bodies run on the pipeline's own oneTBB
+// arena (`workers` threads).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "pipeline/stage.h"
+#include "pipeline/stream.h"
+
+namespace framepipe {
+
+namespace internal {
+class Core;
+}
+
+// Hooks for metrics. Called on pipeline threads, concurrently; implementations must be cheap
+// and thread-safe (no per-frame global locks).
+class PipelineObserver {
+ public:
+  virtual ~PipelineObserver() = default;
+  virtual void OnAdmitted(const StreamOptions& /*stream*/) {}
+  // A result handed to a stream's output, timings filled in.
+  virtual void OnDelivered(const FrameResult& /*result*/) {}
+  // A credit came back (the consumer finished with a result, or a cancelled frame was dropped).
+  virtual void OnCreditReturned() {}
+  // A result entered a stream's reorder buffer, which then held `depth` results (>= 1).
+  virtual void OnReorderInsert(uint32_t /*depth*/) {}
+  virtual void OnReorderRemove() {}
+};
+
+struct PipelineOptions {
+  int workers = 0;                        // 0 = hardware threads
+  uint32_t global_max_in_flight = 1024;   // credits across all streams
+  uint64_t global_max_bytes = 0;          // 0 = no byte budget
+  bool ordered = true;  // false: results leave in completion order (benchmarks only; no
+                        // resequencer, no temporal stage, no deadlines, no DROP_OLDEST)
+  PipelineObserver* observer = nullptr;   // not owned; outlives the pipeline
+};
+
+struct PipelineCounters {
+  uint64_t admitted = 0;
+  uint64_t delivered = 0;
+  uint64_t in_flight = 0;       // credits held
+  uint64_t peak_in_flight = 0;  // highest in_flight seen
+  uint64_t bytes_in_flight = 0;
+  uint32_t active_streams = 0;
+  uint32_t reorder_depth = 0;   // results waiting in reorder buffers
+  uint64_t by_status[kFrameStatusCount] = {};
+};
+
+class Pipeline {
+ public:
+  static absl::StatusOr<std::unique_ptr<Pipeline>> Create(const PipelineOptions& options,
+                                                          Stages stages);
+  // Stops (bounded by 5 s) if Stop was not called.
+  ~Pipeline();
+  Pipeline(const Pipeline&) = delete;
+  Pipeline& operator=(const Pipeline&) = delete;
+
+  // Fails with FailedPrecondition while stopping, InvalidArgument on bad options.
+  absl::StatusOr<std::unique_ptr<Stream>> OpenStream(StreamOptions options);
+
+  // Closes every stream, waits up to `drain_timeout` for admitted frames to be delivered,
+  // cancels what is left, and waits for the graph to go idle. Returns true if everything
+  // drained in time. Idempotent.
+  bool Stop(std::chrono::milliseconds drain_timeout);
+
+  PipelineCounters counters() const;
+  int workers() const;
+
+ private:
+  explicit Pipeline(std::shared_ptr<internal::Core> core);
+  std::shared_ptr<internal::Core> core_;
+};
+
+}  // namespace framepipe

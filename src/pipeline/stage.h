@@ -1,0 +1,43 @@
+// The stage callables a Pipeline runs. Stages are plain std::functions so tests can inject
+// fakes; the standard ones (decode, analyse, enrich, temporal) are built by standard_stages.h.
+#pragma once
+
+#include <functional>
+#include <memory>
+
+#include "absl/status/status.h"
+#include "common/frame.h"
+#include "common/image.h"
+
+namespace framepipe {
+
+// One frame's working state while it moves through the stages. Owned by the pipeline; a stage
+// reads what earlier stages wrote and writes its own part. Exactly one stage body touches a
+// context at a time.
+struct FrameContext {
+  FrameInput input;
+  Image image;  // written by decode
+  Image luma;   // written by analyse (BT.601 luma plane; enrichment reuses it)
+  std::unique_ptr<FrameResult> result = std::make_unique<FrameResult>();
+};
+
+// A parallel stage: decode, analyse or enrich. Returns a non-OK status to fail the frame
+// (InvalidArgument -> INVALID_ARGUMENT, DeadlineExceeded -> DEADLINE_EXCEEDED, anything else ->
+// INTERNAL). Exceptions are caught at the node boundary and become INTERNAL. Called
+// concurrently for different frames.
+using StageFn = std::function<absl::Status(FrameContext&)>;
+
+// The ordered temporal stage of one stream: called for every result of the stream (OK or not)
+// in frame order, one call at a time, before the result is handed to the stream's output.
+using OrderedFn = std::function<void(FrameResult&)>;
+// Makes the ordered stage of a new stream (each stream has its own state).
+using OrderedStageFactory = std::function<OrderedFn()>;
+
+struct Stages {
+  StageFn decode;
+  StageFn analyse;
+  StageFn enrich;
+  OrderedStageFactory ordered;  // may be empty: no temporal stage
+};
+
+}  // namespace framepipe
