@@ -1,0 +1,217 @@
+// framepipe: one binary - `serve` (the service), `stream` (the client), `health` (a gRPC
+// health probe for containers and Kubernetes) and `bench` (the benchmark suite).
+#include <csignal>
+#include <cstdio>
+#include <iostream>
+#include <thread>
+
+#include "CLI/CLI.hpp"
+#include "absl/strings/str_cat.h"
+#include "grpcpp/grpcpp.h"
+#include "service/cli_util.h"
+#include "service/health_probe.h"
+#include "service/log.h"
+#include "service/server.h"
+#include "service/stream_client.h"
+
+namespace framepipe {
+namespace {
+
+int Fail(const std::string& what) {
+  std::fprintf(stderr, "framepipe: %s\n", what.c_str());
+  return 2;
+}
+
+int RunServe(ServerOptions o, const std::string& drain, const std::string& idle,
+             const std::string& log_format) {
+  SetLogFormat(log_format == "json" ? LogFormat::kJson : LogFormat::kText);
+  auto d = ParseDuration(drain);
+  if (!d.ok()) return Fail(std::string(d.status().message()));
+  o.drain_timeout = *d;
+  auto it = ParseDuration(idle);
+  if (!it.ok()) return Fail(std::string(it.status().message()));
+  o.idle_timeout = *it;
+  // Signals are taken by a dedicated thread (sigwait), so they are blocked everywhere else,
+  // including every thread gRPC and oneTBB start from here on.
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  auto server = Server::Start(o);
+  if (!server.ok()) return Fail(std::string(server.status().message()));
+  std::thread signals([&] {
+    int sig = 0;
+    sigwait(&set, &sig);
+    LogLine("signal").Add("signal", sig == SIGTERM ? "SIGTERM" : "SIGINT").Emit();
+    (*server)->Shutdown();
+  });
+  signals.detach();
+  (*server)->Wait();
+  return 0;
+}
+
+int RunStream(StreamClientOptions o, const std::string& size, const std::string& encode,
+              const std::string& overload, const std::string& input) {
+  if (!size.empty()) {
+    absl::Status st = ParseSize(size, &o.width, &o.height);
+    if (!st.ok()) return Fail(std::string(st.message()));
+  }
+  if (encode == "jpeg") {
+    o.encoding = Encoding::kJpeg;
+  } else if (encode == "png") {
+    o.encoding = Encoding::kPng;
+  } else if (encode == "raw") {
+    o.encoding = Encoding::kRaw;
+  } else {
+    return Fail("--encode must be jpeg, png or raw");
+  }
+  o.drop_oldest = overload == "drop-oldest";
+  o.input_dir = input;
+  auto report = RunStreamClient(o);
+  if (!report.ok()) return Fail(std::string(report.status().message()));
+  std::fputs(FormatReport(*report, o.show).c_str(), stdout);
+  return report->ok() ? 0 : 1;
+}
+
+}  // namespace
+}  // namespace framepipe
+
+int main(int argc, char** argv) {
+  using namespace framepipe;
+  CLI::App app{"framepipe: ordered, bounded analysis of live video frames over gRPC"};
+  app.require_subcommand(1);
+
+  // ---- serve
+  ServerOptions so;
+  std::string drain = "10s", idle = "0", log_format = "text";
+  auto* serve = app.add_subcommand("serve", "Run the gRPC service");
+  serve->add_option("--listen", so.listen, "Address to listen on (host:port; port 0 picks one)")
+      ->capture_default_str();
+  serve->add_option("--workers", so.workers,
+                    "Pipeline worker threads shared by all streams (0 = hardware threads)")
+      ->capture_default_str();
+  serve->add_option("--max-in-flight", so.max_in_flight,
+                    "Default per-stream window: frames admitted and not yet answered. A client "
+                    "may ask for another value in StreamConfig, up to --max-stream-in-flight")
+      ->capture_default_str();
+  serve->add_option("--max-stream-in-flight", so.max_stream_in_flight,
+                    "Largest max_in_flight a client may request")
+      ->capture_default_str();
+  serve->add_option("--global-max-in-flight", so.global_max_in_flight,
+                    "Frames in flight across all streams; when reached, streams stop reading "
+                    "(flow control pushes back to the clients)")
+      ->capture_default_str();
+  serve->add_option("--max-memory-mb", so.max_memory_mb,
+                    "Memory budget for frames in flight (payload + decoded pixels), enforced "
+                    "like --global-max-in-flight; 0 = count limits only")
+      ->capture_default_str();
+  serve->add_option("--backend", so.backend,
+                    "Analysis backend: auto (CUDA when a GPU is usable, else CPU), cpu, cuda")
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}))
+      ->capture_default_str();
+  serve->add_option("--device", so.device, "CUDA device index")->capture_default_str();
+  serve->add_option("--drain-timeout", drain,
+                    "On SIGTERM/SIGINT: how long to finish and write in-flight frames before "
+                    "exiting (e.g. 10s, 500ms)")
+      ->capture_default_str();
+  serve->add_option("--max-streams", so.max_streams,
+                    "Concurrent streams; more are refused with RESOURCE_EXHAUSTED")
+      ->capture_default_str();
+  serve->add_option("--max-message-bytes", so.max_receive_message_bytes,
+                    "Largest request message accepted (gRPC answers RESOURCE_EXHAUSTED beyond)")
+      ->capture_default_str();
+  serve->add_option("--max-width", so.limits.max_width,
+                    "Largest frame width; wider frames get INVALID_ARGUMENT")
+      ->capture_default_str();
+  serve->add_option("--max-height", so.limits.max_height, "Largest frame height")
+      ->capture_default_str();
+  serve->add_option("--idle-timeout", idle,
+                    "End streams that send nothing for this long (0 = never)")
+      ->capture_default_str();
+  serve->add_option("--transport-memory-mb", so.transport_memory_mb,
+                    "gRPC buffer memory across all connections (resource quota)")
+      ->capture_default_str();
+  serve->add_option("--dark-luma", so.enrich.dark_mean_luma,
+                    "Enrichment.dark when mean luma is below this")
+      ->capture_default_str();
+  serve->add_option("--overexposed-luma", so.enrich.overexposed_mean_luma,
+                    "Enrichment.overexposed when mean luma is above this")
+      ->capture_default_str();
+  serve->add_option("--blurry-sharpness", so.enrich.blurry_sharpness,
+                    "Enrichment.blurry when sharpness (Laplacian variance) is below this")
+      ->capture_default_str();
+  serve->add_option("--scene-cut", so.enrich.scene_cut_threshold,
+                    "Enrichment.scene_cut when scene_change is above this (0..1)")
+      ->capture_default_str();
+  serve->add_flag("!--no-intra-frame-parallel", so.intra_frame_parallel,
+                  "Do not split large frames across cores");
+  serve->add_option("--log-format", log_format, "Log lines as text or json")
+      ->check(CLI::IsMember({"text", "json"}))
+      ->capture_default_str();
+
+  // ---- stream
+  StreamClientOptions co;
+  std::string size = "1280x720", encode = "jpeg", overload = "block", input;
+  auto* stream = app.add_subcommand("stream", "Stream frames to a server and check the results");
+  stream->add_option("--target", co.target,
+                     "Server: host:port or a gRPC target URI (dns:///host:port, "
+                     "ipv4:a:p,b:p - streams spread round-robin over the addresses)")
+      ->capture_default_str();
+  stream->add_option("--frames", co.frames, "Frames per stream")->capture_default_str();
+  stream->add_option("--streams", co.streams, "Parallel streams")->capture_default_str();
+  stream->add_option("--fps", co.fps, "Frames per second per stream (0 = as fast as credits allow)")
+      ->capture_default_str();
+  stream->add_option("--size", size, "Synthetic frame size WxH")->capture_default_str();
+  stream->add_option("--input", input, "Directory of JPEG/PNG images to send (sorted, cycled)");
+  stream->add_option("--encode", encode, "Synthetic frame encoding: jpeg, png, raw (BGR8)")
+      ->check(CLI::IsMember({"jpeg", "png", "raw"}))
+      ->capture_default_str();
+  stream->add_option("--jpeg-quality", co.jpeg_quality, "JPEG quality")->capture_default_str();
+  stream->add_option("--scene-length", co.scene_length, "Synthetic: frames per scene")
+      ->capture_default_str();
+  stream->add_option("--max-in-flight", co.max_in_flight,
+                     "StreamConfig.max_in_flight (0 = server default)")
+      ->capture_default_str();
+  stream->add_option("--overload", overload, "block or drop-oldest")
+      ->check(CLI::IsMember({"block", "drop-oldest"}))
+      ->capture_default_str();
+  stream->add_option("--frame-timeout-ms", co.frame_timeout_ms,
+                     "StreamConfig.frame_timeout_ms (0 = none)")
+      ->capture_default_str();
+  stream->add_flag("--thumbnail", co.include_thumbnail, "Ask for thumbnails");
+  stream->add_option("--out", co.out_jsonl, "Write one JSON line per result to this file");
+  stream->add_option("--show", co.show, "Print a table of the first N results of stream 0")
+      ->capture_default_str();
+  stream->add_option("--timeout", co.rpc_timeout_s, "RPC deadline in seconds (0 = none)")
+      ->capture_default_str();
+  bool no_progress = false;
+  stream->add_flag("--no-progress", no_progress, "No live progress line");
+
+  // ---- health
+  std::string health_target = "127.0.0.1:50051", health_service;
+  double health_timeout = 3;
+  auto* health = app.add_subcommand(
+      "health", "Exit 0 if the server's grpc.health.v1 status is SERVING (container probes)");
+  health->add_option("--target", health_target, "Server address")->capture_default_str();
+  health->add_option("--service", health_service, "Service name to check ('' = server)");
+  health->add_option("--timeout", health_timeout, "Seconds to wait")->capture_default_str();
+
+  CLI11_PARSE(app, argc, argv);
+
+  if (serve->parsed()) return RunServe(so, drain, idle, log_format);
+  if (stream->parsed()) {
+    co.progress = !no_progress && isatty(fileno(stderr));
+    return RunStream(co, size, encode, overload, input);
+  }
+  if (health->parsed()) {
+    auto st = CheckHealth(health_target, health_service, health_timeout);
+    if (!st.ok()) {
+      std::fprintf(stderr, "%s\n", std::string(st.message()).c_str());
+      return 1;
+    }
+    std::printf("SERVING\n");
+    return 0;
+  }
+  return 0;
+}

@@ -1,0 +1,170 @@
+#include "service/server.h"
+
+#include <condition_variable>
+#include <mutex>
+
+#include "absl/strings/str_cat.h"
+#include "analysis/analyzer_factory.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/grpcpp.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/resource_quota.h"
+#include "pipeline/standard_stages.h"
+#include "service/frame_service.h"
+#include "service/log.h"
+
+namespace framepipe {
+
+inline constexpr const char* kVersion = "0.1.0";
+
+struct Server::Impl {
+  ServerOptions options;
+  BackendChoice backend;
+  std::unique_ptr<Pipeline> pipeline;
+  std::unique_ptr<FrameService> service;
+  std::unique_ptr<grpc::Server> grpc_server;
+  int port = 0;
+
+  std::mutex mu;
+  std::condition_variable cv;
+  bool shutting_down = false;
+  bool shut_down = false;
+  bool drained = false;
+};
+
+Server::Server(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& options) {
+  auto impl = std::make_unique<Impl>();
+  impl->options = options;
+  const int workers =
+      options.workers > 0 ? options.workers : std::max(1u, std::thread::hardware_concurrency());
+
+  BackendOptions bo;
+  bo.backend = options.backend;
+  bo.device = options.device;
+  bo.workers = workers;
+  bo.cpu.intra_frame_parallel = options.intra_frame_parallel;
+  auto backend = CreateAnalyzer(bo);
+  if (!backend.ok()) return backend.status();
+  impl->backend = std::move(backend).value();
+  if (options.backend == "auto" && impl->backend.name == "cpu") {
+    LogLine("backend_fallback").Add("backend", "cpu").Add("reason", impl->backend.detail).Emit();
+  }
+
+  PipelineOptions po;
+  po.workers = workers;
+  po.global_max_in_flight = options.global_max_in_flight;
+  po.global_max_bytes = options.max_memory_mb << 20;
+  StandardStageOptions so;
+  so.limits = options.limits;
+  so.enrich = options.enrich;
+  auto pipeline = Pipeline::Create(po, MakeStandardStages(impl->backend.analyzer, so));
+  if (!pipeline.ok()) return pipeline.status();
+  impl->pipeline = std::move(pipeline).value();
+
+  ServiceOptions svc;
+  svc.default_max_in_flight = options.max_in_flight;
+  svc.max_stream_in_flight = std::max(options.max_stream_in_flight, options.max_in_flight);
+  svc.max_streams = options.max_streams;
+  svc.limits = options.limits;
+  svc.idle_timeout = options.idle_timeout;
+  svc.backend = impl->backend.name;
+  svc.version = kVersion;
+  impl->service = std::make_unique<FrameService>(impl->pipeline.get(), svc, nullptr);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &impl->port);
+  builder.RegisterService(impl->service.get());
+  builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_receive_message_bytes));
+  builder.SetMaxSendMessageSize(4 << 20);
+  // gRPC's own buffers are bounded too: a fixed per-stream window (no BDP-driven growth) and a
+  // resource quota over all connections.
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES,
+                             static_cast<int>(options.stream_window_bytes));
+  grpc::ResourceQuota quota("framepipe");
+  quota.Resize(options.transport_memory_mb << 20);
+  builder.SetResourceQuota(quota);
+  impl->grpc_server = builder.BuildAndStart();
+  if (!impl->grpc_server || impl->port == 0) {
+    impl->pipeline->Stop(std::chrono::seconds(1));
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", options.listen));
+  }
+  if (auto* health = impl->grpc_server->GetHealthCheckService()) {
+    health->SetServingStatus(true);
+  }
+  LogLine("server_started")
+      .Add("listen", options.listen)
+      .Add("port", impl->port)
+      .Add("backend", impl->backend.name)
+      .Add("backend_detail", impl->backend.detail)
+      .Add("workers", workers)
+      .Add("max_in_flight", options.max_in_flight)
+      .Add("global_max_in_flight", options.global_max_in_flight)
+      .Add("max_streams", options.max_streams)
+      .Add("version", kVersion)
+      .Emit();
+  return std::unique_ptr<Server>(new Server(std::move(impl)));
+}
+
+Server::~Server() {
+  bool done;
+  {
+    std::lock_guard<std::mutex> l(impl_->mu);
+    done = impl_->shut_down || impl_->shutting_down;
+  }
+  if (!done) {
+    impl_->options.drain_timeout = std::chrono::milliseconds(0);
+    Shutdown();
+  }
+  Wait();
+}
+
+int Server::port() const { return impl_->port; }
+const std::string& Server::backend() const { return impl_->backend.name; }
+const std::string& Server::backend_detail() const { return impl_->backend.detail; }
+int Server::workers() const { return impl_->pipeline->workers(); }
+
+bool Server::Shutdown() {
+  {
+    std::lock_guard<std::mutex> l(impl_->mu);
+    if (impl_->shutting_down) return impl_->drained;
+    impl_->shutting_down = true;
+  }
+  const TimePoint start = Now();
+  const TimePoint deadline = start + impl_->options.drain_timeout;
+  const uint32_t open = impl_->service->active_streams();
+  if (auto* health = impl_->grpc_server->GetHealthCheckService()) {
+    health->SetServingStatus(false);
+  }
+  impl_->service->BeginDrain();
+  const bool drained = impl_->service->WaitForStreams(deadline);
+  // Whatever did not finish in time is cancelled by the deadline.
+  const auto left = std::max(deadline, Now()) - Now();
+  impl_->grpc_server->Shutdown(std::chrono::system_clock::now() +
+                               std::chrono::duration_cast<std::chrono::system_clock::duration>(left));
+  impl_->grpc_server->Wait();
+  impl_->pipeline->Stop(std::chrono::milliseconds(100));
+  LogLine("server_stopped")
+      .Add("drained", drained)
+      .Add("streams_at_shutdown", open)
+      .Add("drain_s", SecondsBetween(start, Now()))
+      .Emit();
+  {
+    std::lock_guard<std::mutex> l(impl_->mu);
+    impl_->shut_down = true;
+    impl_->drained = drained;
+  }
+  impl_->cv.notify_all();
+  return drained;
+}
+
+void Server::Wait() {
+  std::unique_lock<std::mutex> l(impl_->mu);
+  impl_->cv.wait(l, [&] { return impl_->shut_down; });
+}
+
+}  // namespace framepipe

@@ -1,0 +1,61 @@
+// Server: what `framepipe serve` runs - the analysis backend, the pipeline, the gRPC server with
+// the FramePipeline service, grpc.health.v1 and reflection, and graceful drain.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "analysis/decoder.h"
+#include "enrich/enricher.h"
+
+namespace framepipe {
+
+struct ServerOptions {
+  std::string listen = "0.0.0.0:50051";
+  int workers = 0;                     // 0 = hardware threads
+  uint32_t max_in_flight = 8;          // default per-stream window
+  uint32_t max_stream_in_flight = 1024;
+  uint32_t global_max_in_flight = 256;
+  uint64_t max_memory_mb = 0;          // budget for frames in flight (0 = count limits only)
+  std::string backend = "auto";        // auto | cpu | cuda
+  int device = 0;
+  std::chrono::milliseconds drain_timeout{10000};
+  uint32_t max_streams = 256;
+  size_t max_receive_message_bytes = 32u << 20;
+  size_t transport_memory_mb = 512;    // gRPC ResourceQuota: buffers of all connections
+  size_t stream_window_bytes = 1u << 20;  // HTTP/2 per-stream receive window (no BDP growth)
+  std::chrono::milliseconds idle_timeout{0};
+  bool intra_frame_parallel = true;
+  DecodeLimits limits;
+  EnrichConfig enrich;
+};
+
+class Server {
+ public:
+  static absl::StatusOr<std::unique_ptr<Server>> Start(const ServerOptions& options);
+  // Shuts down (without waiting for a drain) if Shutdown() was not called.
+  ~Server();
+
+  int port() const;                  // the bound port (useful with --listen 127.0.0.1:0)
+  const std::string& backend() const;
+  const std::string& backend_detail() const;
+  int workers() const;
+
+  // Graceful: health NOT_SERVING, no new streams, every admitted frame answered and written,
+  // then the gRPC server and pipeline stop. Bounded by drain_timeout; returns true if every
+  // stream finished within it. Idempotent.
+  bool Shutdown();
+  // Blocks until Shutdown() has completed (from another thread or a signal handler's thread).
+  void Wait();
+
+  struct Impl;
+
+ private:
+  explicit Server(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace framepipe

@@ -1,0 +1,385 @@
+#include "service/stream_client.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/clock.h"
+#include "framepipe/v1/framepipe.grpc.pb.h"
+#include "grpcpp/grpcpp.h"
+#include "service/proto_convert.h"
+
+namespace framepipe {
+namespace {
+
+// The frames a client cycles through: pre-encoded so the client spends its time sending.
+struct Payloads {
+  bool raw = false;
+  int width = 0, height = 0;
+  std::vector<std::string> frames;
+};
+
+absl::StatusOr<Payloads> LoadPayloads(const StreamClientOptions& o) {
+  Payloads p;
+  if (!o.input_dir.empty()) {
+    namespace fs = std::filesystem;
+    std::error_code ec;
+    if (!fs::is_directory(o.input_dir, ec)) {
+      return absl::InvalidArgumentError(absl::StrCat("--input ", o.input_dir, " is not a directory"));
+    }
+    std::vector<fs::path> files;
+    for (const auto& e : fs::directory_iterator(o.input_dir)) {
+      std::string ext = e.path().extension().string();
+      std::transform(ext.begin(), ext.end(), ext.begin(), ::tolower);
+      if (ext == ".jpg" || ext == ".jpeg" || ext == ".png") files.push_back(e.path());
+    }
+    std::sort(files.begin(), files.end());
+    if (files.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("no .jpg/.jpeg/.png files in ", o.input_dir));
+    }
+    for (const auto& f : files) {
+      std::ifstream in(f, std::ios::binary);
+      p.frames.emplace_back(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    }
+    return p;
+  }
+  if (o.width <= 0 || o.height <= 0) return absl::InvalidArgumentError("--size must be positive");
+  SyntheticSource src({o.width, o.height, o.scene_length, 1});
+  const int64_t n = std::max<int64_t>(1, std::min<int64_t>(o.distinct_frames, o.frames));
+  p.raw = o.encoding == Encoding::kRaw;
+  p.width = o.width;
+  p.height = o.height;
+  for (int64_t i = 0; i < n; ++i) {
+    auto bytes = EncodeImage(src.Render(i), o.encoding, o.jpeg_quality);
+    if (!bytes.ok()) return bytes.status();
+    p.frames.push_back(std::move(bytes).value());
+  }
+  return p;
+}
+
+struct Shared {
+  const StreamClientOptions* options;
+  const Payloads* payloads;
+  TimePoint start;
+  std::mutex mu;  // guards everything below
+  std::vector<double> latencies_ms;
+  std::vector<double> latency_times_s;
+  double sum_ms[6] = {0, 0, 0, 0, 0, 0};
+  int64_t timed = 0;
+  std::array<int64_t, kFrameStatusCount> by_status{};
+  std::vector<FrameResult> first_results;
+  std::ofstream out;
+  std::atomic<int64_t> received{0};
+};
+
+std::string JsonString(const std::string& s) {
+  std::string out = "\"";
+  for (char c : s) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += c;
+    } else if (static_cast<unsigned char>(c) < 0x20) {
+      out += absl::StrFormat("\\u%04x", static_cast<unsigned char>(c));
+    } else {
+      out += c;
+    }
+  }
+  return out + "\"";
+}
+
+std::string ResultJson(int stream, const v1::FrameResult& r, double latency_ms) {
+  std::string s = absl::StrFormat("{\"stream\":%d,\"seq\":%d,\"status\":%s,\"latency_ms\":%.3f",
+                                  stream, r.seq(), JsonString(v1::FrameStatus_Name(r.status())),
+                                  latency_ms);
+  if (!r.error().empty()) absl::StrAppend(&s, ",\"error\":", JsonString(r.error()));
+  if (r.capture_time_us()) absl::StrAppend(&s, ",\"capture_time_us\":", r.capture_time_us());
+  if (r.status() == v1::FRAME_STATUS_OK) {
+    const auto& a = r.analysis();
+    const auto& e = r.enrichment();
+    absl::StrAppend(
+        &s,
+        absl::StrFormat(",\"analysis\":{\"width\":%d,\"height\":%d,\"mean_luma\":%.4f,"
+                        "\"stddev_luma\":%.4f,\"sharpness\":%.4f,\"edge_density\":%.6f,"
+                        "\"backend\":%s}",
+                        a.width(), a.height(), a.mean_luma(), a.stddev_luma(), a.sharpness(),
+                        a.edge_density(), JsonString(a.backend())),
+        absl::StrFormat(",\"enrichment\":{\"dark\":%s,\"overexposed\":%s,\"blurry\":%s,"
+                        "\"dominant_bgr\":[%g,%g,%g],\"keypoints\":%d,\"scene_change\":%.6f,"
+                        "\"scene_cut\":%s,\"motion\":%.6f}",
+                        e.dark() ? "true" : "false", e.overexposed() ? "true" : "false",
+                        e.blurry() ? "true" : "false",
+                        e.dominant_bgr_size() > 0 ? e.dominant_bgr(0) : 0,
+                        e.dominant_bgr_size() > 1 ? e.dominant_bgr(1) : 0,
+                        e.dominant_bgr_size() > 2 ? e.dominant_bgr(2) : 0, e.keypoints(),
+                        e.scene_change(), e.scene_cut() ? "true" : "false", e.motion()));
+  }
+  const auto& t = r.timings();
+  absl::StrAppend(&s,
+                  absl::StrFormat(",\"timings_us\":{\"queue\":%d,\"decode\":%d,\"analyse\":%d,"
+                                  "\"enrich\":%d,\"reorder\":%d,\"total\":%d}",
+                                  t.queue_us(), t.decode_us(), t.analyse_us(), t.enrich_us(),
+                                  t.reorder_us(), t.total_us()));
+  if (!r.tags().empty()) {
+    std::vector<std::pair<std::string, std::string>> tags(r.tags().begin(), r.tags().end());
+    std::sort(tags.begin(), tags.end());
+    s += ",\"tags\":{";
+    for (size_t i = 0; i < tags.size(); ++i) {
+      absl::StrAppend(&s, i ? "," : "", JsonString(tags[i].first), ":", JsonString(tags[i].second));
+    }
+    s += "}";
+  }
+  return s + "}\n";
+}
+
+StreamOutcome RunOne(int index, std::shared_ptr<grpc::Channel> channel, Shared* sh) {
+  const StreamClientOptions& o = *sh->options;
+  const Payloads& p = *sh->payloads;
+  StreamOutcome out;
+  out.id = absl::StrCat(o.stream_id_prefix, "-", index);
+  auto stub = v1::FramePipeline::NewStub(channel);
+  grpc::ClientContext ctx;
+  if (o.rpc_timeout_s > 0) {
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(o.rpc_timeout_s));
+  }
+  auto rw = stub->Process(&ctx);
+  const int64_t n = o.frames;
+  // Send times by frame index; written by the writer before the frame goes out, read by the
+  // reader after its result came back.
+  std::vector<std::atomic<int64_t>> sent_ns(static_cast<size_t>(std::max<int64_t>(n, 1)));
+  std::atomic<int64_t> sent{0};
+  std::thread writer([&] {
+    v1::ProcessRequest req;
+    v1::StreamConfig* cfg = req.mutable_config();
+    cfg->set_stream_id(out.id);
+    cfg->set_max_in_flight(o.max_in_flight);
+    cfg->set_overload(o.drop_oldest ? v1::OVERLOAD_POLICY_DROP_OLDEST : v1::OVERLOAD_POLICY_BLOCK);
+    cfg->set_frame_timeout_ms(o.frame_timeout_ms);
+    cfg->set_include_thumbnail(o.include_thumbnail);
+    if (!rw->Write(req)) return;
+    const auto period = o.fps > 0 ? std::chrono::nanoseconds(static_cast<int64_t>(1e9 / o.fps))
+                                  : std::chrono::nanoseconds(0);
+    TimePoint next = Now();
+    for (int64_t i = 0; i < n; ++i) {
+      if (o.fps > 0) {
+        std::this_thread::sleep_until(next);
+        next += period;
+      }
+      req.Clear();
+      v1::Frame* f = req.mutable_frame();
+      f->set_seq(static_cast<uint64_t>(i) * 2 + 1);  // gaps are allowed: 1, 3, 5, ...
+      if (o.send_capture_time) f->set_capture_time_us(WallMicros());
+      const std::string& bytes = p.frames[static_cast<size_t>(i) % p.frames.size()];
+      if (p.raw) {
+        v1::RawImage* raw = f->mutable_raw();
+        raw->set_width(static_cast<uint32_t>(p.width));
+        raw->set_height(static_cast<uint32_t>(p.height));
+        raw->set_format(v1::PIXEL_FORMAT_BGR8);
+        raw->set_data(bytes);
+      } else {
+        f->set_encoded(bytes);
+      }
+      (*f->mutable_tags())["frame"] = absl::StrCat(i);
+      sent_ns[static_cast<size_t>(i)].store(Now().time_since_epoch().count(),
+                                            std::memory_order_release);
+      if (!rw->Write(req)) break;
+      sent.store(i + 1, std::memory_order_release);
+    }
+    rw->WritesDone();
+  });
+
+  v1::FrameResult res;
+  int64_t got = 0;
+  while (rw->Read(&res)) {
+    const TimePoint now = Now();
+    const uint64_t want = static_cast<uint64_t>(got) * 2 + 1;
+    if (res.seq() != want) out.in_order = false;
+    double latency_ms = 0;
+    if (got < n) {
+      const int64_t t0 = sent_ns[static_cast<size_t>(got)].load(std::memory_order_acquire);
+      latency_ms = static_cast<double>(now.time_since_epoch().count() - t0) / 1e6;
+    }
+    const int status = std::clamp(static_cast<int>(res.status()), 0, kFrameStatusCount - 1);
+    ++out.by_status[status];
+    {
+      std::lock_guard<std::mutex> l(sh->mu);
+      sh->latencies_ms.push_back(latency_ms);
+      sh->latency_times_s.push_back(SecondsBetween(sh->start, now));
+      ++sh->by_status[status];
+      if (res.status() == v1::FRAME_STATUS_OK) {
+        const auto& t = res.timings();
+        const uint64_t v[6] = {t.queue_us(), t.decode_us(), t.analyse_us(),
+                               t.enrich_us(), t.reorder_us(), t.total_us()};
+        for (int k = 0; k < 6; ++k) sh->sum_ms[k] += static_cast<double>(v[k]) / 1000.0;
+        ++sh->timed;
+      }
+      if (index == 0 && static_cast<int>(sh->first_results.size()) < o.show) {
+        sh->first_results.push_back(FromProto(res));
+      }
+      if (sh->out.is_open()) sh->out << ResultJson(index, res, latency_ms);
+    }
+    ++got;
+    sh->received.fetch_add(1, std::memory_order_relaxed);
+  }
+  writer.join();
+  grpc::Status st = rw->Finish();
+  out.sent = sent.load();
+  out.received = got;
+  out.rpc_status = st.ok() ? "OK"
+                           : absl::StrCat(absl::StatusCodeToString(
+                                              static_cast<absl::StatusCode>(st.error_code())),
+                                          ": ", st.error_message());
+  out.complete = st.ok() && got == out.sent && out.sent == n;
+  return out;
+}
+
+}  // namespace
+
+bool ClientReport::ok() const {
+  for (const auto& s : streams) {
+    if (!s.in_order || !s.complete) return false;
+  }
+  return !streams.empty();
+}
+
+double Percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const double rank = std::ceil(p / 100.0 * static_cast<double>(v.size()));
+  const size_t idx = static_cast<size_t>(std::clamp(rank, 1.0, static_cast<double>(v.size()))) - 1;
+  return v[idx];
+}
+
+absl::StatusOr<ClientReport> RunStreamClient(const StreamClientOptions& o) {
+  if (o.streams < 1) return absl::InvalidArgumentError("--streams must be at least 1");
+  if (o.frames < 1) return absl::InvalidArgumentError("--frames must be at least 1");
+  auto payloads = LoadPayloads(o);
+  if (!payloads.ok()) return payloads.status();
+  Shared sh;
+  sh.options = &o;
+  sh.payloads = &payloads.value();
+  if (!o.out_jsonl.empty()) {
+    sh.out.open(o.out_jsonl, std::ios::trunc);
+    if (!sh.out) return absl::InvalidArgumentError(absl::StrCat("cannot write ", o.out_jsonl));
+  }
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(64 << 20);
+  args.SetMaxSendMessageSize(64 << 20);
+  args.SetLoadBalancingPolicyName("round_robin");
+  // One channel for all streams. With a multi-address target (dns:///..., ipv4:a:p,b:p) the
+  // round_robin policy spreads the streams (RPCs) over the servers; each stream stays on one.
+  auto channel = grpc::CreateCustomChannel(o.target, grpc::InsecureChannelCredentials(), args);
+  ClientReport report;
+  report.streams.resize(static_cast<size_t>(o.streams));
+  sh.start = Now();
+  std::atomic<bool> done{false};
+  std::thread progress;
+  if (o.progress) {
+    progress = std::thread([&] {
+      const int64_t total = o.frames * o.streams;
+      while (!done.load()) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(500));
+        const int64_t r = sh.received.load();
+        const double secs = SecondsBetween(sh.start, Now());
+        std::fprintf(stderr, "\r  %lld/%lld results  %.1f frames/s   ",
+                     static_cast<long long>(r), static_cast<long long>(total),
+                     secs > 0 ? static_cast<double>(r) / secs : 0.0);
+      }
+      std::fprintf(stderr, "\r%60s\r", "");
+    });
+  }
+  std::vector<std::thread> threads;
+  for (int k = 0; k < o.streams; ++k) {
+    threads.emplace_back([&, k] { report.streams[k] = RunOne(k, channel, &sh); });
+  }
+  for (auto& t : threads) t.join();
+  done = true;
+  if (progress.joinable()) progress.join();
+  report.seconds = SecondsBetween(sh.start, Now());
+  for (const auto& s : report.streams) {
+    report.frames_sent += s.sent;
+    report.results += s.received;
+  }
+  report.frames_per_second =
+      report.seconds > 0 ? static_cast<double>(report.results) / report.seconds : 0;
+  report.latencies_ms = std::move(sh.latencies_ms);
+  report.latency_times_s = std::move(sh.latency_times_s);
+  const auto& lat = report.latencies_ms;
+  report.p50_ms = Percentile(lat, 50);
+  report.p90_ms = Percentile(lat, 90);
+  report.p99_ms = Percentile(lat, 99);
+  report.p999_ms = Percentile(lat, 99.9);
+  report.max_ms = lat.empty() ? 0 : *std::max_element(lat.begin(), lat.end());
+  double sum = 0;
+  for (double v : lat) sum += v;
+  report.mean_ms = lat.empty() ? 0 : sum / static_cast<double>(lat.size());
+  if (sh.timed > 0) {
+    const double n = static_cast<double>(sh.timed);
+    report.queue_ms = sh.sum_ms[0] / n;
+    report.decode_ms = sh.sum_ms[1] / n;
+    report.analyse_ms = sh.sum_ms[2] / n;
+    report.enrich_ms = sh.sum_ms[3] / n;
+    report.reorder_ms = sh.sum_ms[4] / n;
+    report.total_ms = sh.sum_ms[5] / n;
+  }
+  report.by_status = sh.by_status;
+  report.first_results = std::move(sh.first_results);
+  return report;
+}
+
+std::string FormatReport(const ClientReport& r, int show) {
+  std::string s;
+  absl::StrAppend(&s, absl::StrFormat("streams: %d   frames sent: %d   results: %d   in %.2f s\n",
+                                      r.streams.size(), r.frames_sent, r.results, r.seconds));
+  std::string statuses;
+  for (int i = 1; i < kFrameStatusCount; ++i) {
+    if (r.by_status[i] > 0 || i == 1) {
+      absl::StrAppend(&statuses, statuses.empty() ? "" : "  ",
+                      FrameStatusLabel(static_cast<FrameStatus>(i)), "=", r.by_status[i]);
+    }
+  }
+  absl::StrAppend(&s, "status: ", statuses, "\n");
+  absl::StrAppend(&s, absl::StrFormat("throughput: %.1f frames/s\n", r.frames_per_second));
+  absl::StrAppend(
+      &s, absl::StrFormat("latency (send -> result): p50 %.2f ms  p90 %.2f ms  p99 %.2f ms  "
+                          "p99.9 %.2f ms  max %.2f ms\n",
+                          r.p50_ms, r.p90_ms, r.p99_ms, r.p999_ms, r.max_ms));
+  absl::StrAppend(
+      &s, absl::StrFormat("server stages (mean): queue %.2f  decode %.2f  analyse %.2f  enrich "
+                          "%.2f  reorder %.2f  total %.2f ms\n",
+                          r.queue_ms, r.decode_ms, r.analyse_ms, r.enrich_ms, r.reorder_ms,
+                          r.total_ms));
+  for (const auto& st : r.streams) {
+    if (!st.in_order || !st.complete) {
+      absl::StrAppend(&s, absl::StrFormat("stream %s: sent %d, received %d, %s%s\n", st.id,
+                                          st.sent, st.received,
+                                          st.in_order ? "in order" : "OUT OF ORDER",
+                                          st.rpc_status == "OK" ? "" : ", " + st.rpc_status));
+    }
+  }
+  absl::StrAppend(&s, r.ok() ? "every stream complete and in order\n"
+                             : "FAILED: a stream was incomplete or out of order\n");
+  if (show > 0 && !r.first_results.empty()) {
+    absl::StrAppend(&s, "\nfirst results of stream 0:\n",
+                    absl::StrFormat("%6s  %-18s %7s %10s %9s %9s %8s\n", "seq", "status", "luma",
+                                    "sharpness", "keypoints", "scene_cut", "motion"));
+    for (const auto& fr : r.first_results) {
+      absl::StrAppend(&s, absl::StrFormat("%6d  %-18s %7.1f %10.1f %9d %9s %8.4f\n", fr.seq,
+                                          FrameStatusLabel(fr.status), fr.analysis.mean_luma,
+                                          fr.analysis.sharpness, fr.enrichment.keypoints,
+                                          fr.enrichment.scene_cut ? "yes" : "-",
+                                          fr.enrichment.motion));
+    }
+  }
+  return s;
+}
+
+}  // namespace framepipe

@@ -1,0 +1,78 @@
+// The `framepipe stream` client: sends synthetic video or a directory of images over K parallel
+// Process streams, verifies that every stream's results come back complete and in order, and
+// reports throughput, end-to-end latency and the server's per-stage timings.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/frame.h"
+#include "service/synthetic_source.h"
+
+namespace framepipe {
+
+struct StreamClientOptions {
+  std::string target = "127.0.0.1:50051";
+  int streams = 1;
+  int64_t frames = 300;  // per stream
+  double fps = 0;        // per stream; 0 = as fast as the server's credits allow
+  int width = 1280;
+  int height = 720;
+  int scene_length = 90;  // synthetic: a scene cut every N frames
+  int distinct_frames = 60;  // synthetic frames rendered up front and cycled
+  Encoding encoding = Encoding::kJpeg;
+  int jpeg_quality = 90;
+  std::string input_dir;  // send these JPEG/PNG files (sorted by name) instead of synthetic
+  // StreamConfig (0 / empty = server default).
+  uint32_t max_in_flight = 0;
+  bool drop_oldest = false;
+  uint32_t frame_timeout_ms = 0;
+  bool include_thumbnail = false;
+  std::string stream_id_prefix = "stream";
+  bool send_capture_time = true;
+  std::string out_jsonl;   // one line per result
+  int show = 0;            // print a table of the first N results of stream 0
+  bool progress = false;   // live progress line on stderr
+  int64_t rpc_timeout_s = 0;  // 0 = no deadline
+};
+
+struct StreamOutcome {
+  std::string id;
+  int64_t sent = 0;
+  int64_t received = 0;
+  bool in_order = true;   // every result matched the next seq sent
+  bool complete = false;  // as many results as frames sent and the RPC ended OK
+  std::string rpc_status;  // "OK" or "CODE: message"
+  std::array<int64_t, kFrameStatusCount> by_status{};
+};
+
+struct ClientReport {
+  std::vector<StreamOutcome> streams;
+  int64_t frames_sent = 0;
+  int64_t results = 0;
+  double seconds = 0;
+  double frames_per_second = 0;
+  // End-to-end latency (client send -> result received), milliseconds.
+  double p50_ms = 0, p90_ms = 0, p99_ms = 0, p999_ms = 0, max_ms = 0, mean_ms = 0;
+  std::vector<double> latencies_ms;       // every result, in receive order (all streams)
+  std::vector<double> latency_times_s;    // when each was received, since the start
+  // Means of the server's Timings over OK results, milliseconds.
+  double queue_ms = 0, decode_ms = 0, analyse_ms = 0, enrich_ms = 0, reorder_ms = 0,
+         total_ms = 0;
+  std::array<int64_t, kFrameStatusCount> by_status{};
+  std::vector<FrameResult> first_results;  // up to `show` results of stream 0
+  bool ok() const;  // all streams complete and in order
+};
+
+absl::StatusOr<ClientReport> RunStreamClient(const StreamClientOptions& options);
+
+// Human summary (and the first-results table when requested).
+std::string FormatReport(const ClientReport& report, int show);
+
+// Percentile (0..100) of unsorted values, by nearest rank.
+double Percentile(std::vector<double> values, double p);
+
+}  // namespace framepipe
