@@ -126,6 +126,31 @@ TEST(CpuAnalyzerTest, MatchesOpenCvOnRandomImagesOfManySizes) {
   }
 }
 
+TEST(CpuAnalyzerTest, ScalarReferenceLumaEqualsOpenCvOnAllColours) {
+  // Every one of the 2^24 BGR colours, as 256 images of 256x256.
+  Image img = Image::Allocate(256, 256, PixelFormat::kBgr8);
+  Image luma = Image::Allocate(256, 256, PixelFormat::kGray8);
+  for (int r = 0; r < 256; ++r) {
+    for (int g = 0; g < 256; ++g) {
+      for (int b = 0; b < 256; ++b) {
+        uint8_t* p = img.mutable_row(g) + 3 * b;
+        p[0] = static_cast<uint8_t>(b), p[1] = static_cast<uint8_t>(g), p[2] = static_cast<uint8_t>(r);
+      }
+    }
+    cpu::Luma(img, 0, 256, &luma);
+    ASSERT_EQ(cv::norm(AsMat(luma), OpenCvReference(img).luma, cv::NORM_INF), 0.0) << "r=" << r;
+  }
+  uint32_t seed = 100;
+  for (auto [w, h] : {std::pair{1, 1}, {3, 7}, {641, 479}, {1280, 720}}) {
+    for (PixelFormat f : {PixelFormat::kBgr8, PixelFormat::kRgb8, PixelFormat::kGray8}) {
+      Image img = RandomImage(w, h, f, seed++);
+      Image luma = Image::Allocate(w, h, PixelFormat::kGray8);
+      cpu::Luma(img, 0, h, &luma);
+      EXPECT_EQ(cv::norm(AsMat(luma), OpenCvReference(img).luma, cv::NORM_INF), 0.0);
+    }
+  }
+}
+
 TEST(CpuAnalyzerTest, BandedMatchesSinglePass) {
   for (auto [w, h] : {std::pair{1280, 720}, {641, 479}, {1920, 1080}, {3, 200}}) {
     ExpectMatchesReference(BlobImage(w, h, 77), true);
@@ -197,7 +222,7 @@ TEST(CpuAnalyzerTest, HandComputedEdges) {
 }
 
 TEST(CpuAnalyzerTest, LumaUsesBt601FixedPoint) {
-  // Pure channels: B=255 -> (255*1868 + 8192) >> 14 = 29, G -> 150, R -> 76.
+  // Pure channels: B=255 -> (255*3735 + 2^14) >> 15 = 29, G -> 150, R -> 76.
   for (auto [c, want] : {std::pair{0, 29}, {1, 150}, {2, 76}}) {
     Image img = MakeImage(4, 4, PixelFormat::kBgr8, [&](int, int, uint8_t* p) {
       p[0] = p[1] = p[2] = 0;

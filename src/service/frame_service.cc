@@ -611,6 +611,8 @@ grpc::ServerUnaryReactor* FrameService::GetStats(grpc::CallbackServerContext* co
   s->set_frames_in(c.admitted);
   s->set_frames_out(frames_out_.load());
   s->set_in_flight(c.in_flight);
+  s->set_peak_in_flight(c.peak_in_flight);
+  s->set_bytes_in_flight(c.bytes_in_flight);
   s->set_active_streams(active_streams());
   s->set_streams_total(streams_total_.load());
   s->set_streams_rejected(streams_rejected_.load());

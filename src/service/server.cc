@@ -59,7 +59,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   StandardStageOptions so;
   so.limits = options.limits;
   so.enrich = options.enrich;
-  auto pipeline = Pipeline::Create(po, MakeStandardStages(impl->backend.analyzer, so));
+  Stages stages = MakeStandardStages(impl->backend.analyzer, so);
+  if (options.wrap_stages) stages = options.wrap_stages(std::move(stages));
+  auto pipeline = Pipeline::Create(po, std::move(stages));
   if (!pipeline.ok()) return pipeline.status();
   impl->pipeline = std::move(pipeline).value();
 
@@ -142,10 +144,9 @@ bool Server::Shutdown() {
   }
   impl_->service->BeginDrain();
   const bool drained = impl_->service->WaitForStreams(deadline);
-  // Whatever did not finish in time is cancelled by the deadline.
-  const auto left = std::max(deadline, Now()) - Now();
-  impl_->grpc_server->Shutdown(std::chrono::system_clock::now() +
-                               std::chrono::duration_cast<std::chrono::system_clock::duration>(left));
+  // Every stream finished (or the drain timeout passed): cancel whatever is left at once, so
+  // idle client connections do not hold the exit up.
+  impl_->grpc_server->Shutdown(std::chrono::system_clock::now());
   impl_->grpc_server->Wait();
   impl_->pipeline->Stop(std::chrono::milliseconds(100));
   LogLine("server_stopped")

@@ -4,12 +4,14 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
 #include "absl/status/statusor.h"
 #include "analysis/decoder.h"
 #include "enrich/enricher.h"
+#include "pipeline/stage.h"
 
 namespace framepipe {
 
@@ -31,6 +33,9 @@ struct ServerOptions {
   bool intra_frame_parallel = true;
   DecodeLimits limits;
   EnrichConfig enrich;
+  // Decorates the standard stages before the pipeline is built (tracing, fault injection in
+  // tests). Empty = use them as they are.
+  std::function<Stages(Stages)> wrap_stages;
 };
 
 class Server {

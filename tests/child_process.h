@@ -1,0 +1,99 @@
+// Runs the real framepipe binary as a child process for tests: captures stderr, finds the bound
+// port in the server_started log line, sends signals, reaps the exit status.
+#pragma once
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <mutex>
+#include <regex>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace framepipe::testing {
+
+class ChildProcess {
+ public:
+  explicit ChildProcess(std::vector<std::string> argv) {
+    int fds[2];
+    if (pipe(fds) != 0) return;
+    pid_ = fork();
+    if (pid_ == 0) {
+      dup2(fds[1], STDERR_FILENO);
+      close(fds[0]);
+      close(fds[1]);
+      std::vector<char*> args;
+      for (auto& a : argv) args.push_back(a.data());
+      args.push_back(nullptr);
+      execv(args[0], args.data());
+      _exit(127);
+    }
+    close(fds[1]);
+    fd_ = fds[0];
+    reader_ = std::thread([this] {
+      char buf[4096];
+      ssize_t n;
+      while ((n = read(fd_, buf, sizeof(buf))) > 0) {
+        std::lock_guard<std::mutex> l(mu_);
+        out_.append(buf, static_cast<size_t>(n));
+        cv_.notify_all();
+      }
+      std::lock_guard<std::mutex> l(mu_);
+      eof_ = true;
+      cv_.notify_all();
+    });
+  }
+  ~ChildProcess() {
+    if (pid_ > 0 && !reaped_) {
+      kill(pid_, SIGKILL);
+      Wait();
+    }
+    if (reader_.joinable()) reader_.join();
+    if (fd_ >= 0) close(fd_);
+  }
+
+  // Waits for the server_started line and returns the port (0 on failure).
+  int WaitForPort(std::chrono::seconds bound = std::chrono::seconds(30)) {
+    std::unique_lock<std::mutex> l(mu_);
+    std::smatch m;
+    static const std::regex re("server_started.* port=([0-9]+)");
+    cv_.wait_for(l, bound, [&] { return eof_ || std::regex_search(out_, m, re); });
+    return std::regex_search(out_, m, re) ? std::stoi(m[1]) : 0;
+  }
+  bool WaitForOutput(const std::string& needle, std::chrono::seconds bound) {
+    std::unique_lock<std::mutex> l(mu_);
+    return cv_.wait_for(l, bound, [&] { return eof_ || out_.find(needle) != std::string::npos; }) &&
+           out_.find(needle) != std::string::npos;
+  }
+  void Signal(int sig) { kill(pid_, sig); }
+  // Exit status as from waitpid.
+  int Wait() {
+    int status = 0;
+    waitpid(pid_, &status, 0);
+    reaped_ = true;
+    return status;
+  }
+  std::string output() {
+    std::lock_guard<std::mutex> l(mu_);
+    return out_;
+  }
+  pid_t pid() const { return pid_; }
+
+ private:
+  pid_t pid_ = -1;
+  int fd_ = -1;
+  bool reaped_ = false;
+  std::thread reader_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::string out_;
+  bool eof_ = false;
+};
+
+}  // namespace framepipe::testing

@@ -1,0 +1,477 @@
+// The gRPC service end to end: a real server on 127.0.0.1:0 and a real gRPC client. Every
+// semantic of the contract in ARCHITECTURE.md: order, completeness, per-frame errors, protocol
+// errors, config rules, cancel, slow readers, DROP_OLDEST, deadlines, health, limits, drain.
+#include <gtest/gtest.h>
+
+#include <set>
+
+#include "grpcpp/generic/generic_stub.h"
+#include "service/health_probe.h"
+#include "service_test_util.h"
+
+namespace framepipe {
+namespace {
+
+using namespace framepipe::testing;  // NOLINT
+
+TEST(ServiceTest, ConcurrentStreamsWithRandomDelaysAreCompleteAndOrdered) {
+  ServerOptions o;
+  o.workers = 3;
+  o.wrap_stages = WrapAnalyse(3000);
+  auto server = StartTestServer(o);
+  ASSERT_TRUE(server);
+  constexpr int kStreams = 8, kFrames = 50;
+  std::vector<std::thread> threads;
+  std::vector<std::vector<pb::FrameResult>> got(kStreams);
+  std::vector<grpc::Status> status(kStreams);
+  for (int k = 0; k < kStreams; ++k) {
+    threads.emplace_back([&, k] {
+      Call call(Channel(*server));
+      ASSERT_TRUE(call.Write(ConfigMsg(6, pb::OVERLOAD_POLICY_BLOCK, 0, "s" + std::to_string(k))));
+      std::thread writer([&] {
+        for (int i = 0; i < kFrames; ++i) {
+          if (!call.Write(JpegFrame(10 + 7 * i, 1000 + i))) break;
+        }
+        call.WritesDone();
+      });
+      got[k] = call.ReadAll();
+      writer.join();
+      status[k] = call.Finish();
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int k = 0; k < kStreams; ++k) {
+    ASSERT_TRUE(status[k].ok()) << status[k].error_message();
+    ASSERT_EQ(got[k].size(), static_cast<size_t>(kFrames)) << "stream " << k;
+    for (int i = 0; i < kFrames; ++i) {
+      const pb::FrameResult& r = got[k][i];
+      ASSERT_EQ(r.seq(), static_cast<uint64_t>(10 + 7 * i)) << "stream " << k << " position " << i;
+      EXPECT_EQ(r.status(), pb::FRAME_STATUS_OK) << r.error();
+      EXPECT_EQ(r.capture_time_us(), 1000 + i);
+      EXPECT_EQ(TagOf(r, "seq"), std::to_string(r.seq()));
+      EXPECT_EQ(r.analysis().width(), 160u);
+      EXPECT_EQ(r.analysis().luma_histogram_size(), 256);
+      EXPECT_EQ(r.analysis().backend(), "cpu");
+      EXPECT_TRUE(r.analysis().thumbnail().empty()) << "thumbnails only on request";
+      const auto& t = r.timings();
+      EXPECT_GT(t.total_us(), 0u);
+      EXPECT_GE(t.total_us(), t.decode_us() + t.analyse_us() + t.enrich_us());
+    }
+  }
+  pb::Stats st = GetStats(*server);
+  EXPECT_EQ(st.frames_in(), static_cast<uint64_t>(kStreams * kFrames));
+  EXPECT_EQ(st.frames_out(), st.frames_in());
+  EXPECT_EQ(st.frames_ok(), st.frames_in());
+  EXPECT_EQ(st.in_flight(), 0u);
+  EXPECT_LE(st.peak_in_flight(), static_cast<uint64_t>(kStreams * 6));
+  EXPECT_EQ(st.streams_total(), static_cast<uint64_t>(kStreams));
+}
+
+TEST(ServiceTest, EveryBadInputKindGetsItsErrorAndTheStreamGoesOn) {
+  ServerOptions o;
+  o.limits = {4096, 4096};
+  auto server = StartTestServer(o);
+  ASSERT_TRUE(server);
+  struct Bad {
+    std::function<void(pb::Frame*)> make;
+    const char* message;
+  };
+  const std::string jpeg = TestJpegs()[0];
+  std::vector<Bad> bads = {
+      {[](pb::Frame* f) { f->set_encoded(""); }, "encoded payload is empty"},
+      {[](pb::Frame*) {}, "no payload"},
+      {[](pb::Frame* f) { f->set_encoded("definitely not an image"); }, "neither JPEG nor PNG"},
+      {[&](pb::Frame* f) { f->set_encoded(jpeg.substr(0, jpeg.size() / 2)); }, "truncated JPEG"},
+      {[](pb::Frame* f) {
+         auto* r = f->mutable_raw();
+         r->set_width(8), r->set_height(8), r->set_format(pb::PIXEL_FORMAT_BGR8);
+         r->set_data(std::string(100, 'x'));
+       },
+       "needs 192 bytes, got 100"},
+      {[](pb::Frame* f) {
+         auto* r = f->mutable_raw();
+         r->set_width(8), r->set_height(8), r->set_format(static_cast<pb::PixelFormat>(9));
+         r->set_data(std::string(64, 'x'));
+       },
+       "unknown pixel format value 9"},
+      {[](pb::Frame* f) {
+         auto* r = f->mutable_raw();
+         r->set_width(8), r->set_height(8);
+         r->set_data(std::string(64, 'x'));
+       },
+       "PIXEL_FORMAT_UNSPECIFIED"},
+      {[](pb::Frame* f) {
+         auto* r = f->mutable_raw();
+         r->set_width(5000), r->set_height(1), r->set_format(pb::PIXEL_FORMAT_GRAY8);
+         r->set_data(std::string(5000, 'x'));
+       },
+       "5000x1, over the server's maximum of 4096x4096"},
+      {[&](pb::Frame* f) {
+         f->set_encoded(jpeg);
+         for (int i = 0; i < 65; ++i) (*f->mutable_tags())["t" + std::to_string(i)] = "v";
+       },
+       "over the limit of 64"},
+      {[&](pb::Frame* f) {
+         f->set_encoded(jpeg);
+         (*f->mutable_tags())["big"] = std::string(300 * 1024, 'b');
+       },
+       "over the limit of 262144"},
+  };
+  Call call(Channel(*server));
+  uint64_t seq = 1;
+  std::vector<std::pair<bool, std::string>> want;  // ok?, message
+  for (auto& b : bads) {
+    ASSERT_TRUE(call.Write(JpegFrame(seq++)));
+    want.push_back({true, ""});
+    pb::ProcessRequest req;
+    req.mutable_frame()->set_seq(seq++);
+    b.make(req.mutable_frame());
+    ASSERT_TRUE(call.Write(req));
+    want.push_back({false, b.message});
+  }
+  ASSERT_TRUE(call.Write(JpegFrame(seq++)));
+  want.push_back({true, ""});
+  call.WritesDone();
+  auto got = call.ReadAll();
+  grpc::Status st = call.Finish();
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < got.size(); ++i) {
+    EXPECT_EQ(got[i].seq(), i + 1);
+    if (want[i].first) {
+      EXPECT_EQ(got[i].status(), pb::FRAME_STATUS_OK) << got[i].error();
+    } else {
+      EXPECT_EQ(got[i].status(), pb::FRAME_STATUS_INVALID_ARGUMENT);
+      EXPECT_NE(got[i].error().find(want[i].second), std::string::npos) << got[i].error();
+      EXPECT_NE(got[i].error().find("frame seq=" + std::to_string(i + 1)), std::string::npos)
+          << got[i].error();
+      EXPECT_FALSE(got[i].has_analysis());
+    }
+  }
+  EXPECT_EQ(GetStats(*server).frames_invalid_argument(), bads.size());
+}
+
+TEST(ServiceTest, NonIncreasingSeqEndsTheCallAfterEarlierResults) {
+  auto server = StartTestServer({});
+  ASSERT_TRUE(server);
+  for (uint64_t bad : {5u, 3u}) {
+    Call call(Channel(*server));
+    for (uint64_t s : {1u, 2u, 5u}) ASSERT_TRUE(call.Write(JpegFrame(s)));
+    call.Write(JpegFrame(bad));
+    call.Write(JpegFrame(9));  // never read by the server
+    call.WritesDone();
+    auto got = call.ReadAll();
+    grpc::Status st = call.Finish();
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_NE(st.error_message().find("frame seq=" + std::to_string(bad) +
+                                      " is not greater than the previous seq=5"),
+              std::string::npos)
+        << st.error_message();
+    ASSERT_EQ(got.size(), 3u);
+    EXPECT_EQ(got[0].seq(), 1u);
+    EXPECT_EQ(got[1].seq(), 2u);
+    EXPECT_EQ(got[2].seq(), 5u);
+    for (auto& r : got) EXPECT_EQ(r.status(), pb::FRAME_STATUS_OK);
+  }
+}
+
+TEST(ServiceTest, ConfigRules) {
+  ServerOptions o;
+  o.max_stream_in_flight = 100;
+  auto server = StartTestServer(o);
+  ASSERT_TRUE(server);
+  auto run = [&](std::vector<pb::ProcessRequest> msgs, size_t want_results,
+                 const std::string& want_message) {
+    Call call(Channel(*server));
+    for (auto& m : msgs) call.Write(m);
+    call.WritesDone();
+    auto got = call.ReadAll();
+    grpc::Status st = call.Finish();
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << want_message;
+    EXPECT_NE(st.error_message().find(want_message), std::string::npos) << st.error_message();
+    EXPECT_EQ(got.size(), want_results) << want_message;
+  };
+  run({ConfigMsg(4), ConfigMsg(4)}, 0, "a second StreamConfig");
+  run({JpegFrame(1), JpegFrame(2), ConfigMsg(4)}, 2, "StreamConfig after frames");
+  run({ConfigMsg(1000)}, 0, "max_in_flight=1000 is over the server's limit of 100");
+  run({ConfigMsg(4, static_cast<pb::OverloadPolicy>(7))}, 0, "overload has unknown value 7");
+  run({pb::ProcessRequest()}, 0, "neither a config nor a frame");
+  pb::ProcessRequest long_id = ConfigMsg(4);
+  long_id.mutable_config()->set_stream_id(std::string(300, 'x'));
+  run({long_id}, 0, "stream_id is longer than 256 bytes");
+  // A valid config with no frames at all: OK, no results.
+  Call call(Channel(*server));
+  ASSERT_TRUE(call.Write(ConfigMsg(4)));
+  call.WritesDone();
+  EXPECT_TRUE(call.ReadAll().empty());
+  EXPECT_TRUE(call.Finish().ok());
+}
+
+TEST(ServiceTest, CancelMidStreamReturnsCreditsAndAFreshStreamWorks) {
+  ServerOptions o;
+  o.wrap_stages = WrapAnalyse(20000);
+  auto server = StartTestServer(o);
+  ASSERT_TRUE(server);
+  {
+    Call call(Channel(*server));
+    ASSERT_TRUE(call.Write(ConfigMsg(8)));
+    for (int i = 1; i <= 20; ++i) ASSERT_TRUE(call.Write(JpegFrame(i)));
+    pb::FrameResult r;
+    ASSERT_TRUE(call.Read(&r));
+    EXPECT_EQ(r.seq(), 1u);
+    call.Cancel();
+    EXPECT_EQ(call.Finish().error_code(), grpc::StatusCode::CANCELLED);
+  }
+  EXPECT_TRUE(WaitForStats(*server, [](const pb::Stats& s) {
+    return s.in_flight() == 0 && s.active_streams() == 0;
+  }));
+  Call call(Channel(*server));
+  for (int i = 1; i <= 10; ++i) ASSERT_TRUE(call.Write(JpegFrame(i)));
+  call.WritesDone();
+  auto got = call.ReadAll();
+  EXPECT_TRUE(call.Finish().ok());
+  ASSERT_EQ(got.size(), 10u);
+  for (int i = 0; i < 10; ++i) EXPECT_EQ(got[i].seq(), static_cast<uint64_t>(i + 1));
+}
+
+TEST(ServiceTest, SlowReaderIsBoundedByTheCreditWindow) {
+  ServerOptions o;
+  o.workers = 2;
+  o.stream_window_bytes = 64 * 1024;
+  auto server = StartTestServer(o);
+  ASSERT_TRUE(server);
+  constexpr int kFrames = 60;
+  const std::string raw = EncodeImage(SyntheticSource({640, 480, 30, 1}).Render(0),
+                                      Encoding::kRaw).value();
+  // Results with thumbnails (~6 KB) against a client window of 16 KB: a client that does not
+  // read stops accepting results after a few; the server then holds 4 credits and stops reading.
+  Call call(Channel(*server, 16 * 1024));
+  pb::ProcessRequest cfg = ConfigMsg(4);
+  cfg.mutable_config()->set_include_thumbnail(true);
+  ASSERT_TRUE(call.Write(cfg));
+  std::atomic<int> sent{0};
+  std::thread writer([&] {
+    for (int i = 1; i <= kFrames; ++i) {
+      pb::ProcessRequest req;
+      auto* f = req.mutable_frame();
+      f->set_seq(i);
+      auto* r = f->mutable_raw();
+      r->set_width(640), r->set_height(480), r->set_format(pb::PIXEL_FORMAT_BGR8);
+      r->set_data(raw);
+      if (!call.Write(req)) break;
+      sent = i;
+    }
+    call.WritesDone();
+  });
+  // Nobody reads: the server fills its window of 4 and stops reading.
+  ASSERT_TRUE(WaitForStats(*server, [](const pb::Stats& s) { return s.in_flight() == 4; }));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_LT(sent.load(), kFrames) << "the writer should be held back by flow control";
+  pb::Stats st = GetStats(*server);
+  EXPECT_EQ(st.in_flight(), 4u);
+  EXPECT_LE(st.peak_in_flight(), 4u);
+  // Now read everything: all results, in order.
+  auto got = call.ReadAll();
+  writer.join();
+  EXPECT_TRUE(call.Finish().ok());
+  ASSERT_EQ(got.size(), static_cast<size_t>(kFrames));
+  for (int i = 0; i < kFrames; ++i) EXPECT_EQ(got[i].seq(), static_cast<uint64_t>(i + 1));
+  EXPECT_LE(GetStats(*server).peak_in_flight(), 4u);
+}
+
+TEST(ServiceTest, DropOldestAnswersEverySeqInOrder) {
+  ServerOptions o;
+  o.workers = 1;
+  o.wrap_stages = WrapAnalyse(0, [](FrameContext&) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(15));
+  });
+  auto server = StartTestServer(o);
+  ASSERT_TRUE(server);
+  Call call(Channel(*server));
+  ASSERT_TRUE(call.Write(ConfigMsg(2, pb::OVERLOAD_POLICY_DROP_OLDEST)));
+  constexpr int kFrames = 40;
+  for (int i = 1; i <= kFrames; ++i) ASSERT_TRUE(call.Write(JpegFrame(i)));
+  call.WritesDone();
+  auto got = call.ReadAll();
+  EXPECT_TRUE(call.Finish().ok());
+  ASSERT_EQ(got.size(), static_cast<size_t>(kFrames));
+  int dropped = 0;
+  for (int i = 0; i < kFrames; ++i) {
+    EXPECT_EQ(got[i].seq(), static_cast<uint64_t>(i + 1));
+    EXPECT_TRUE(got[i].status() == pb::FRAME_STATUS_OK ||
+                got[i].status() == pb::FRAME_STATUS_DROPPED);
+    if (got[i].status() == pb::FRAME_STATUS_DROPPED) {
+      ++dropped;
+      EXPECT_NE(got[i].error().find("DROP_OLDEST"), std::string::npos);
+      EXPECT_EQ(TagOf(got[i], "seq"), std::to_string(i + 1)) << "dropped frames echo tags";
+    }
+  }
+  EXPECT_GT(dropped, 0) << "15 ms per frame on one worker cannot keep up with a burst";
+  EXPECT_EQ(got.back().status(), pb::FRAME_STATUS_OK) << "the newest frame is never dropped";
+  EXPECT_EQ(GetStats(*server).frames_dropped(), static_cast<uint64_t>(dropped));
+}
+
+TEST(ServiceTest, FrameTimeoutGivesDeadlineExceededInPlace) {
+  Gate release;
+  ServerOptions o;
+  o.workers = 2;
+  o.wrap_stages = WrapAnalyse(0, [&](FrameContext& ctx) {
+    if (ctx.input.seq == 4) release.Wait();
+  });
+  auto server = StartTestServer(o);
+  ASSERT_TRUE(server);
+  Call call(Channel(*server));
+  ASSERT_TRUE(call.Write(ConfigMsg(4, pb::OVERLOAD_POLICY_BLOCK, 200)));
+  for (int i = 1; i <= 10; ++i) ASSERT_TRUE(call.Write(JpegFrame(i)));
+  call.WritesDone();
+  auto got = call.ReadAll();
+  EXPECT_TRUE(call.Finish().ok());
+  release.Open();
+  ASSERT_EQ(got.size(), 10u);
+  for (int i = 0; i < 10; ++i) {
+    EXPECT_EQ(got[i].seq(), static_cast<uint64_t>(i + 1));
+    EXPECT_EQ(got[i].status(), i == 3 ? pb::FRAME_STATUS_DEADLINE_EXCEEDED : pb::FRAME_STATUS_OK)
+        << i << ": " << got[i].error();
+  }
+  EXPECT_NE(got[3].error().find("deadline of 200 ms"), std::string::npos) << got[3].error();
+}
+
+TEST(ServiceTest, HealthGoesNotServingDuringDrainAndAdmittedFramesAreAnswered) {
+  Gate release;
+  Counter held;
+  ServerOptions o;
+  o.drain_timeout = std::chrono::seconds(30);
+  o.wrap_stages = WrapAnalyse(0, [&](FrameContext& ctx) {
+    if (ctx.input.seq == 5) {
+      held.Add();
+      release.Wait();
+    }
+  });
+  auto server = StartTestServer(o);
+  ASSERT_TRUE(server);
+  const std::string target = "127.0.0.1:" + std::to_string(server->port());
+  EXPECT_TRUE(CheckHealth(target, "", 5).ok());
+  Call call(Channel(*server));
+  ASSERT_TRUE(call.Write(ConfigMsg(8)));
+  for (int i = 1; i <= 8; ++i) ASSERT_TRUE(call.Write(JpegFrame(i)));
+  ASSERT_TRUE(held.WaitAtLeast(1));
+  ASSERT_TRUE(WaitForStats(*server, [](const pb::Stats& s) { return s.frames_in() == 8; }));
+  std::thread stopper([&] { EXPECT_TRUE(server->Shutdown()); });
+  // Draining: health says NOT_SERVING and new streams are refused.
+  bool not_serving = false;
+  for (int i = 0; i < 2000 && !not_serving; ++i) {
+    absl::Status h = CheckHealth(target, "", 5);
+    not_serving = !h.ok() && h.message().find("NOT_SERVING") != std::string::npos;
+    if (!not_serving) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_TRUE(not_serving);
+  {
+    Call late(Channel(*server));
+    late.Write(JpegFrame(1));
+    late.WritesDone();
+    EXPECT_TRUE(late.ReadAll().empty());
+    grpc::Status st = late.Finish();
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE);
+    EXPECT_NE(st.error_message().find("shutting down"), std::string::npos) << st.error_message();
+  }
+  release.Open();
+  auto got = call.ReadAll();
+  grpc::Status st = call.Finish();
+  stopper.join();
+  ASSERT_EQ(got.size(), 8u) << "every admitted frame is answered";
+  for (int i = 0; i < 8; ++i) EXPECT_EQ(got[i].seq(), static_cast<uint64_t>(i + 1));
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_NE(st.error_message().find("every admitted frame was answered"), std::string::npos)
+      << st.error_message();
+}
+
+TEST(ServiceTest, StreamLimitIsResourceExhausted) {
+  ServerOptions o;
+  o.max_streams = 2;
+  auto server = StartTestServer(o);
+  ASSERT_TRUE(server);
+  Call a(Channel(*server)), b(Channel(*server));
+  pb::FrameResult r;
+  ASSERT_TRUE(a.Write(JpegFrame(1)));
+  ASSERT_TRUE(a.Read(&r));
+  ASSERT_TRUE(b.Write(JpegFrame(1)));
+  ASSERT_TRUE(b.Read(&r));
+  Call c(Channel(*server));
+  c.Write(JpegFrame(1));
+  c.WritesDone();
+  EXPECT_TRUE(c.ReadAll().empty());
+  grpc::Status st = c.Finish();
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_NE(st.error_message().find("limit of 2 concurrent streams"), std::string::npos)
+      << st.error_message();
+  a.WritesDone();
+  b.WritesDone();
+  a.ReadAll();
+  b.ReadAll();
+  EXPECT_TRUE(a.Finish().ok());
+  EXPECT_TRUE(b.Finish().ok());
+  EXPECT_EQ(GetStats(*server).streams_rejected(), 1u);
+}
+
+TEST(ServiceTest, OversizedMessageIsResourceExhausted) {
+  ServerOptions o;
+  o.max_receive_message_bytes = 1 << 20;
+  auto server = StartTestServer(o);
+  ASSERT_TRUE(server);
+  Call call(Channel(*server));
+  pb::ProcessRequest req;
+  req.mutable_frame()->set_seq(1);
+  req.mutable_frame()->set_encoded(std::string(2 << 20, 'x'));
+  call.Write(req);
+  call.WritesDone();
+  call.ReadAll();
+  EXPECT_EQ(call.Finish().error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+}
+
+TEST(ServiceTest, ThumbnailOnRequestAndReflectionListsTheService) {
+  auto server = StartTestServer({});
+  ASSERT_TRUE(server);
+  Call call(Channel(*server));
+  pb::ProcessRequest cfg = ConfigMsg(2);
+  cfg.mutable_config()->set_include_thumbnail(true);
+  ASSERT_TRUE(call.Write(cfg));
+  ASSERT_TRUE(call.Write(JpegFrame(1)));
+  call.WritesDone();
+  auto got = call.ReadAll();
+  ASSERT_TRUE(call.Finish().ok());
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].analysis().thumbnail().size(), 4096u);
+  // Server reflection: ServerReflectionInfo with list_services (field 7) names our service.
+  grpc::GenericStub stub(Channel(*server));
+  grpc::ClientContext ctx;
+  grpc::CompletionQueue cq;
+  auto rpc = stub.PrepareCall(&ctx, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                              &cq);
+  rpc->StartCall(reinterpret_cast<void*>(1));
+  void* tag;
+  bool ok;
+  ASSERT_TRUE(cq.Next(&tag, &ok) && ok);
+  std::string req("\x3a\x00", 2);  // list_services: ""
+  grpc::Slice slice(req);
+  grpc::ByteBuffer buf(&slice, 1);
+  rpc->Write(buf, reinterpret_cast<void*>(2));
+  ASSERT_TRUE(cq.Next(&tag, &ok) && ok);
+  grpc::ByteBuffer resp;
+  rpc->Read(&resp, reinterpret_cast<void*>(3));
+  ASSERT_TRUE(cq.Next(&tag, &ok) && ok);
+  std::vector<grpc::Slice> slices;
+  (void)resp.Dump(&slices);
+  std::string bytes;
+  for (auto& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  EXPECT_NE(bytes.find("framepipe.v1.FramePipeline"), std::string::npos);
+  EXPECT_NE(bytes.find("grpc.health.v1.Health"), std::string::npos);
+  ctx.TryCancel();
+  grpc::Status fin;
+  rpc->Finish(&fin, reinterpret_cast<void*>(4));
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
+  }
+}
+
+}  // namespace
+}  // namespace framepipe
