@@ -23,7 +23,7 @@ TEST(SigtermTest, DrainsAdmittedFramesAndExitsZero) {
   for (const char* sig_name : {"SIGTERM", "SIGINT"}) {
     SCOPED_TRACE(sig_name);
     ChildProcess child({FRAMEPIPE_BINARY, "serve", "--listen", "127.0.0.1:0", "--workers", "2",
-                        "--backend", "cpu", "--drain-timeout", "20s"});
+                        "--backend", "cpu", "--drain-timeout", "20s", "--metrics", ""});
     const int port = child.WaitForPort();
     ASSERT_GT(port, 0) << child.output();
     Call call(ChannelTo(port));

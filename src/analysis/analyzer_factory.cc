@@ -1,5 +1,7 @@
 #include "analysis/analyzer_factory.h"
 
+#include <string>
+
 #include "absl/strings/str_cat.h"
 
 #ifdef FRAMEPIPE_HAVE_CUDA
@@ -43,7 +45,7 @@ absl::StatusOr<BackendChoice> CreateAnalyzer(const BackendOptions& options) {
     return absl::FailedPreconditionError(
         absl::StrCat("--backend cuda: ", cuda.status().message()));
   }
-  choice.detail = absl::StrCat("no usable CUDA device (", cuda.status().message(), ")");
+  choice.detail = std::string(cuda.status().message());
 #else
   if (b == "cuda") {
     return absl::FailedPreconditionError(

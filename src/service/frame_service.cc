@@ -153,6 +153,7 @@ class ProcessReactor final : public grpc::ServerBidiReactor<v1::ProcessRequest, 
         // The client is gone: nothing more can be written. Drop what is queued (their credits
         // return as the entries die below, outside the lock).
         write_failed_ = true;
+        discarded_ += 1 + queue_.size();
         dropped_queue_ = std::move(queue_);
         queue_.clear();
       } else {
@@ -189,6 +190,7 @@ class ProcessReactor final : public grpc::ServerBidiReactor<v1::ProcessRequest, 
     {
       std::lock_guard<std::mutex> l(mu_);
       cancelled_ = true;
+      discarded_ += queue_.size();
       dropped_queue_ = std::move(queue_);
       queue_.clear();
     }
@@ -206,7 +208,10 @@ class ProcessReactor final : public grpc::ServerBidiReactor<v1::ProcessRequest, 
     if (stream_) stream_->Cancel();
     if (!refused_) {
       LogClose();
-      if (svc_->observer_) svc_->observer_->OnStreamClosed();
+      if (svc_->observer_) {
+        if (discarded_ > 0) svc_->observer_->OnResultsDiscarded(discarded_);
+        svc_->observer_->OnStreamClosed();
+      }
     }
     svc_->Unregister(this);  // may delete this
   }
@@ -386,7 +391,10 @@ class ProcessReactor final : public grpc::ServerBidiReactor<v1::ProcessRequest, 
     bool start = false;
     {
       std::lock_guard<std::mutex> l(mu_);
-      if (cancelled_ || write_failed_ || finished_) return;  // credit returns as `out` dies
+      if (cancelled_ || write_failed_ || finished_) {
+        ++discarded_;
+        return;  // the credit returns as `out` dies
+      }
       queue_.push_back(std::move(out));
       if (!writing_) {
         current_ = std::move(queue_.front());
@@ -429,6 +437,7 @@ class ProcessReactor final : public grpc::ServerBidiReactor<v1::ProcessRequest, 
   void NoteNotAdmittedLocked(uint64_t seq) {
     if (not_admitted_ == 0) first_not_admitted_seq_ = seq;
     ++not_admitted_;
+    if (svc_->observer_) svc_->observer_->OnNotAdmitted(1);
   }
 
   // Finishes the RPC once nothing is left to write: all admitted frames answered (the pipeline
@@ -481,6 +490,7 @@ class ProcessReactor final : public grpc::ServerBidiReactor<v1::ProcessRequest, 
       }
     }
     if (not_admitted_ > 0) line.Add("not_admitted", not_admitted_);
+    if (discarded_ > 0) line.Add("results_discarded", discarded_);
     line.Add("duration_s", SecondsBetween(opened_, Now()));
     if (!final_.ok()) line.Add("message", std::string(final_.message()));
     line.Emit();
@@ -527,6 +537,7 @@ class ProcessReactor final : public grpc::ServerBidiReactor<v1::ProcessRequest, 
   uint64_t frames_out_ = 0;
   uint64_t not_admitted_ = 0;
   uint64_t first_not_admitted_seq_ = 0;
+  uint64_t discarded_ = 0;  // results not written: the client went away
 };
 
 FrameService::FrameService(Pipeline* pipeline, ServiceOptions options, ServiceObserver* observer)

@@ -33,6 +33,10 @@ class ServiceObserver {
   // frame's capture_time_us (0 when the client did not set it).
   virtual void OnResultWritten(double /*write_seconds*/, size_t /*bytes*/,
                                int64_t /*capture_time_us*/) {}
+  // Frames read but not admitted because the server was shutting down.
+  virtual void OnNotAdmitted(uint64_t /*frames*/) {}
+  // Results that could not be written because the client went away or cancelled.
+  virtual void OnResultsDiscarded(uint64_t /*results*/) {}
 };
 
 struct ServiceOptions {

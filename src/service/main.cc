@@ -88,6 +88,9 @@ int main(int argc, char** argv) {
   auto* serve = app.add_subcommand("serve", "Run the gRPC service");
   serve->add_option("--listen", so.listen, "Address to listen on (host:port; port 0 picks one)")
       ->capture_default_str();
+  serve->add_option("--metrics", so.metrics,
+                    "Prometheus /metrics address (host:port; \"\" disables)")
+      ->capture_default_str();
   serve->add_option("--workers", so.workers,
                     "Pipeline worker threads shared by all streams (0 = hardware threads)")
       ->capture_default_str();

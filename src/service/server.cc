@@ -12,6 +12,7 @@
 #include "pipeline/standard_stages.h"
 #include "service/frame_service.h"
 #include "service/log.h"
+#include "service/metrics.h"
 
 namespace framepipe {
 
@@ -20,6 +21,7 @@ inline constexpr const char* kVersion = "0.1.0";
 struct Server::Impl {
   ServerOptions options;
   BackendChoice backend;
+  std::unique_ptr<Metrics> metrics;  // outlives the pipeline and the service
   std::unique_ptr<Pipeline> pipeline;
   std::unique_ptr<FrameService> service;
   std::unique_ptr<grpc::Server> grpc_server;
@@ -52,7 +54,14 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
     LogLine("backend_fallback").Add("backend", "cpu").Add("reason", impl->backend.detail).Emit();
   }
 
+  if (!options.metrics.empty()) {
+    impl->metrics = std::make_unique<Metrics>(kVersion, impl->backend.name, workers);
+    absl::Status st = impl->metrics->Serve(options.metrics);
+    if (!st.ok()) return st;
+  }
+
   PipelineOptions po;
+  po.observer = impl->metrics.get();
   po.workers = workers;
   po.global_max_in_flight = options.global_max_in_flight;
   po.global_max_bytes = options.max_memory_mb << 20;
@@ -73,7 +82,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   svc.idle_timeout = options.idle_timeout;
   svc.backend = impl->backend.name;
   svc.version = kVersion;
-  impl->service = std::make_unique<FrameService>(impl->pipeline.get(), svc, nullptr);
+  impl->service =
+      std::make_unique<FrameService>(impl->pipeline.get(), svc, impl->metrics.get());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -109,6 +119,13 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
       .Add("max_streams", options.max_streams)
       .Add("version", kVersion)
       .Emit();
+  if (impl->metrics) {
+    LogLine("metrics_listening")
+        .Add("address", options.metrics)
+        .Add("port", impl->metrics->port())
+        .Add("path", "/metrics")
+        .Emit();
+  }
   return std::unique_ptr<Server>(new Server(std::move(impl)));
 }
 
@@ -126,6 +143,8 @@ Server::~Server() {
 }
 
 int Server::port() const { return impl_->port; }
+int Server::metrics_port() const { return impl_->metrics ? impl_->metrics->port() : 0; }
+const Metrics* Server::metrics() const { return impl_->metrics.get(); }
 const std::string& Server::backend() const { return impl_->backend.name; }
 const std::string& Server::backend_detail() const { return impl_->backend.detail; }
 int Server::workers() const { return impl_->pipeline->workers(); }

@@ -17,6 +17,7 @@ namespace framepipe {
 
 struct ServerOptions {
   std::string listen = "0.0.0.0:50051";
+  std::string metrics = "0.0.0.0:9464";  // Prometheus /metrics; "" disables
   int workers = 0;                     // 0 = hardware threads
   uint32_t max_in_flight = 8;          // default per-stream window
   uint32_t max_stream_in_flight = 1024;
@@ -45,6 +46,7 @@ class Server {
   ~Server();
 
   int port() const;                  // the bound port (useful with --listen 127.0.0.1:0)
+  int metrics_port() const;          // 0 when metrics are disabled
   const std::string& backend() const;
   const std::string& backend_detail() const;
   int workers() const;
@@ -57,6 +59,8 @@ class Server {
   void Wait();
 
   struct Impl;
+  // The metrics (null when disabled); for tests.
+  const class Metrics* metrics() const;
 
  private:
   explicit Server(std::unique_ptr<Impl> impl);

@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "common/tsan.h"
 #include "oneapi/tbb/flow_graph.h"
 #include "oneapi/tbb/global_control.h"
 #include "oneapi/tbb/task_arena.h"
@@ -45,12 +46,15 @@ class Graph {
       for (int stage = 0; stage < 3; ++stage) {
         stages_[stage] = std::make_unique<flow::function_node<JobPtr, JobPtr>>(
             *graph_, static_cast<size_t>(workers), [core, stage](const JobPtr& job) {
+              FP_TSAN_ACQUIRE(job.get());
               core->RunStage(job, stage);
+              FP_TSAN_RELEASE(job.get());
               return job;
             });
       }
       finish_ = std::make_unique<flow::function_node<JobPtr>>(
           *graph_, flow::unlimited, [core](const JobPtr& job) {
+            FP_TSAN_ACQUIRE(job.get());
             core->Finish(job);
             return flow::continue_msg();
           });
@@ -63,6 +67,7 @@ class Graph {
   bool Put(JobPtr job) {
     std::shared_lock<std::shared_mutex> lock(mu_);
     if (!graph_) return false;
+    FP_TSAN_RELEASE(job.get());
     stages_[0]->try_put(std::move(job));
     return true;
   }
