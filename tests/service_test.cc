@@ -321,7 +321,7 @@ TEST(ServiceTest, FrameTimeoutGivesDeadlineExceededInPlace) {
   auto server = StartTestServer(o);
   ASSERT_TRUE(server);
   Call call(Channel(*server));
-  ASSERT_TRUE(call.Write(ConfigMsg(4, pb::OVERLOAD_POLICY_BLOCK, 200)));
+  ASSERT_TRUE(call.Write(ConfigMsg(4, pb::OVERLOAD_POLICY_BLOCK, 1500)));
   for (int i = 1; i <= 10; ++i) ASSERT_TRUE(call.Write(JpegFrame(i)));
   call.WritesDone();
   auto got = call.ReadAll();
@@ -333,7 +333,7 @@ TEST(ServiceTest, FrameTimeoutGivesDeadlineExceededInPlace) {
     EXPECT_EQ(got[i].status(), i == 3 ? pb::FRAME_STATUS_DEADLINE_EXCEEDED : pb::FRAME_STATUS_OK)
         << i << ": " << got[i].error();
   }
-  EXPECT_NE(got[3].error().find("deadline of 200 ms"), std::string::npos) << got[3].error();
+  EXPECT_NE(got[3].error().find("deadline of 1500 ms"), std::string::npos) << got[3].error();
 }
 
 TEST(ServiceTest, HealthGoesNotServingDuringDrainAndAdmittedFramesAreAnswered) {

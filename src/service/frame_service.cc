@@ -5,6 +5,7 @@
 #include <memory>
 
 #include "absl/strings/str_cat.h"
+#include "common/tsan.h"
 #include "service/log.h"
 #include "service/proto_convert.h"
 
@@ -19,6 +20,21 @@ grpc::Status ToGrpc(const absl::Status& s) {
 const char* OverloadName(OverloadPolicy p) {
   return p == OverloadPolicy::kDropOldest ? "DROP_OLDEST" : "BLOCK";
 }
+
+// gRPC orders a call's reactions (OnDone after everything else) inside libgrpc, where
+// ThreadSanitizer cannot see it. Every reaction and callback of a reactor acquires the reactor on
+// entry and releases it on exit (and before handing an operation to gRPC), which states that
+// order to TSan. No-op outside the tsan build.
+class TsanReactorScope {
+ public:
+  explicit TsanReactorScope(const void* reactor) : r_(const_cast<void*>(reactor)) {
+    FP_TSAN_ACQUIRE(r_);
+  }
+  ~TsanReactorScope() { FP_TSAN_RELEASE(r_); }
+
+ private:
+  void* r_;
+};
 
 int64_t NowNanos() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(Now().time_since_epoch()).count();
@@ -39,11 +55,13 @@ class ProcessReactor final : public grpc::ServerBidiReactor<v1::ProcessRequest, 
 
   // Registers with the service and starts reading, or finishes at once if refused.
   void Start() {
+    TsanReactorScope tsan_scope(this);
     std::string why;
     if (!svc_->Admit(this, &why)) {
       svc_->streams_rejected_++;
       if (svc_->observer_) svc_->observer_->OnStreamRejected();
       refused_ = true;
+      FP_TSAN_RELEASE(this);
       Finish(grpc::Status(svc_->draining() ? grpc::StatusCode::UNAVAILABLE
                                            : grpc::StatusCode::RESOURCE_EXHAUSTED,
                           why));
@@ -57,10 +75,12 @@ class ProcessReactor final : public grpc::ServerBidiReactor<v1::ProcessRequest, 
       std::lock_guard<std::mutex> l(mu_);
       reading_ = true;
     }
+    FP_TSAN_RELEASE(this);
     StartRead(&req_);
   }
 
   void OnReadDone(bool ok) override {
+    TsanReactorScope tsan_scope(this);
     if (!ok) {
       Stream* close = nullptr;
       {
@@ -143,6 +163,7 @@ class ProcessReactor final : public grpc::ServerBidiReactor<v1::ProcessRequest, 
   }
 
   void OnWriteDone(bool ok) override {
+    TsanReactorScope tsan_scope(this);
     Outgoing done;
     bool start = false;
     {
@@ -187,6 +208,7 @@ class ProcessReactor final : public grpc::ServerBidiReactor<v1::ProcessRequest, 
   }
 
   void OnCancel() override {
+    TsanReactorScope tsan_scope(this);
     {
       std::lock_guard<std::mutex> l(mu_);
       cancelled_ = true;
@@ -204,6 +226,7 @@ class ProcessReactor final : public grpc::ServerBidiReactor<v1::ProcessRequest, 
   }
 
   void OnDone() override {
+    FP_TSAN_ACQUIRE(this);  // everything before, on any thread (this object is deleted below)
     // No callback may run after this: Cancel() waits for any in progress.
     if (stream_) stream_->Cancel();
     if (!refused_) {
@@ -218,6 +241,7 @@ class ProcessReactor final : public grpc::ServerBidiReactor<v1::ProcessRequest, 
 
   // Service drain: stop reading, answer what was admitted, end.
   void Drain() {
+    TsanReactorScope tsan_scope(this);
     Stream* close = nullptr;
     {
       std::lock_guard<std::mutex> l(mu_);
@@ -239,6 +263,7 @@ class ProcessReactor final : public grpc::ServerBidiReactor<v1::ProcessRequest, 
     return now_ns - last_read_ns_.load() > timeout_ns && reading_flag();
   }
   void ExpireIdle(std::chrono::milliseconds timeout) {
+    TsanReactorScope tsan_scope(this);
     Stream* close = nullptr;
     {
       std::lock_guard<std::mutex> l(mu_);
@@ -325,6 +350,7 @@ class ProcessReactor final : public grpc::ServerBidiReactor<v1::ProcessRequest, 
   // Admits the frame waiting in pending_input_, unless another thread is admitting it. On no
   // credit it stays pending (reads paused) until the pipeline's on_credit calls us again.
   void AdmitPending() {
+    TsanReactorScope tsan_scope(this);
     for (;;) {
       FrameInput in;
       uint64_t cost;
@@ -363,6 +389,7 @@ class ProcessReactor final : public grpc::ServerBidiReactor<v1::ProcessRequest, 
         }
       }
       if (read) {
+        FP_TSAN_RELEASE(this);
         StartRead(&req_);
         return;
       }
@@ -372,15 +399,18 @@ class ProcessReactor final : public grpc::ServerBidiReactor<v1::ProcessRequest, 
   }
 
   void ContinueReading() {
+    TsanReactorScope tsan_scope(this);
     {
       std::lock_guard<std::mutex> l(mu_);
       if (draining_ || reads_done_ || !end_status_.ok() || cancelled_ || finished_) return;
       reading_ = true;
     }
+    FP_TSAN_RELEASE(this);
     StartRead(&req_);
   }
 
   void OnResult(Delivery d) {
+    TsanReactorScope tsan_scope(this);
     Outgoing out;
     ToProto(*d.result, include_thumbnail_, &out.msg);
     out.credit = std::move(d.credit);
@@ -407,6 +437,7 @@ class ProcessReactor final : public grpc::ServerBidiReactor<v1::ProcessRequest, 
   }
 
   void OnComplete() {
+    TsanReactorScope tsan_scope(this);
     {
       std::lock_guard<std::mutex> l(mu_);
       stream_complete_ = true;
@@ -415,6 +446,7 @@ class ProcessReactor final : public grpc::ServerBidiReactor<v1::ProcessRequest, 
   }
 
   void EndWithError(absl::Status st) {
+    TsanReactorScope tsan_scope(this);
     Stream* close = nullptr;
     {
       std::lock_guard<std::mutex> l(mu_);
@@ -426,6 +458,7 @@ class ProcessReactor final : public grpc::ServerBidiReactor<v1::ProcessRequest, 
   }
 
   void CancelStream() {
+    TsanReactorScope tsan_scope(this);
     Stream* s = nullptr;
     {
       std::lock_guard<std::mutex> l(mu_);
@@ -443,6 +476,7 @@ class ProcessReactor final : public grpc::ServerBidiReactor<v1::ProcessRequest, 
   // Finishes the RPC once nothing is left to write: all admitted frames answered (the pipeline
   // stream completed), or the client is gone.
   void MaybeFinish() {
+    TsanReactorScope tsan_scope(this);
     grpc::Status status;
     {
       std::lock_guard<std::mutex> l(mu_);
@@ -473,6 +507,7 @@ class ProcessReactor final : public grpc::ServerBidiReactor<v1::ProcessRequest, 
       }
       status = ToGrpc(final_);
     }
+    FP_TSAN_RELEASE(this);
     Finish(status);
   }
 

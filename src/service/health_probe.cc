@@ -6,8 +6,6 @@
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/generic/generic_stub.h"
 
-#include <condition_variable>
-#include <mutex>
 
 namespace framepipe {
 namespace {
@@ -47,20 +45,17 @@ absl::Status CheckHealth(const std::string& target, const std::string& service, 
   grpc::Slice slice(req);
   grpc::ByteBuffer request(&slice, 1);
   grpc::ByteBuffer response;
-  std::mutex mu;
-  std::condition_variable cv;
-  bool done = false;
   grpc::Status status;
-  stub.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request, &response,
-                 [&](grpc::Status s) {
-                   std::lock_guard<std::mutex> l(mu);
-                   status = std::move(s);
-                   done = true;
-                   cv.notify_all();
-                 });
-  {
-    std::unique_lock<std::mutex> l(mu);
-    cv.wait(l, [&] { return done; });
+  // Completion-queue API: the call completes on this thread (no callback thread involved).
+  grpc::CompletionQueue cq;
+  auto call = stub.PrepareUnaryCall(&ctx, "/grpc.health.v1.Health/Check", request, &cq);
+  call->StartCall();
+  call->Finish(&response, &status, reinterpret_cast<void*>(1));
+  void* tag = nullptr;
+  bool ok = false;
+  if (!cq.Next(&tag, &ok) || !ok) status = grpc::Status(grpc::StatusCode::UNKNOWN, "no reply");
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
   }
   if (!status.ok()) {
     return absl::UnavailableError(absl::StrCat("health check of ", target, " failed: ",

@@ -40,14 +40,15 @@ int RunServe(ServerOptions o, const std::string& drain, const std::string& idle,
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
   auto server = Server::Start(o);
   if (!server.ok()) return Fail(std::string(server.status().message()));
+  // The only way to stop a server is a signal: this thread takes it, drains the server and
+  // returns; main joins it before the server is destroyed.
   std::thread signals([&] {
     int sig = 0;
     sigwait(&set, &sig);
     LogLine("signal").Add("signal", sig == SIGTERM ? "SIGTERM" : "SIGINT").Emit();
     (*server)->Shutdown();
   });
-  signals.detach();
-  (*server)->Wait();
+  signals.join();
   return 0;
 }
 

@@ -173,11 +173,10 @@ bool Server::Shutdown() {
       .Add("streams_at_shutdown", open)
       .Add("drain_s", SecondsBetween(start, Now()))
       .Emit();
-  {
-    std::lock_guard<std::mutex> l(impl_->mu);
-    impl_->shut_down = true;
-    impl_->drained = drained;
-  }
+  // Notify under the lock: a waiter may destroy this Server as soon as it sees shut_down.
+  std::lock_guard<std::mutex> l(impl_->mu);
+  impl_->shut_down = true;
+  impl_->drained = drained;
   impl_->cv.notify_all();
   return drained;
 }

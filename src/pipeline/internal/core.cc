@@ -44,18 +44,18 @@ class Graph {
     arena_.execute([&] {
       graph_ = std::make_unique<flow::graph>();
       for (int stage = 0; stage < 3; ++stage) {
-        stages_[stage] = std::make_unique<flow::function_node<JobPtr, JobPtr>>(
-            *graph_, static_cast<size_t>(workers), [core, stage](const JobPtr& job) {
-              FP_TSAN_ACQUIRE(job.get());
-              core->RunStage(job, stage);
-              FP_TSAN_RELEASE(job.get());
+        stages_[stage] = std::make_unique<flow::function_node<Job*, Job*>>(
+            *graph_, static_cast<size_t>(workers), [core, stage](Job* job) {
+              FP_TSAN_ACQUIRE(job);
+              core->RunStage(*job, stage);
+              FP_TSAN_RELEASE(job);
               return job;
             });
       }
-      finish_ = std::make_unique<flow::function_node<JobPtr>>(
-          *graph_, flow::unlimited, [core](const JobPtr& job) {
-            FP_TSAN_ACQUIRE(job.get());
-            core->Finish(job);
+      finish_ = std::make_unique<flow::function_node<Job*>>(
+          *graph_, flow::unlimited, [core](Job* job) {
+            FP_TSAN_ACQUIRE(job);
+            core->Finish(*job);
             return flow::continue_msg();
           });
       flow::make_edge(*stages_[0], *stages_[1]);
@@ -64,11 +64,12 @@ class Graph {
     });
   }
 
-  bool Put(JobPtr job) {
+  bool Put(const JobPtr& job) {
     std::shared_lock<std::shared_mutex> lock(mu_);
     if (!graph_) return false;
+    job->graph_ref = job;
     FP_TSAN_RELEASE(job.get());
-    stages_[0]->try_put(std::move(job));
+    stages_[0]->try_put(job.get());
     return true;
   }
 
@@ -87,8 +88,8 @@ class Graph {
   oneapi::tbb::task_arena arena_;
   std::shared_mutex mu_;
   std::unique_ptr<flow::graph> graph_;
-  std::unique_ptr<flow::function_node<JobPtr, JobPtr>> stages_[3];
-  std::unique_ptr<flow::function_node<JobPtr>> finish_;
+  std::unique_ptr<flow::function_node<Job*, Job*>> stages_[3];
+  std::unique_ptr<flow::function_node<Job*>> finish_;
 };
 
 Core::Core(const PipelineOptions& options, Stages stages)
@@ -173,6 +174,7 @@ void Core::Submit(JobPtr job) {
     // Only after Stop() tore the graph down, by which time every stream was closed and
     // cancelled: nobody waits for this frame's result.
     job->state.store(kCancelled, std::memory_order_release);
+    job->graph_ref.reset();
   }
 }
 
@@ -253,8 +255,7 @@ void Core::TimerLoop() {
   }
 }
 
-void Core::RunStage(const JobPtr& job, int stage) {
-  Job& j = *job;
+void Core::RunStage(Job& j, int stage) {
   if (stage == 0) {
     int expected = kQueued;
     if (!j.state.compare_exchange_strong(expected, kRunning, std::memory_order_acq_rel)) return;
@@ -266,7 +267,7 @@ void Core::RunStage(const JobPtr& job, int stage) {
   if (j.has_deadline() && start > j.deadline) {
     int expected = kRunning;
     if (j.state.compare_exchange_strong(expected, kExpired, std::memory_order_acq_rel)) {
-      j.stream->OnJobExpired(job, kStageNames[stage]);
+      j.stream->OnJobExpired(j, kStageNames[stage]);
     }
     return;
   }
@@ -301,8 +302,9 @@ void Core::RunStage(const JobPtr& job, int stage) {
   }
 }
 
-void Core::Finish(const JobPtr& job) {
-  Job& j = *job;
+void Core::Finish(Job& j) {
+  // The graph's reference to the job ends here (the stream's reorder slot may still hold one).
+  JobPtr job = std::move(j.graph_ref);
   int expected = kRunning;
   if (!j.state.compare_exchange_strong(expected, kDone, std::memory_order_acq_rel)) return;
   // The frame's buffers are no longer needed; free them before the result waits for order.
@@ -310,9 +312,9 @@ void Core::Finish(const JobPtr& job) {
   j.ctx.luma = Image();
   std::string().swap(j.ctx.input.data);
   if (options_.ordered) {
-    j.stream->OnJobDone(job);
+    j.stream->OnJobDone(j);
   } else {
-    j.stream->DeliverUnordered(job);
+    j.stream->DeliverUnordered(j);
   }
 }
 

@@ -46,8 +46,8 @@ class Core : public std::enable_shared_from_this<Core> {
   void NotifyStreamProgress();  // a stream completed or was cancelled (wakes Stop)
 
   // Stage bodies, run on the graph's threads.
-  void RunStage(const JobPtr& job, int stage);
-  void Finish(const JobPtr& job);
+  void RunStage(Job& job, int stage);
+  void Finish(Job& job);
 
   const PipelineOptions& options() const { return options_; }
   const Stages& stages() const { return stages_; }

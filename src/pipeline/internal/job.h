@@ -25,6 +25,9 @@ class StreamState;
 enum JobState : int { kQueued = 0, kRunning, kDone, kDropped, kExpired, kCancelled };
 
 struct Job {
+  // The flow graph carries raw Job pointers; while a job is inside the graph it owns itself
+  // through this reference, dropped by the finish node (or by Submit if the graph is gone).
+  std::shared_ptr<Job> graph_ref;
   std::shared_ptr<StreamState> stream;
   uint64_t index = 0;
   std::atomic<int> state{kQueued};

@@ -193,8 +193,7 @@ void StreamState::MarkReadyLocked(Slot& s) {
   if (auto* obs = core_->observer()) obs->OnReorderInsert(ready_count_);
 }
 
-void StreamState::OnJobDone(const JobPtr& job) {
-  Job& j = *job;
+void StreamState::OnJobDone(Job& j) {
   FrameResult& r = *j.ctx.result;
   const FrameInput& in = j.ctx.input;
   r.seq = in.seq;
@@ -227,17 +226,17 @@ void StreamState::OnJobDone(const JobPtr& job) {
   if (j.index == next_out_) DrainLocked(lock);
 }
 
-void StreamState::OnJobExpired(const JobPtr& job, const char* stage) {
+void StreamState::OnJobExpired(Job& job, const char* stage) {
   uint64_t bytes = 0;
   {
     std::unique_lock<std::mutex> lock(mu_);
     if (cancelled_) return;
-    FinaliseOverrideLocked(slot(job->index), job->index, FrameStatus::kDeadlineExceeded,
-                           absl::StrCat("frame seq=", job->ctx.input.seq,
+    FinaliseOverrideLocked(slot(job.index), job.index, FrameStatus::kDeadlineExceeded,
+                           absl::StrCat("frame seq=", job.ctx.input.seq,
                                         " missed its deadline of ", options_.frame_timeout.count(),
                                         " ms before the ", stage, " stage"),
                            &bytes);
-    if (job->index == next_out_) DrainLocked(lock);
+    if (job.index == next_out_) DrainLocked(lock);
   }
   if (bytes > 0) core_->ReleaseGlobal(0, bytes);
 }
@@ -345,8 +344,7 @@ void StreamState::DrainLocked(std::unique_lock<std::mutex>& lock) {
   draining_ = false;
 }
 
-void StreamState::DeliverUnordered(const JobPtr& job) {
-  Job& j = *job;
+void StreamState::DeliverUnordered(Job& j) {
   auto r = std::move(j.ctx.result);
   r->seq = j.ctx.input.seq;
   r->capture_time_us = j.ctx.input.capture_time_us;

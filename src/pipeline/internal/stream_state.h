@@ -33,11 +33,11 @@ class StreamState : public std::enable_shared_from_this<StreamState> {
   void Cancel();
 
   // Worker side. `job` reached the end of enrich and the worker won kRunning -> kDone.
-  void OnJobDone(const JobPtr& job);
+  void OnJobDone(Job& job);
   // Unordered pipelines: deliver at once, in completion order.
-  void DeliverUnordered(const JobPtr& job);
+  void DeliverUnordered(Job& job);
   // A worker found the job past its deadline at a stage start and won the race to kExpired.
-  void OnJobExpired(const JobPtr& job, const char* stage);
+  void OnJobExpired(Job& job, const char* stage);
 
   // Timer side: expires every undelivered frame past its deadline; returns the earliest
   // deadline still pending (TimePoint::max() if none).
