@@ -323,20 +323,23 @@ TEST(PipelineTest, FailuresBecomeInOrderResultsAndStreamGoesOn) {
 }
 
 TEST(PipelineTest, HeadOfLineFrameHeldBackDeliversEverythingInOrder) {
-  // Frame 0 is stuck in analyse until frames 1..7 have all finished enrich: worst case for the
-  // resequencer. Nothing may come out before frame 0, then all 8 in order.
+  // Frame 0 is stuck in analyse until frames 1..7 are all waiting in the reorder buffer: worst
+  // case for the resequencer. Nothing may come out before frame 0, then all 8 in order.
+  struct InsertCounter : CreditObserver {
+    Counter inserted;
+    void OnReorderInsert(uint32_t depth) override {
+      CreditObserver::OnReorderInsert(depth);
+      inserted.Add();
+    }
+  } obs;
   FakeStages fakes;
   fakes.max_delay_us = 0;
-  Counter enriched;
-  Gate release;
   fakes.hook = [&](int stage, FrameContext& ctx) {
     if (stage == 1 && ctx.input.seq == SeqOf(0)) {
-      EXPECT_TRUE(enriched.WaitAtLeast(7));
+      EXPECT_TRUE(obs.inserted.WaitAtLeast(7));
     }
-    if (stage == 2) enriched.Add();
     return absl::OkStatus();
   };
-  CreditObserver obs;
   auto p = MakePipeline(fakes, 2, 64, &obs);
   Sink sink;
   auto s = p->OpenStream(sink.Options("s", 8));

@@ -4,13 +4,14 @@
 
 #include <regex>
 
-#include "child_process.h"
+#include "service/child_process.h"
 #include "service_test_util.h"
 
 namespace framepipe {
 namespace {
 
 using namespace framepipe::testing;  // NOLINT
+using framepipe::ChildProcess;
 
 std::shared_ptr<grpc::Channel> ChannelTo(int port) {
   grpc::ChannelArguments args;

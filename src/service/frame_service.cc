@@ -5,6 +5,7 @@
 #include <memory>
 
 #include "absl/strings/str_cat.h"
+#include "common/latency_histogram.h"
 #include "common/tsan.h"
 #include "service/log.h"
 #include "service/proto_convert.h"
@@ -421,6 +422,7 @@ class ProcessReactor final : public grpc::ServerBidiReactor<v1::ProcessRequest, 
     bool start = false;
     {
       std::lock_guard<std::mutex> l(mu_);
+      latency_.Add(d.result->timings.total_us);
       if (cancelled_ || write_failed_ || finished_) {
         ++discarded_;
         return;  // the credit returns as `out` dies
@@ -527,6 +529,7 @@ class ProcessReactor final : public grpc::ServerBidiReactor<v1::ProcessRequest, 
     if (not_admitted_ > 0) line.Add("not_admitted", not_admitted_);
     if (discarded_ > 0) line.Add("results_discarded", discarded_);
     line.Add("duration_s", SecondsBetween(opened_, Now()));
+    if (latency_.count() > 0) line.Add("p99_ms", latency_.PercentileMs(99));
     if (!final_.ok()) line.Add("message", std::string(final_.message()));
     line.Emit();
   }
@@ -573,6 +576,7 @@ class ProcessReactor final : public grpc::ServerBidiReactor<v1::ProcessRequest, 
   uint64_t not_admitted_ = 0;
   uint64_t first_not_admitted_seq_ = 0;
   uint64_t discarded_ = 0;  // results not written: the client went away
+  LatencyHistogram latency_;  // server-side total per result (admitted -> handed to the writer)
 };
 
 FrameService::FrameService(Pipeline* pipeline, ServiceOptions options, ServiceObserver* observer)

@@ -1,7 +1,10 @@
 // framepipe: one binary - `serve` (the service), `stream` (the client), `health` (a gRPC
 // health probe for containers and Kubernetes) and `bench` (the benchmark suite).
+#include <unistd.h>
+
 #include <csignal>
 #include <cstdio>
+#include <fstream>
 #include <iostream>
 #include <thread>
 
@@ -13,6 +16,10 @@
 #include "service/log.h"
 #include "service/server.h"
 #include "service/stream_client.h"
+
+#ifdef FRAMEPIPE_WITH_BENCH
+#include "bench/bench.h"
+#endif
 
 namespace framepipe {
 namespace {
@@ -53,7 +60,10 @@ int RunServe(ServerOptions o, const std::string& drain, const std::string& idle,
 }
 
 int RunStream(StreamClientOptions o, const std::string& size, const std::string& encode,
-              const std::string& overload, const std::string& input) {
+              const std::string& overload, const std::string& input,
+              const std::string& report_path, const std::string& plot_path,
+              const std::string& log_format) {
+  SetLogFormat(log_format == "json" ? LogFormat::kJson : LogFormat::kText);
   if (!size.empty()) {
     absl::Status st = ParseSize(size, &o.width, &o.height);
     if (!st.ok()) return Fail(std::string(st.message()));
@@ -72,6 +82,34 @@ int RunStream(StreamClientOptions o, const std::string& size, const std::string&
   auto report = RunStreamClient(o);
   if (!report.ok()) return Fail(std::string(report.status().message()));
   std::fputs(FormatReport(*report, o.show).c_str(), stdout);
+  for (const auto& st : report->streams) {
+    LogLine line("client_stream");
+    line.Add("id", st.id).Add("sent", st.sent).Add("received", st.received);
+    for (int i = 1; i < kFrameStatusCount; ++i) {
+      if (st.by_status[i] > 0) line.Add(FrameStatusLabel(static_cast<FrameStatus>(i)), st.by_status[i]);
+    }
+    line.Add("in_order", st.in_order)
+        .Add("complete", st.complete)
+        .Add("duration_s", st.seconds)
+        .Add("p99_ms", st.p99_ms)
+        .Add("rpc_status", st.rpc_status);
+    line.Emit();
+  }
+  std::string json_path = report_path;
+  if (json_path.empty() && !plot_path.empty()) json_path = plot_path + ".json";
+  if (!json_path.empty()) {
+    std::ofstream(json_path) << ReportJson(*report);
+    std::printf("report: %s\n", json_path.c_str());
+  }
+  if (!plot_path.empty()) {
+    const std::string cmd = "/usr/bin/python3 " + std::string(FRAMEPIPE_SCRIPTS_DIR) +
+                            "/plot_latency.py '" + json_path + "' '" + plot_path + "' >/dev/null";
+    if (std::system(cmd.c_str()) != 0) {
+      std::fprintf(stderr, "framepipe: plotting failed (%s)\n", cmd.c_str());
+    } else {
+      std::printf("plot: %s\n", plot_path.c_str());
+    }
+  }
   return report->ok() ? 0 : 1;
 }
 
@@ -191,6 +229,14 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   bool no_progress = false;
   stream->add_flag("--no-progress", no_progress, "No live progress line");
+  std::string report_path, plot_path, client_log_format = "text";
+  stream->add_option("--report", report_path,
+                     "Write a JSON report: totals, latency percentiles, stage means, samples");
+  stream->add_option("--plot", plot_path,
+                     "Draw latency over time and its CDF into this PNG (needs python3-matplotlib)");
+  stream->add_option("--log-format", client_log_format, "Per-stream log lines: text or json")
+      ->check(CLI::IsMember({"text", "json"}))
+      ->capture_default_str();
 
   // ---- health
   std::string health_target = "127.0.0.1:50051", health_service;
@@ -201,12 +247,35 @@ int main(int argc, char** argv) {
   health->add_option("--service", health_service, "Service name to check ('' = server)");
   health->add_option("--timeout", health_timeout, "Seconds to wait")->capture_default_str();
 
+#ifdef FRAMEPIPE_WITH_BENCH
+  bench::BenchOptions bo;
+  auto* bench_cmd = app.add_subcommand(
+      "bench", "Benchmark suite: ceilings, pipeline, graph overhead, gRPC end to end, peers");
+  bench_cmd->add_flag("--quick", bo.quick, "Shorter runs, main frame size only (< 2 minutes)");
+  bench_cmd->add_option("--json", bo.json_path, "Write the results as JSON");
+  bench_cmd->add_option("--plot", bo.plot_dir, "Write PNG plots into this directory");
+  bench_cmd->add_option("--workers", bo.workers, "Workers / threads (0 = hardware threads)");
+  bench_cmd->add_option("--only", bo.only,
+                        "Only sections whose name contains this: in-process, overhead, metrics, "
+                        "latency, grpc, slow, gpu");
+  bench_cmd->add_option("--python", bo.python, "Interpreter for the Python peer")
+      ->capture_default_str();
+#endif
+
   CLI11_PARSE(app, argc, argv);
+#ifdef FRAMEPIPE_WITH_BENCH
+  if (bench_cmd->parsed()) {
+    char self[4096];
+    const ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+    bo.self_binary = n > 0 ? std::string(self, static_cast<size_t>(n)) : std::string(argv[0]);
+    return bench::RunBench(bo);
+  }
+#endif
 
   if (serve->parsed()) return RunServe(so, drain, idle, log_format);
   if (stream->parsed()) {
     co.progress = !no_progress && isatty(fileno(stderr));
-    return RunStream(co, size, encode, overload, input);
+    return RunStream(co, size, encode, overload, input, report_path, plot_path, client_log_format);
   }
   if (health->parsed()) {
     auto st = CheckHealth(health_target, health_service, health_timeout);

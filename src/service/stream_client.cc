@@ -73,6 +73,7 @@ struct Shared {
   std::mutex mu;  // guards everything below
   std::vector<double> latencies_ms;
   std::vector<double> latency_times_s;
+  std::vector<double> server_total_ms;
   double sum_ms[6] = {0, 0, 0, 0, 0, 0};
   int64_t timed = 0;
   std::array<int64_t, kFrameStatusCount> by_status{};
@@ -198,6 +199,9 @@ StreamOutcome RunOne(int index, std::shared_ptr<grpc::Channel> channel, Shared* 
 
   v1::FrameResult res;
   int64_t got = 0;
+  const TimePoint started = Now();
+  std::vector<double> mine;
+  mine.reserve(static_cast<size_t>(std::min<int64_t>(n, 1 << 20)));
   while (rw->Read(&res)) {
     const TimePoint now = Now();
     const uint64_t want = static_cast<uint64_t>(got) * 2 + 1;
@@ -209,11 +213,13 @@ StreamOutcome RunOne(int index, std::shared_ptr<grpc::Channel> channel, Shared* 
     }
     const int status = std::clamp(static_cast<int>(res.status()), 0, kFrameStatusCount - 1);
     ++out.by_status[status];
+    mine.push_back(latency_ms);
     {
       std::lock_guard<std::mutex> l(sh->mu);
       sh->latencies_ms.push_back(latency_ms);
       sh->latency_times_s.push_back(SecondsBetween(sh->start, now));
       ++sh->by_status[status];
+      sh->server_total_ms.push_back(static_cast<double>(res.timings().total_us()) / 1000.0);
       if (res.status() == v1::FRAME_STATUS_OK) {
         const auto& t = res.timings();
         const uint64_t v[6] = {t.queue_us(), t.decode_us(), t.analyse_us(),
@@ -228,11 +234,14 @@ StreamOutcome RunOne(int index, std::shared_ptr<grpc::Channel> channel, Shared* 
     }
     ++got;
     sh->received.fetch_add(1, std::memory_order_relaxed);
+    if (o.read_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(o.read_delay_ms));
   }
   writer.join();
   grpc::Status st = rw->Finish();
   out.sent = sent.load();
   out.received = got;
+  out.seconds = SecondsBetween(started, Now());
+  out.p99_ms = Percentile(std::move(mine), 99);
   out.rpc_status = st.ok() ? "OK"
                            : absl::StrCat(absl::StatusCodeToString(
                                               static_cast<absl::StatusCode>(st.error_code())),
@@ -331,8 +340,48 @@ absl::StatusOr<ClientReport> RunStreamClient(const StreamClientOptions& o) {
     report.total_ms = sh.sum_ms[5] / n;
   }
   report.by_status = sh.by_status;
+  report.server_total_p99_ms = Percentile(std::move(sh.server_total_ms), 99);
   report.first_results = std::move(sh.first_results);
   return report;
+}
+
+std::string ReportJson(const ClientReport& r) {
+  std::string s = absl::StrFormat(
+      "{\"frames_sent\":%d,\"results\":%d,\"seconds\":%.4f,\"frames_per_second\":%.3f,"
+      "\"ok\":%s,\"latency\":{\"p50_ms\":%.4f,\"p90_ms\":%.4f,\"p99_ms\":%.4f,"
+      "\"p999_ms\":%.4f,\"max_ms\":%.4f,\"mean_ms\":%.4f},\"server_total_p99_ms\":%.4f,",
+      r.frames_sent, r.results, r.seconds, r.frames_per_second, r.ok() ? "true" : "false",
+      r.p50_ms, r.p90_ms, r.p99_ms, r.p999_ms, r.max_ms, r.mean_ms, r.server_total_p99_ms);
+  absl::StrAppend(&s, absl::StrFormat(
+                          "\"server_stage_means_ms\":{\"queue\":%.4f,\"decode\":%.4f,"
+                          "\"analyse\":%.4f,\"enrich\":%.4f,\"reorder\":%.4f,\"total\":%.4f},",
+                          r.queue_ms, r.decode_ms, r.analyse_ms, r.enrich_ms, r.reorder_ms,
+                          r.total_ms));
+  s += "\"by_status\":{";
+  for (int i = 1; i < kFrameStatusCount; ++i) {
+    absl::StrAppend(&s, i > 1 ? "," : "", "\"", FrameStatusLabel(static_cast<FrameStatus>(i)),
+                    "\":", r.by_status[i]);
+  }
+  s += "},\"streams\":[";
+  for (size_t i = 0; i < r.streams.size(); ++i) {
+    const StreamOutcome& o = r.streams[i];
+    absl::StrAppend(&s, i ? "," : "",
+                    absl::StrFormat("{\"id\":%s,\"sent\":%d,\"received\":%d,\"in_order\":%s,"
+                                    "\"complete\":%s,\"rpc_status\":%s}",
+                                    JsonString(o.id), o.sent, o.received,
+                                    o.in_order ? "true" : "false", o.complete ? "true" : "false",
+                                    JsonString(o.rpc_status)));
+  }
+  s += "],\"samples\":{\"latency_ms\":[";
+  for (size_t i = 0; i < r.latencies_ms.size(); ++i) {
+    absl::StrAppend(&s, i ? "," : "", absl::StrFormat("%.3f", r.latencies_ms[i]));
+  }
+  s += "],\"time_s\":[";
+  for (size_t i = 0; i < r.latency_times_s.size(); ++i) {
+    absl::StrAppend(&s, i ? "," : "", absl::StrFormat("%.4f", r.latency_times_s[i]));
+  }
+  s += "]}}\n";
+  return s;
 }
 
 std::string FormatReport(const ClientReport& r, int show) {

@@ -37,6 +37,7 @@ struct StreamClientOptions {
   int show = 0;            // print a table of the first N results of stream 0
   bool progress = false;   // live progress line on stderr
   int64_t rpc_timeout_s = 0;  // 0 = no deadline
+  int read_delay_ms = 0;      // pause after each result read (simulates a slow consumer)
 };
 
 struct StreamOutcome {
@@ -47,6 +48,8 @@ struct StreamOutcome {
   bool complete = false;  // as many results as frames sent and the RPC ended OK
   std::string rpc_status;  // "OK" or "CODE: message"
   std::array<int64_t, kFrameStatusCount> by_status{};
+  double seconds = 0;  // call duration
+  double p99_ms = 0;   // this stream's end-to-end p99
 };
 
 struct ClientReport {
@@ -62,6 +65,9 @@ struct ClientReport {
   // Means of the server's Timings over OK results, milliseconds.
   double queue_ms = 0, decode_ms = 0, analyse_ms = 0, enrich_ms = 0, reorder_ms = 0,
          total_ms = 0;
+  // p99 of the server's Timings.total_us over all results (what framepipe_stage_seconds{total}
+  // measures), milliseconds.
+  double server_total_p99_ms = 0;
   std::array<int64_t, kFrameStatusCount> by_status{};
   std::vector<FrameResult> first_results;  // up to `show` results of stream 0
   bool ok() const;  // all streams complete and in order
@@ -71,6 +77,9 @@ absl::StatusOr<ClientReport> RunStreamClient(const StreamClientOptions& options)
 
 // Human summary (and the first-results table when requested).
 std::string FormatReport(const ClientReport& report, int show);
+// Machine-readable report (--report): totals, percentiles, stage means, per-stream outcomes,
+// and every latency sample with its time (for scripts/plot_latency.py).
+std::string ReportJson(const ClientReport& report);
 
 // Percentile (0..100) of unsorted values, by nearest rank.
 double Percentile(std::vector<double> values, double p);

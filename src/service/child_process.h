@@ -1,5 +1,6 @@
-// Runs the real framepipe binary as a child process for tests: captures stderr, finds the bound
-// port in the server_started log line, sends signals, reaps the exit status.
+// Runs a program (the framepipe binary, a peer server) as a child process for tests and the
+// benchmark: captures its stderr, finds the port it reports, sends signals, reaps its exit
+// status, and reads its resident memory.
 #pragma once
 
 #include <fcntl.h>
@@ -10,17 +11,19 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
+#include <fstream>
 #include <mutex>
 #include <regex>
 #include <string>
 #include <thread>
 #include <vector>
 
-namespace framepipe::testing {
+namespace framepipe {
 
 class ChildProcess {
  public:
-  explicit ChildProcess(std::vector<std::string> argv) {
+  // `env` entries ("NAME=value") are added to the child's environment.
+  explicit ChildProcess(std::vector<std::string> argv, std::vector<std::string> env = {}) {
     int fds[2];
     if (pipe(fds) != 0) return;
     pid_ = fork();
@@ -28,6 +31,7 @@ class ChildProcess {
       dup2(fds[1], STDERR_FILENO);
       close(fds[0]);
       close(fds[1]);
+      for (auto& e : env) putenv(e.data());
       std::vector<char*> args;
       for (auto& a : argv) args.push_back(a.data());
       args.push_back(nullptr);
@@ -58,13 +62,24 @@ class ChildProcess {
     if (fd_ >= 0) close(fd_);
   }
 
-  // Waits for the server_started line and returns the port (0 on failure).
-  int WaitForPort(std::chrono::seconds bound = std::chrono::seconds(30)) {
+  // Waits for a line matching `pattern` (one capture group: the port) and returns the port
+  // (0 on failure). The default matches framepipe's server_started log line.
+  int WaitForPort(std::chrono::seconds bound = std::chrono::seconds(30),
+                  const std::string& pattern = "server_started.* port=([0-9]+)") {
     std::unique_lock<std::mutex> l(mu_);
     std::smatch m;
-    static const std::regex re("server_started.* port=([0-9]+)");
+    const std::regex re(pattern);
     cv_.wait_for(l, bound, [&] { return eof_ || std::regex_search(out_, m, re); });
     return std::regex_search(out_, m, re) ? std::stoi(m[1]) : 0;
+  }
+  // Resident set size in bytes (VmRSS), 0 if unreadable.
+  uint64_t RssBytes() const {
+    std::ifstream in("/proc/" + std::to_string(pid_) + "/status");
+    std::string line;
+    while (std::getline(in, line)) {
+      if (line.rfind("VmRSS:", 0) == 0) return std::stoull(line.substr(6)) * 1024;
+    }
+    return 0;
   }
   bool WaitForOutput(const std::string& needle, std::chrono::seconds bound) {
     std::unique_lock<std::mutex> l(mu_);
@@ -96,4 +111,4 @@ class ChildProcess {
   bool eof_ = false;
 };
 
-}  // namespace framepipe::testing
+}  // namespace framepipe

@@ -1,0 +1,457 @@
+#include "bench/bench.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "analysis/analyzer_factory.h"
+#include "analysis/cpu/cpu_analyzer.h"
+#include "bench/bench_report.h"
+#include "bench/workloads.h"
+#include "common/clock.h"
+#include "service/child_process.h"
+#include "service/log.h"
+#include "service/server.h"
+#include "service/stream_client.h"
+
+#ifdef FRAMEPIPE_BENCH_HAVE_CUDA
+#include "analysis/cuda/cuda_analyzer.h"
+#endif
+
+namespace framepipe::bench {
+namespace {
+
+std::string Machine() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line, model;
+  while (std::getline(in, line)) {
+    if (line.rfind("model name", 0) == 0) {
+      model = line.substr(line.find(':') + 2);
+      break;
+    }
+  }
+  return absl::StrCat(model, ", ", std::thread::hardware_concurrency(), " hardware threads");
+}
+
+struct Ctx {
+  const BenchOptions* o;
+  Report report;
+  int workers;
+  double secs;        // per timed compute run
+  int64_t frames;     // per pipeline run (scaled by frame size)
+  bool Want(const std::string& section) const {
+    return o->only.empty() || section.find(o->only) != std::string::npos;
+  }
+  int64_t FramesFor(const FrameSet& s) const {
+    const double mp = s.width * s.height / 1e6;
+    return std::max<int64_t>(40, static_cast<int64_t>(frames / std::max(0.3, mp)));
+  }
+};
+
+// ---------------------------------------------------------------- compute ceilings & pipeline
+void ComputeAndPipeline(Ctx& c, const FrameSet& set, bool main_size) {
+  const std::string sec = absl::StrCat("In-process, ", set.name, ", ", c.workers, " workers");
+  CpuAnalyzer analyzer(CpuAnalyzerOptions{false, 0});
+  const double ideal = RunThreads(c.workers, c.secs, [&](int t, int64_t i) {
+    OurChain(set.frames[static_cast<size_t>(t * 7 + i) % set.frames.size()], analyzer);
+  });
+  const double stock = RunThreads(c.workers, c.secs, [&](int t, int64_t i) {
+    StockChain(set.frames[static_cast<size_t>(t * 7 + i) % set.frames.size()]);
+  });
+  PipelineConfig pc;
+  pc.workers = c.workers;
+  pc.frames = c.FramesFor(set);
+  pc.max_in_flight = static_cast<uint32_t>(4 * c.workers);
+  const PipelineRun ordered = RunPipeline(set, pc);
+  pc.ordered = false;
+  const PipelineRun unordered = RunPipeline(set, pc);
+  pc.ordered = true;
+  const double naive = RunNaiveResequencer(set, c.workers, pc.frames, false);
+  c.report.Add(sec, "ideal: our decode+analysis+enrichment on plain threads", ideal, "frames/s");
+  c.report.Add(sec, "stock ceiling: the same definitions as stock OpenCV calls", stock,
+               "frames/s");
+  c.report.Add(sec, "pipeline, ordered (resequencer on)", ordered.frames_per_second, "frames/s");
+  c.report.Add(sec, "pipeline, unordered (resequencer bypassed)", unordered.frames_per_second,
+               "frames/s");
+  c.report.Add(sec, "naive C++ (bounded queue -> threads -> std::map resequencer)", naive,
+               "frames/s");
+  c.report.Add(sec, "ordered / ideal", ordered.frames_per_second / ideal, "x");
+  c.report.Add(sec, "ordered / stock ceiling", ordered.frames_per_second / stock, "x");
+  if (main_size) {
+    c.report.AddTarget({"ordered pipeline >= 0.97 x our ideal (1280x720 JPEG)",
+                        ordered.frames_per_second / ideal, 0.97, false,
+                        absl::StrFormat("%.1f vs %.1f frames/s", ordered.frames_per_second, ideal)});
+    c.report.AddTarget({"ordered pipeline >= 1.2 x stock OpenCV ceiling (1280x720 JPEG)",
+                        ordered.frames_per_second / stock, 1.2, false,
+                        absl::StrFormat("%.1f vs %.1f frames/s", ordered.frames_per_second, stock)});
+    c.report.AddTarget({"ordered >= 0.98 x unordered (same graph, 1280x720 JPEG)",
+                        ordered.frames_per_second / unordered.frames_per_second, 0.98, false,
+                        absl::StrFormat("%.1f vs %.1f frames/s", ordered.frames_per_second,
+                                        unordered.frames_per_second)});
+    c.report.AddTarget({"in-process pipeline >= 1.0 x naive C++ baseline (1280x720 JPEG)",
+                        ordered.frames_per_second / naive, 1.0, false,
+                        absl::StrFormat("%.1f vs %.1f frames/s", ordered.frames_per_second, naive)});
+  }
+}
+
+void GraphOverhead(Ctx& c) {
+  const std::string sec = "Graph overhead, trivial stage bodies";
+  FrameSet tiny;
+  tiny.name = "64-byte payloads";
+  FrameInput f;
+  f.kind = PayloadKind::kEncoded;
+  f.data.assign(64, 'x');
+  tiny.frames.push_back(f);
+  const int64_t n = c.o->quick ? 100000 : 400000;
+  PipelineConfig pc;
+  pc.workers = c.workers;
+  pc.trivial_stages = true;
+  pc.frames = n;
+  pc.max_in_flight = 64;
+  const PipelineRun one = RunPipeline(tiny, pc);
+  pc.streams = 4;
+  pc.frames = n / 4;
+  const PipelineRun four = RunPipeline(tiny, pc);
+  const double tbb = RunPlainTbbGraph(c.workers, n);
+  const double naive = RunNaiveResequencer(tiny, c.workers, n, true);
+  const double us1 = 1e6 / one.frames_per_second, us4 = 1e6 / four.frames_per_second;
+  c.report.Add(sec, "framepipe graph, 1 stream (credits + resequencer + temporal slot)", us1,
+               "us/frame");
+  c.report.Add(sec, "framepipe graph, 4 streams", us4, "us/frame");
+  c.report.Add(sec, "plain oneTBB: limiter(32) -> 3 nodes -> sequencer -> serial sink", 1e6 / tbb,
+               "us/frame");
+  c.report.Add(sec, "naive C++: queue -> threads -> std::map resequencer", 1e6 / naive,
+               "us/frame");
+  c.report.AddTarget({"graph overhead <= 2 us/frame (trivial bodies, credits, per-stream order)",
+                      std::max(us1, us4), 2.0, true,
+                      absl::StrFormat("1 stream %.2f us, 4 streams %.2f us; plain oneTBB %.2f us",
+                                      us1, us4, 1e6 / tbb)});
+}
+
+void MetricsCost(Ctx& c, const FrameSet& set) {
+  const std::string sec = absl::StrCat("Metrics cost, ", set.name);
+  PipelineConfig pc;
+  pc.workers = c.workers;
+  pc.frames = c.FramesFor(set);
+  pc.max_in_flight = static_cast<uint32_t>(4 * c.workers);
+  const PipelineRun off = RunPipeline(set, pc);
+  pc.metrics = true;
+  const PipelineRun on = RunPipeline(set, pc);
+  FrameSet tiny;
+  tiny.name = "trivial";
+  FrameInput f;
+  f.kind = PayloadKind::kEncoded;
+  f.data.assign(64, 'x');
+  tiny.frames.push_back(f);
+  PipelineConfig tc;
+  tc.workers = c.workers;
+  tc.trivial_stages = true;
+  tc.frames = c.o->quick ? 100000 : 300000;
+  tc.max_in_flight = 64;
+  const PipelineRun toff = RunPipeline(tiny, tc);
+  tc.metrics = true;
+  const PipelineRun ton = RunPipeline(tiny, tc);
+  c.report.Add(sec, "pipeline, metrics off", off.frames_per_second, "frames/s");
+  c.report.Add(sec, "pipeline, metrics on", on.frames_per_second, "frames/s");
+  c.report.Add(sec, "metrics on / off", on.frames_per_second / off.frames_per_second, "x");
+  c.report.Add(sec, "trivial bodies: metrics cost per frame",
+               1e6 / ton.frames_per_second - 1e6 / toff.frames_per_second, "us/frame");
+}
+
+void IntraFrame(Ctx& c) {
+  const std::string sec = "Single-stream latency, 1920x1080 JPEG, one frame in flight";
+  FrameSet set = MakeFrameSet(1920, 1080, Encoding::kJpeg, 8);
+  PipelineConfig pc;
+  pc.workers = c.workers;
+  pc.frames = c.o->quick ? 40 : 120;
+  pc.max_in_flight = 1;
+  const PipelineRun whole = RunPipeline(set, pc);
+  pc.intra_frame_parallel = true;
+  const PipelineRun split = RunPipeline(set, pc);
+  c.report.Add(sec, "one worker per frame", whole.mean_latency_ms, "ms");
+  c.report.Add(sec, "frame split across cores (row bands)", split.mean_latency_ms, "ms");
+  c.report.Add(sec, "speed-up", whole.mean_latency_ms / split.mean_latency_ms, "x");
+}
+
+// ---------------------------------------------------------------- end to end over gRPC
+StreamClientOptions ClientFor(int port, const FrameSet& set, int streams, int64_t frames) {
+  StreamClientOptions o;
+  o.target = absl::StrCat("127.0.0.1:", port);
+  o.streams = streams;
+  o.frames = frames;
+  o.width = set.width;
+  o.height = set.height;
+  o.encoding = set.encoding;
+  o.distinct_frames = 16;
+  o.progress = false;
+  o.max_in_flight = 16;
+  return o;
+}
+
+ClientReport MustRun(const StreamClientOptions& o) {
+  auto r = RunStreamClient(o);
+  if (!r.ok()) {
+    std::fprintf(stderr, "bench client failed: %s\n", std::string(r.status().message()).c_str());
+    return {};
+  }
+  if (!r->ok()) std::fprintf(stderr, "bench client: %s", FormatReport(*r, 0).c_str());
+  return *std::move(r);
+}
+
+void EndToEnd(Ctx& c) {
+  const std::string sec = "End to end over gRPC on loopback (server and client share the machine)";
+  ServerOptions so;
+  so.listen = "127.0.0.1:0";
+  so.metrics = "";
+  so.workers = c.workers;
+  so.backend = "cpu";
+  so.intra_frame_parallel = false;
+  auto server = Server::Start(so);
+  if (!server.ok()) {
+    std::fprintf(stderr, "bench: %s\n", std::string(server.status().message()).c_str());
+    return;
+  }
+  const int port = (*server)->port();
+  FrameSet jpeg = MakeFrameSet(1280, 720, Encoding::kJpeg, 16);
+  const int64_t n = c.FramesFor(jpeg);
+  const ClientReport one = MustRun(ClientFor(port, jpeg, 1, n));
+  const ClientReport four = MustRun(ClientFor(port, jpeg, 4, std::max<int64_t>(n / 4, 20)));
+  c.report.Add(sec, "1280x720 JPEG, 1 stream, max throughput", one.frames_per_second, "frames/s");
+  c.report.Add(sec, "1280x720 JPEG, 4 streams, max throughput", four.frames_per_second,
+               "frames/s");
+  c.report.Add(sec, "  4 streams: latency p50", four.p50_ms, "ms");
+  c.report.Add(sec, "  4 streams: latency p99", four.p99_ms, "ms");
+  // Unloaded single-frame service time: one frame at a time, far below capacity.
+  StreamClientOptions lone = ClientFor(port, jpeg, 1, c.o->quick ? 20 : 60);
+  lone.fps = 5;
+  lone.max_in_flight = 1;
+  const ClientReport unloaded = MustRun(lone);
+  c.report.Add(sec, "unloaded single-frame service time (p50, 5 frames/s)", unloaded.p50_ms,
+               "ms");
+  ClientReport at50;
+  for (double load : {0.5, 0.8}) {
+    StreamClientOptions paced = ClientFor(port, jpeg, 4, c.o->quick ? 60 : 200);
+    paced.fps = load * four.frames_per_second / 4;
+    const ClientReport r = MustRun(paced);
+    const std::string tag = absl::StrFormat("paced at %.0f%% (4 x %.1f frames/s)", load * 100,
+                                            paced.fps);
+    c.report.Add(sec, tag + ": p50", r.p50_ms, "ms");
+    c.report.Add(sec, tag + ": p99", r.p99_ms, "ms");
+    c.report.Add(sec, tag + ": p99.9", r.p999_ms, "ms");
+    c.report.AddLatencies(absl::StrFormat("gRPC 4 streams at %.0f%% load", load * 100),
+                          r.latencies_ms);
+    if (load == 0.5) at50 = r;
+  }
+  c.report.AddLatencies("gRPC 4 streams, max throughput", four.latencies_ms);
+  c.report.AddTarget({"p99 latency at 50% load <= 2 x unloaded single-frame service time",
+                      at50.p99_ms / std::max(1e-9, unloaded.p50_ms), 2.0, true,
+                      absl::StrFormat("p99 %.2f ms vs %.2f ms", at50.p99_ms, unloaded.p50_ms)});
+  // The same frames through the in-process pipeline, for the transport's cost.
+  PipelineConfig pc;
+  pc.workers = c.workers;
+  pc.frames = n;
+  pc.max_in_flight = static_cast<uint32_t>(4 * c.workers);
+  const double inproc = RunPipeline(jpeg, pc).frames_per_second;
+  c.report.Add(sec, "in-process pipeline, same frames", inproc, "frames/s");
+  c.report.AddTarget({"end-to-end gRPC, 4 streams >= 0.85 x in-process pipeline (1280x720 JPEG)",
+                      four.frames_per_second / inproc, 0.85, false,
+                      absl::StrFormat("%.1f vs %.1f frames/s", four.frames_per_second, inproc)});
+  c.report.Add("gRPC peers", "framepipe, 1280x720 JPEG, 4 streams", four.frames_per_second,
+               "frames/s");
+  FrameSet small = MakeFrameSet(320, 240, Encoding::kRaw, 16);
+  const ClientReport small_fp =
+      MustRun(ClientFor(port, small, 4, c.o->quick ? 400 : 1500));
+  c.report.Add("gRPC peers", "framepipe, 320x240 raw, 4 streams", small_fp.frames_per_second,
+               "frames/s");
+  const double naive = RunNaiveResequencer(jpeg, c.workers, n, false);
+  c.report.AddTarget({"end-to-end gRPC >= 1.0 x naive C++ baseline (in-process!, 1280x720 JPEG)",
+                      four.frames_per_second / naive, 1.0, false,
+                      absl::StrFormat("%.1f vs %.1f frames/s", four.frames_per_second, naive)});
+  (*server)->Shutdown();
+}
+
+void PythonPeer(Ctx& c) {
+  const std::string script = FRAMEPIPE_SOURCE_DIR "/bench/baselines/python_server.py";
+  ChildProcess py({c.o->python, script, "--port", "0", "--workers", std::to_string(c.workers)},
+                  {std::string("FRAMEPIPE_PY_GEN=") + FRAMEPIPE_PY_GEN_DIR});
+  const int port = py.WaitForPort(std::chrono::seconds(30), "python_server listening port=([0-9]+)");
+  if (port == 0) {
+    std::fprintf(stderr, "bench: the Python peer did not start: %s\n", py.output().c_str());
+    return;
+  }
+  FrameSet jpeg = MakeFrameSet(1280, 720, Encoding::kJpeg, 16);
+  FrameSet small = MakeFrameSet(320, 240, Encoding::kRaw, 16);
+  const ClientReport big = MustRun(ClientFor(port, jpeg, 4, c.o->quick ? 40 : 120));
+  const ClientReport raw = MustRun(ClientFor(port, small, 4, c.o->quick ? 200 : 600));
+  py.Signal(SIGKILL);
+  py.Wait();
+  c.report.Add("gRPC peers", "Python grpcio + OpenCV peer, 1280x720 JPEG, 4 streams",
+               big.frames_per_second, "frames/s");
+  c.report.Add("gRPC peers", "Python grpcio + OpenCV peer, 320x240 raw, 4 streams",
+               raw.frames_per_second, "frames/s");
+  const double fp_big = c.report.Get("gRPC peers", "framepipe, 1280x720 JPEG, 4 streams");
+  const double fp_small = c.report.Get("gRPC peers", "framepipe, 320x240 raw, 4 streams");
+  c.report.AddTarget({"end-to-end >= 2 x Python peer (1280x720 JPEG, 4 streams)",
+                      fp_big / std::max(1e-9, big.frames_per_second), 2.0, false,
+                      absl::StrFormat("%.1f vs %.1f frames/s", fp_big, big.frames_per_second)});
+  c.report.AddTarget({"end-to-end >= 3 x Python peer (320x240 raw, 4 streams)",
+                      fp_small / std::max(1e-9, raw.frames_per_second), 3.0, false,
+                      absl::StrFormat("%.1f vs %.1f frames/s", fp_small, raw.frames_per_second)});
+}
+
+void SlowReader(Ctx& c) {
+  const std::string sec = "Slow reader: 1280x720 raw frames, one result read per 50 ms";
+  const uint32_t max_in_flight = 8;
+  ChildProcess server({c.o->self_binary, "serve", "--listen", "127.0.0.1:0", "--metrics", "",
+                       "--backend", "cpu", "--workers", std::to_string(c.workers),
+                       "--max-in-flight", std::to_string(max_in_flight)});
+  const int port = server.WaitForPort();
+  if (port == 0) {
+    std::fprintf(stderr, "bench: server did not start: %s\n", server.output().c_str());
+    return;
+  }
+  const uint64_t base = server.RssBytes();
+  std::atomic<bool> done{false};
+  std::atomic<uint64_t> peak{base};
+  std::thread sampler([&] {
+    while (!done) {
+      peak = std::max<uint64_t>(peak, server.RssBytes());
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  });
+  FrameSet set = MakeFrameSet(1280, 720, Encoding::kRaw, 2);
+  StreamClientOptions o = ClientFor(port, set, 1, c.o->quick ? 80 : 200);
+  o.max_in_flight = max_in_flight;
+  o.read_delay_ms = 50;
+  o.distinct_frames = 2;
+  const ClientReport r = MustRun(o);
+  done = true;
+  sampler.join();
+  server.Signal(SIGTERM);
+  server.Wait();
+  const double frame_bytes = 1280.0 * 720 * 3;
+  const double growth_mib = (static_cast<double>(peak) - static_cast<double>(base)) / 1048576.0;
+  const double bound_mib = (1.5 * max_in_flight * frame_bytes) / 1048576.0 + 64;
+  c.report.Add(sec, "server RSS before", static_cast<double>(base) / 1048576.0, "MiB");
+  c.report.Add(sec, "server RSS peak", static_cast<double>(peak) / 1048576.0, "MiB");
+  c.report.Add(sec, "results received in order", static_cast<double>(r.results), "frames");
+  c.report.AddTarget({"slow-reader RSS growth <= 1.5 x max_in_flight x frame bytes + 64 MiB",
+                      growth_mib, bound_mib, true,
+                      absl::StrFormat("grew %.1f MiB; max_in_flight=%u, frame %.1f MiB", growth_mib,
+                                      max_in_flight, frame_bytes / 1048576.0)});
+}
+
+void Gpu(Ctx& c) {
+#ifdef FRAMEPIPE_BENCH_HAVE_CUDA
+  std::string why;
+  if (!CudaDeviceAvailable(&why)) {
+    c.report.Add("GPU (skipped: " + why + ")", "-", 0, "");
+    return;
+  }
+  auto gpu = CudaAnalyzer::Create({0, c.workers});
+  if (!gpu.ok()) return;
+  std::shared_ptr<Analyzer> a = std::move(gpu).value();
+  const std::string sec = "GPU: --backend cuda, " + static_cast<CudaAnalyzer*>(a.get())->device_description();
+  for (auto [w, h] : {std::pair{1280, 720}, {1920, 1080}}) {
+    FrameSet set = MakeFrameSet(w, h, Encoding::kRaw, 8);
+    const double ideal = RunThreads(c.workers, c.secs, [&](int t, int64_t i) {
+      OurChain(set.frames[static_cast<size_t>(t + i) % set.frames.size()], *a);
+    });
+    PipelineConfig pc;
+    pc.workers = c.workers;
+    pc.frames = c.FramesFor(set);
+    pc.analyzer = a;
+    const PipelineRun run = RunPipeline(set, pc);
+    c.report.Add(sec, set.name + ": CUDA analysis + CPU enrichment, plain threads", ideal,
+                 "frames/s");
+    c.report.Add(sec, set.name + ": ordered pipeline", run.frames_per_second, "frames/s");
+  }
+#else
+  c.report.Add("GPU (skipped: built without the CUDA backend)", "-", 0, "");
+#endif
+}
+
+}  // namespace
+
+int RunBench(const BenchOptions& o) {
+  SetLogEnabled(false);
+  Ctx c;
+  c.o = &o;
+  c.workers = o.workers > 0 ? o.workers : static_cast<int>(std::thread::hardware_concurrency());
+  c.secs = o.quick ? 1.0 : 3.0;
+  c.frames = o.quick ? 120 : 400;
+  const std::string machine = Machine();
+  std::printf("framepipe bench%s on %s\n", o.quick ? " --quick" : "", machine.c_str());
+  std::fflush(stdout);
+  const TimePoint t0 = Now();
+  auto step = [&](const char* what) {
+    std::fprintf(stderr, "[%6.1fs] %s\n", SecondsBetween(t0, Now()), what);
+  };
+  if (c.Want("in-process")) {
+    step("in-process 1280x720 JPEG");
+    ComputeAndPipeline(c, MakeFrameSet(1280, 720, Encoding::kJpeg, 16), true);
+    if (!o.quick) {
+      step("in-process other sizes");
+      ComputeAndPipeline(c, MakeFrameSet(640, 480, Encoding::kJpeg, 16), false);
+      ComputeAndPipeline(c, MakeFrameSet(1920, 1080, Encoding::kJpeg, 16), false);
+      ComputeAndPipeline(c, MakeFrameSet(640, 480, Encoding::kRaw, 16), false);
+      ComputeAndPipeline(c, MakeFrameSet(1280, 720, Encoding::kRaw, 16), false);
+      ComputeAndPipeline(c, MakeFrameSet(1920, 1080, Encoding::kRaw, 16), false);
+    }
+  }
+  if (c.Want("overhead")) {
+    step("graph overhead");
+    GraphOverhead(c);
+  }
+  if (c.Want("metrics")) {
+    step("metrics cost");
+    MetricsCost(c, MakeFrameSet(1280, 720, Encoding::kJpeg, 16));
+  }
+  if (c.Want("latency")) {
+    step("intra-frame parallelism");
+    IntraFrame(c);
+  }
+  if (c.Want("grpc")) {
+    step("end to end over gRPC");
+    EndToEnd(c);
+    step("Python peer");
+    PythonPeer(c);
+  }
+  if (c.Want("slow")) {
+    step("slow reader");
+    SlowReader(c);
+  }
+  if (c.Want("gpu")) {
+    step("GPU");
+    Gpu(c);
+  }
+  step("done");
+  std::printf("%s", c.report.Table().c_str());
+  std::printf("\n(%.0f s)\n", SecondsBetween(t0, Now()));
+  if (!o.json_path.empty()) {
+    std::ofstream(o.json_path) << c.report.Json(machine);
+    std::printf("wrote %s\n", o.json_path.c_str());
+  }
+  if (!o.plot_dir.empty()) {
+    std::string json = o.json_path;
+    if (json.empty()) {
+      json = o.plot_dir + "/bench.json";
+      std::ofstream(json) << c.report.Json(machine);
+    }
+    const std::string cmd = absl::StrCat(o.python, " ", FRAMEPIPE_SOURCE_DIR,
+                                         "/scripts/plot_bench.py ", json, " ", o.plot_dir);
+    if (std::system(cmd.c_str()) != 0) std::fprintf(stderr, "plotting failed: %s\n", cmd.c_str());
+  }
+  int failed = 0;
+  for (const auto& t : c.report.targets()) failed += t.pass() ? 0 : 1;
+  return 0;  // the benchmark reports; falling short of a target is not an error of the run
+}
+
+}  // namespace framepipe::bench
