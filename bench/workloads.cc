@@ -108,11 +108,14 @@ void StockChain(const FrameInput& frame) {
   cv::Mat lap;
   cv::Laplacian(gray, lap, CV_64F, 1);
   cv::meanStdDev(lap, mean, sd);
-  cv::Mat gx, gy;
-  cv::Sobel(gray, gx, CV_32F, 1, 0, 3);
-  cv::Sobel(gray, gy, CV_32F, 0, 1, 3);
-  cv::Mat mag2 = gx.mul(gx) + gy.mul(gy);
-  volatile int edges = cv::countNonZero(mag2 > 4096.0f);
+  // Sobel in 16-bit (OpenCV's fast path), magnitude in float, threshold at 64.
+  cv::Mat gx, gy, fx, fy, mag;
+  cv::Sobel(gray, gx, CV_16S, 1, 0, 3);
+  cv::Sobel(gray, gy, CV_16S, 0, 1, 3);
+  gx.convertTo(fx, CV_32F);
+  gy.convertTo(fy, CV_32F);
+  cv::magnitude(fx, fy, mag);
+  volatile int edges = cv::countNonZero(mag > 64.0f);
   (void)edges;
   cv::Mat thumb;
   cv::resize(gray, thumb, cv::Size(64, 64), 0, 0, cv::INTER_AREA);

@@ -36,6 +36,8 @@ class Credit {
  private:
   friend class internal::StreamState;
   explicit Credit(std::shared_ptr<internal::StreamState> stream) : stream_(std::move(stream)) {}
+  // Gives up the credit without returning it (the stream returns it itself, inline).
+  std::shared_ptr<internal::StreamState> Take() { return std::move(stream_); }
   std::shared_ptr<internal::StreamState> stream_;
 };
 

@@ -18,7 +18,9 @@ struct FrameContext {
   FrameInput input;
   Image image;  // written by decode
   Image luma;   // written by analyse (BT.601 luma plane; enrichment reuses it)
-  std::unique_ptr<FrameResult> result = std::make_unique<FrameResult>();
+  // Allocated by the pipeline on a worker just before the first stage runs (not on the
+  // producer's thread, which only admits).
+  std::unique_ptr<FrameResult> result;
 };
 
 // A parallel stage: decode, analyse or enrich. Returns a non-OK status to fail the frame

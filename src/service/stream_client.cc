@@ -168,7 +168,9 @@ StreamOutcome RunOne(int index, std::shared_ptr<grpc::Channel> channel, Shared* 
     if (!rw->Write(req)) return;
     const auto period = o.fps > 0 ? std::chrono::nanoseconds(static_cast<int64_t>(1e9 / o.fps))
                                   : std::chrono::nanoseconds(0);
-    TimePoint next = Now();
+    // Paced streams start out of phase (stream k of K by k/K of a period), as independent
+    // cameras do: in lockstep every stream's frame would arrive at the same instant.
+    TimePoint next = Now() + period * index / std::max(1, o.streams);
     for (int64_t i = 0; i < n; ++i) {
       if (o.fps > 0) {
         std::this_thread::sleep_until(next);

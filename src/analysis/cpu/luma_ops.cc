@@ -38,9 +38,17 @@ void MergeHist(uint32_t h[4][256], uint32_t out[256]) {
   for (int i = 0; i < 256; ++i) out[i] += h[0][i] + h[1][i] + h[2][i] + h[3][i];
 }
 
+// Hot loops are compiled twice, for AVX2 and for the x86-64 baseline, and picked at run time
+// (GCC function multi-versioning): one binary for every x86-64 host.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
+#define FP_MULTIVERSION __attribute__((target_clones("avx2", "default")))
+#else
+#define FP_MULTIVERSION
+#endif
+
 // Sums for one interior run x in [1, w-1) of a row; all arithmetic in 32-bit lanes so the
 // compiler vectorises it. Chunks of <= 4096 pixels keep the squared sum inside uint32.
-inline void InteriorRun(const uint8_t* up, const uint8_t* c, const uint8_t* dn, int x0, int x1,
+FP_MULTIVERSION void InteriorRun(const uint8_t* up, const uint8_t* c, const uint8_t* dn, int x0, int x1,
                         GradientSums* s) {
   for (int base = x0; base < x1; base += 4096) {
     const int end = std::min(x1, base + 4096);
@@ -75,7 +83,7 @@ inline void BorderPixel(const uint8_t* up, const uint8_t* c, const uint8_t* dn, 
 
 }  // namespace
 
-void Luma(const Image& src, int y0, int y1, Image* luma) {
+FP_MULTIVERSION void Luma(const Image& src, int y0, int y1, Image* luma) {
   const int w = src.width();
   const bool rgb = src.format() == PixelFormat::kRgb8;
   for (int y = y0; y < y1; ++y) {
@@ -116,28 +124,47 @@ GradientSums Gradients(const Image& luma, int y0, int y1) {
   return s;
 }
 
+namespace {
+
+// Column j of the thumbnail covers source pixels [first, last] of a row: `first` and `last`
+// with overlap weights w_first and w_last (in 1/64 pixel), every pixel between them fully (64).
+struct ThumbColumn {
+  int32_t first, last;
+  uint32_t w_first, w_last;
+};
+
+// Overlap-weighted column sums of one source row.
+FP_MULTIVERSION void ThumbRow(const uint8_t* row, const ThumbColumn* cols, uint32_t* colsum) {
+  for (int j = 0; j < kThumbnailSize; ++j) {
+    const ThumbColumn& c = cols[j];
+    if (c.first == c.last) {
+      colsum[j] = c.w_first * row[c.first];
+      continue;
+    }
+    uint32_t inner = 0;
+    for (int32_t x = c.first + 1; x < c.last; ++x) inner += row[x];
+    colsum[j] = c.w_first * row[c.first] + 64u * inner + c.w_last * row[c.last];
+  }
+}
+
+}  // namespace
+
 void Thumbnail(const Image& luma, int l0, int l1, uint8_t out[kThumbnailBytes]) {
   const int w = luma.width(), h = luma.height();
   constexpr int64_t kT = kThumbnailSize;
   // Output column j covers source x in [j*w/64, (j+1)*w/64); in units of 1/64 source pixel the
   // boundaries are the integers j*w, so every overlap weight is an integer.
-  std::vector<int32_t> col_begin(kT + 1);
-  std::vector<int32_t> src_x;
-  std::vector<uint32_t> wx;
-  src_x.reserve(static_cast<size_t>(w) + 2 * kT);
-  wx.reserve(static_cast<size_t>(w) + 2 * kT);
+  auto overlap = [](int64_t i, int64_t lo, int64_t hi) {
+    return std::max<int64_t>(0, std::min(i * kT + kT, hi) - std::max(i * kT, lo));
+  };
+  ThumbColumn cols[kThumbnailSize];
   for (int64_t j = 0; j < kT; ++j) {
-    col_begin[j] = static_cast<int32_t>(src_x.size());
     const int64_t lo = j * w, hi = (j + 1) * w;
-    for (int64_t i = lo / kT; i * kT < hi; ++i) {
-      const int64_t ov = std::min(i * kT + kT, hi) - std::max(i * kT, lo);
-      if (ov > 0) {
-        src_x.push_back(static_cast<int32_t>(i));
-        wx.push_back(static_cast<uint32_t>(ov));
-      }
-    }
+    const int64_t first = lo / kT, last = (hi - 1) / kT;
+    cols[j] = {static_cast<int32_t>(first), static_cast<int32_t>(last),
+               static_cast<uint32_t>(overlap(first, lo, hi)),
+               static_cast<uint32_t>(overlap(last, lo, hi))};
   }
-  col_begin[kT] = static_cast<int32_t>(src_x.size());
   const uint64_t area = static_cast<uint64_t>(w) * static_cast<uint64_t>(h);
   uint32_t colsum[kThumbnailSize];
   uint64_t acc[kThumbnailSize];
@@ -145,14 +172,9 @@ void Thumbnail(const Image& luma, int l0, int l1, uint8_t out[kThumbnailBytes]) 
     std::fill(acc, acc + kT, 0);
     const int64_t lo = l * h, hi = (l + 1) * h;
     for (int64_t k = lo / kT; k * kT < hi; ++k) {
-      const int64_t wy = std::min(k * kT + kT, hi) - std::max(k * kT, lo);
+      const int64_t wy = overlap(k, lo, hi);
       if (wy <= 0) continue;
-      const uint8_t* row = luma.row(static_cast<int>(k));
-      for (int j = 0; j < kT; ++j) {
-        uint32_t s = 0;
-        for (int32_t t = col_begin[j]; t < col_begin[j + 1]; ++t) s += wx[t] * row[src_x[t]];
-        colsum[j] = s;
-      }
+      ThumbRow(luma.row(static_cast<int>(k)), cols, colsum);
       for (int j = 0; j < kT; ++j) acc[j] += static_cast<uint64_t>(wy) * colsum[j];
     }
     for (int j = 0; j < kT; ++j) {

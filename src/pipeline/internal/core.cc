@@ -43,7 +43,7 @@ class Graph {
   void Build(Core* core, int workers) {
     arena_.execute([&] {
       graph_ = std::make_unique<flow::graph>();
-      for (int stage = 0; stage < 3; ++stage) {
+      for (int stage = 0; stage < 2; ++stage) {
         stages_[stage] = std::make_unique<flow::function_node<Job*, Job*>>(
             *graph_, static_cast<size_t>(workers), [core, stage](Job* job) {
               FP_TSAN_ACQUIRE(job);
@@ -52,15 +52,17 @@ class Graph {
               return job;
             });
       }
-      finish_ = std::make_unique<flow::function_node<Job*>>(
-          *graph_, flow::unlimited, [core](Job* job) {
+      // The last stage hands the frame straight to its stream's resequencer on the same worker
+      // (no extra node hop: the ordered delivery is a short critical section).
+      last_ = std::make_unique<flow::function_node<Job*>>(
+          *graph_, static_cast<size_t>(workers), [core](Job* job) {
             FP_TSAN_ACQUIRE(job);
+            core->RunStage(*job, 2);
             core->Finish(*job);
             return flow::continue_msg();
           });
       flow::make_edge(*stages_[0], *stages_[1]);
-      flow::make_edge(*stages_[1], *stages_[2]);
-      flow::make_edge(*stages_[2], *finish_);
+      flow::make_edge(*stages_[1], *last_);
     });
   }
 
@@ -78,7 +80,7 @@ class Graph {
     std::unique_lock<std::shared_mutex> lock(mu_);
     if (!graph_) return;
     graph_->wait_for_all();
-    finish_.reset();
+    last_.reset();
     for (auto& s : stages_) s.reset();
     graph_.reset();
   }
@@ -88,8 +90,8 @@ class Graph {
   oneapi::tbb::task_arena arena_;
   std::shared_mutex mu_;
   std::unique_ptr<flow::graph> graph_;
-  std::unique_ptr<flow::function_node<Job*, Job*>> stages_[3];
-  std::unique_ptr<flow::function_node<Job*>> finish_;
+  std::unique_ptr<flow::function_node<Job*, Job*>> stages_[2];  // decode, analyse
+  std::unique_ptr<flow::function_node<Job*>> last_;              // enrich + in-order delivery
 };
 
 Core::Core(const PipelineOptions& options, Stages stages)
@@ -178,30 +180,52 @@ void Core::Submit(JobPtr job) {
   }
 }
 
-bool Core::TryAcquireGlobal(uint64_t cost_bytes, StreamState* stream) {
-  std::lock_guard<std::mutex> lock(global_mu_);
-  const bool bytes_ok = options_.global_max_bytes == 0 || global_bytes_ == 0 ||
-                        global_bytes_ + cost_bytes <= options_.global_max_bytes;
-  if (global_credits_ < options_.global_max_in_flight && bytes_ok) {
-    ++global_credits_;
-    global_peak_ = std::max(global_peak_, global_credits_);
-    global_bytes_ += cost_bytes;
-    return true;
+bool Core::TryAcquireGlobalFast(uint64_t cost_bytes) {
+  const uint64_t max_bytes = options_.global_max_bytes;
+  uint64_t c = global_credits_.load(std::memory_order_relaxed);
+  do {
+    if (c >= options_.global_max_in_flight) return false;
+  } while (!global_credits_.compare_exchange_weak(c, c + 1, std::memory_order_seq_cst));
+  if (max_bytes > 0) {
+    uint64_t b = global_bytes_.load(std::memory_order_relaxed);
+    do {
+      // One frame larger than the whole budget still gets in when nothing else is in flight.
+      if (b != 0 && b + cost_bytes > max_bytes) {
+        global_credits_.fetch_sub(1, std::memory_order_seq_cst);
+        return false;
+      }
+    } while (!global_bytes_.compare_exchange_weak(b, b + cost_bytes, std::memory_order_seq_cst));
+  } else {
+    global_bytes_.fetch_add(cost_bytes, std::memory_order_relaxed);
   }
+  uint64_t peak = global_peak_.load(std::memory_order_relaxed);
+  while (c + 1 > peak && !global_peak_.compare_exchange_weak(peak, c + 1)) {
+  }
+  return true;
+}
+
+bool Core::TryAcquireGlobal(uint64_t cost_bytes, StreamState* stream) {
+  // Lock-free when the budget has room; the mutex only when a stream has to queue up.
+  if (TryAcquireGlobalFast(cost_bytes)) return true;
+  std::lock_guard<std::mutex> lock(global_mu_);
+  // Register first, then retry: a release that happened after the failed attempt either sees
+  // this waiter (and wakes it) or freed the room this retry finds.
   if (!stream->in_global_waiters) {
     stream->in_global_waiters = true;
     global_waiters_.push_back(stream->weak_from_this());
+    global_waiter_count_.fetch_add(1, std::memory_order_seq_cst);
+  }
+  if (TryAcquireGlobalFast(cost_bytes)) {
+    // Stays registered; a later wake-up finds it not waiting and passes on.
+    return true;
   }
   return false;
 }
 
 void Core::ReleaseGlobal(uint32_t credits, uint64_t bytes) {
-  {
-    std::lock_guard<std::mutex> lock(global_mu_);
-    global_credits_ -= credits;
-    global_bytes_ -= bytes;
-    if (global_waiters_.empty()) return;
-  }
+  if (credits) global_credits_.fetch_sub(credits, std::memory_order_seq_cst);
+  if (bytes) global_bytes_.fetch_sub(bytes, std::memory_order_seq_cst);
+  if (global_waiter_count_.load(std::memory_order_seq_cst) == 0) return;
   // Wake as many waiting streams as units came back (at least one for a bytes-only release);
   // a woken stream that no longer waits passes the wake-up on to the next.
   uint32_t wakes = std::max<uint32_t>(credits, 1);
@@ -212,6 +236,7 @@ void Core::ReleaseGlobal(uint32_t credits, uint64_t bytes) {
       while (!s && !global_waiters_.empty()) {
         s = global_waiters_.front().lock();
         global_waiters_.pop_front();
+        global_waiter_count_.fetch_sub(1, std::memory_order_seq_cst);
         if (s) s->in_global_waiters = false;
       }
     }
@@ -259,6 +284,7 @@ void Core::RunStage(Job& j, int stage) {
   if (stage == 0) {
     int expected = kQueued;
     if (!j.state.compare_exchange_strong(expected, kRunning, std::memory_order_acq_rel)) return;
+    j.ctx.result = std::make_unique<FrameResult>();
   } else if (j.state.load(std::memory_order_acquire) != kRunning) {
     return;
   }
@@ -357,12 +383,9 @@ PipelineCounters Core::counters() const {
   for (int i = 0; i < kFrameStatusCount; ++i) {
     c.by_status[i] = by_status[i].load(std::memory_order_relaxed);
   }
-  {
-    std::lock_guard<std::mutex> lock(global_mu_);
-    c.in_flight = global_credits_;
-    c.peak_in_flight = global_peak_;
-    c.bytes_in_flight = global_bytes_;
-  }
+  c.in_flight = global_credits_.load();
+  c.peak_in_flight = global_peak_.load();
+  c.bytes_in_flight = global_bytes_.load();
   {
     std::lock_guard<std::mutex> lock(const_cast<std::mutex&>(registry_mu_));
     c.active_streams = static_cast<uint32_t>(streams_.size());

@@ -73,11 +73,14 @@ class Core : public std::enable_shared_from_this<Core> {
   std::atomic<bool> stopped_{false};
   std::mutex stop_mu_;  // serialises Stop()
 
-  // Global budget.
+  bool TryAcquireGlobalFast(uint64_t cost_bytes);
+
+  // Global budget: atomics on the fast path; global_mu_ guards the FIFO of waiting streams.
+  std::atomic<uint64_t> global_credits_{0};
+  std::atomic<uint64_t> global_peak_{0};
+  std::atomic<uint64_t> global_bytes_{0};
+  std::atomic<int> global_waiter_count_{0};
   mutable std::mutex global_mu_;
-  uint64_t global_credits_ = 0;
-  uint64_t global_peak_ = 0;
-  uint64_t global_bytes_ = 0;
   std::deque<std::weak_ptr<StreamState>> global_waiters_;
 
   // Registry (for Stop and the timer).

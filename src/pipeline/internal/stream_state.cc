@@ -85,7 +85,11 @@ AdmitOutcome StreamState::TryAdmit(FrameInput& frame, uint64_t cost_bytes, uint6
   bool room = outstanding_ < capacity() && (drop_policy || outstanding_ < max);
   const bool need_drop = room && payload_used_ >= max;
   if (need_drop && !drop_policy) room = false;
-  if (room && !core_->TryAcquireGlobal(cost_bytes, this)) room = false;
+  last_refusal_global_ = false;
+  if (room && !core_->TryAcquireGlobal(cost_bytes, this)) {
+    room = false;
+    last_refusal_global_ = true;
+  }
   if (room && need_drop) {
     dropped = DropOldestQueuedLocked(&bytes_freed);
     if (!dropped) {
@@ -132,6 +136,7 @@ AdmitOutcome StreamState::TryAdmit(FrameInput& frame, uint64_t cost_bytes, uint6
 }
 
 absl::Status StreamState::Submit(FrameInput frame, uint64_t cost_bytes) {
+  const uint32_t low_water = capacity() / 2;
   for (;;) {
     uint64_t gen = 0;
     AdmitOutcome out = TryAdmit(frame, cost_bytes, &gen);
@@ -142,7 +147,15 @@ absl::Status StreamState::Submit(FrameInput frame, uint64_t cost_bytes) {
                        " was not admitted"));
     }
     std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [&] { return generation_ != gen || closed_; });
+    if (options_.overload == OverloadPolicy::kBlock && !last_refusal_global_) {
+      ++low_water_waiters_;
+      cv_.wait(lock, [&] { return closed_ || outstanding_ <= low_water; });
+      --low_water_waiters_;
+    } else {
+      ++generation_waiters_;
+      cv_.wait(lock, [&] { return closed_ || generation_ != gen; });
+      --generation_waiters_;
+    }
   }
 }
 
@@ -275,11 +288,11 @@ TimePoint StreamState::CheckDeadlines(TimePoint now) {
 void StreamState::WakeProducerLocked() {
   waiting_ = false;
   ++generation_;
-  cv_.notify_all();
+  if (generation_waiters_ > 0) cv_.notify_all();
 }
 
 void StreamState::FinishCallbackLocked() {
-  if (--active_callbacks_ == 0) cv_.notify_all();
+  if (--active_callbacks_ == 0 && cancel_waiting_) callbacks_cv_.notify_all();
 }
 
 void StreamState::DrainLocked(std::unique_lock<std::mutex>& lock) {
@@ -302,6 +315,7 @@ void StreamState::DrainLocked(std::unique_lock<std::mutex>& lock) {
     const bool wake = waiting_ && HasRoomLocked();
     if (wake) WakeProducerLocked();
     const bool call_credit = wake && static_cast<bool>(options_.on_credit);
+    bool release_inline = false;
     ++active_callbacks_;
     lock.unlock();
 
@@ -323,11 +337,18 @@ void StreamState::DrainLocked(std::unique_lock<std::mutex>& lock) {
       if (options_.on_result) {
         RunCallback("on_result", options_.id, [&] { options_.on_result(std::move(d)); });
       }
-      d.credit.Release();  // no-op if the consumer kept it
+      if (d.credit.held()) {
+        // The consumer did not keep the credit: return it here, with the lock we take anyway.
+        d.credit.Take();
+        if (obs) obs->OnCreditReturned();
+        core_->ReleaseGlobal(1, 0);
+        release_inline = true;
+      }
       if (call_credit) RunCallback("on_credit", options_.id, [&] { options_.on_credit(); });
     }
     lock.lock();
     FinishCallbackLocked();
+    if (release_inline) ReturnCreditLocked(lock);
   }
   if (!cancelled_ && closed_ && next_out_ == next_index_ && !complete_notified_) {
     complete_notified_ = true;
@@ -459,7 +480,9 @@ void StreamState::Cancel() {
     waiting_ = false;
     cv_.notify_all();
     const int own = tls_callback_stream == this ? tls_callback_depth : 0;
-    cv_.wait(lock, [&] { return active_callbacks_ <= own; });
+    cancel_waiting_ = true;
+    callbacks_cv_.wait(lock, [&] { return active_callbacks_ <= own; });
+    cancel_waiting_ = false;
   }
   if (removed_ready > 0) {
     core_->reorder_depth.fetch_sub(removed_ready, std::memory_order_relaxed);
@@ -475,24 +498,24 @@ void StreamState::ReleaseCredit() {
   // Global first: the pipeline-wide count never exceeds the sum of the streams' counts.
   if (auto* obs = core_->observer()) obs->OnCreditReturned();
   core_->ReleaseGlobal(1, 0);
-  bool call = false;
+  std::unique_lock<std::mutex> lock(mu_);
+  ReturnCreditLocked(lock);
+}
+
+void StreamState::ReturnCreditLocked(std::unique_lock<std::mutex>& lock) {
+  --outstanding_;
+  if (low_water_waiters_ > 0 && outstanding_ <= capacity() / 2) cv_.notify_all();
+  if (!waiting_ || !HasRoomLocked()) return;
+  WakeProducerLocked();
+  if (cancelled_ || !options_.on_credit) return;
+  ++active_callbacks_;
+  lock.unlock();
   {
-    std::lock_guard<std::mutex> lock(mu_);
-    --outstanding_;
-    if (waiting_ && HasRoomLocked()) {
-      WakeProducerLocked();
-      call = !cancelled_ && static_cast<bool>(options_.on_credit);
-      if (call) ++active_callbacks_;
-    }
+    CallbackScope scope(this);
+    RunCallback("on_credit", options_.id, [&] { options_.on_credit(); });
   }
-  if (call) {
-    {
-      CallbackScope scope(this);
-      RunCallback("on_credit", options_.id, [&] { options_.on_credit(); });
-    }
-    std::lock_guard<std::mutex> lock(mu_);
-    FinishCallbackLocked();
-  }
+  lock.lock();
+  FinishCallbackLocked();
 }
 
 bool StreamState::NotifyCredit() {

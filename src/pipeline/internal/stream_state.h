@@ -82,13 +82,18 @@ class StreamState : public std::enable_shared_from_this<StreamState> {
   void GuardedCallback(Fn&& fn);
   void WakeProducerLocked();
   void FinishCallbackLocked();
+  // The stream's half of returning a credit (the global half is done before): may run
+  // on_credit, unlocking around it.
+  void ReturnCreditLocked(std::unique_lock<std::mutex>& lock);
 
   const std::shared_ptr<Core> core_;
   const StreamOptions options_;
   OrderedFn ordered_;
 
   mutable std::mutex mu_;
-  std::condition_variable cv_;  // credit generation changes; active callbacks drop to 0
+  std::condition_variable cv_;            // producers: room in the window / generation change
+  std::condition_variable callbacks_cv_;  // Cancel(): active callbacks dropped
+  bool cancel_waiting_ = false;
   std::vector<Slot> ring_;
   uint64_t next_index_ = 0;  // next frame to admit
   uint64_t next_out_ = 0;    // next frame to deliver
@@ -97,6 +102,12 @@ class StreamState : public std::enable_shared_from_this<StreamState> {
   uint32_t ready_count_ = 0;   // results waiting in the ring
   uint64_t generation_ = 0;    // bumped whenever a waiting producer may retry
   bool waiting_ = false;       // a TryAdmit failed and nobody has been told to retry yet
+  // Blocking Submit(): refused by a full BLOCK window, it sleeps until the window has drained
+  // to half (hysteresis: one wake-up per half window, not one per returned credit); refused by
+  // the global budget or under DROP_OLDEST, it wakes on every generation change.
+  bool last_refusal_global_ = false;
+  int low_water_waiters_ = 0;
+  int generation_waiters_ = 0;
   bool draining_ = false;
   bool closed_ = false;
   bool cancelled_ = false;
