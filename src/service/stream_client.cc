@@ -4,10 +4,12 @@
 
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <mutex>
 #include <thread>
 
@@ -141,116 +143,228 @@ std::string ResultJson(int stream, const v1::FrameResult& r, double latency_ms) 
   return s + "}\n";
 }
 
-StreamOutcome RunOne(int index, std::shared_ptr<grpc::Channel> channel, Shared* sh) {
-  const StreamClientOptions& o = *sh->options;
-  const Payloads& p = *sh->payloads;
-  StreamOutcome out;
-  out.id = absl::StrCat(o.stream_id_prefix, "-", index);
-  auto stub = v1::FramePipeline::NewStub(channel);
-  grpc::ClientContext ctx;
-  if (o.rpc_timeout_s > 0) {
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(o.rpc_timeout_s));
+// Runs callbacks at given times, on one thread for the whole client (stream pacing, a slow
+// reader's pauses): reactions themselves never sleep.
+class Scheduler {
+ public:
+  Scheduler() : thread_([this] { Loop(); }) {}
+  ~Scheduler() {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      exit_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
   }
-  auto rw = stub->Process(&ctx);
-  const int64_t n = o.frames;
-  // Send times by frame index; written by the writer before the frame goes out, read by the
-  // reader after its result came back.
-  std::vector<std::atomic<int64_t>> sent_ns(static_cast<size_t>(std::max<int64_t>(n, 1)));
-  std::atomic<int64_t> sent{0};
-  std::thread writer([&] {
-    v1::ProcessRequest req;
-    v1::StreamConfig* cfg = req.mutable_config();
-    cfg->set_stream_id(out.id);
-    cfg->set_max_in_flight(o.max_in_flight);
-    cfg->set_overload(o.drop_oldest ? v1::OVERLOAD_POLICY_DROP_OLDEST : v1::OVERLOAD_POLICY_BLOCK);
-    cfg->set_frame_timeout_ms(o.frame_timeout_ms);
-    cfg->set_include_thumbnail(o.include_thumbnail);
-    if (!rw->Write(req)) return;
-    const auto period = o.fps > 0 ? std::chrono::nanoseconds(static_cast<int64_t>(1e9 / o.fps))
-                                  : std::chrono::nanoseconds(0);
+  void At(TimePoint when, std::function<void()> fn) {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      queue_.emplace(when, std::move(fn));
+    }
+    cv_.notify_all();
+  }
+
+ private:
+  void Loop() {
+    std::unique_lock<std::mutex> l(mu_);
+    while (!exit_) {
+      if (queue_.empty()) {
+        cv_.wait(l);
+        continue;
+      }
+      const TimePoint due = queue_.begin()->first;
+      if (Now() < due) {
+        cv_.wait_until(l, due);
+        continue;
+      }
+      auto fn = std::move(queue_.begin()->second);
+      queue_.erase(queue_.begin());
+      l.unlock();
+      fn();
+      l.lock();
+    }
+  }
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::multimap<TimePoint, std::function<void()>> queue_;
+  bool exit_ = false;
+  std::thread thread_;
+};
+
+// One Process call on gRPC's callback API: one write and one read in flight, the next write
+// from OnWriteDone (or at its paced time), the next read from OnReadDone. Writer state is
+// touched only by the write path, reader state only by the read path; they share the send
+// times (atomics) and the report (Shared::mu).
+class StreamCall final : public grpc::ClientBidiReactor<v1::ProcessRequest, v1::FrameResult> {
+ public:
+  StreamCall(int index, v1::FramePipeline::Stub* stub, Shared* sh, Scheduler* scheduler)
+      : index_(index),
+        sh_(sh),
+        o_(*sh->options),
+        scheduler_(scheduler),
+        n_(sh->options->frames),
+        sent_ns_(new std::atomic<int64_t>[static_cast<size_t>(std::max<int64_t>(n_, 1))]) {
+    out_.id = absl::StrCat(o_.stream_id_prefix, "-", index);
+    if (o_.rpc_timeout_s > 0) {
+      ctx_.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(o_.rpc_timeout_s));
+    }
+    if (o_.fps > 0) period_ = std::chrono::nanoseconds(static_cast<int64_t>(1e9 / o_.fps));
     // Paced streams start out of phase (stream k of K by k/K of a period), as independent
     // cameras do: in lockstep every stream's frame would arrive at the same instant.
-    TimePoint next = Now() + period * index / std::max(1, o.streams);
-    for (int64_t i = 0; i < n; ++i) {
-      if (o.fps > 0) {
-        std::this_thread::sleep_until(next);
-        next += period;
-      }
-      req.Clear();
-      v1::Frame* f = req.mutable_frame();
-      f->set_seq(static_cast<uint64_t>(i) * 2 + 1);  // gaps are allowed: 1, 3, 5, ...
-      if (o.send_capture_time) f->set_capture_time_us(WallMicros());
-      const std::string& bytes = p.frames[static_cast<size_t>(i) % p.frames.size()];
-      if (p.raw) {
-        v1::RawImage* raw = f->mutable_raw();
-        raw->set_width(static_cast<uint32_t>(p.width));
-        raw->set_height(static_cast<uint32_t>(p.height));
-        raw->set_format(v1::PIXEL_FORMAT_BGR8);
-        raw->set_data(bytes);
-      } else {
-        f->set_encoded(bytes);
-      }
-      (*f->mutable_tags())["frame"] = absl::StrCat(i);
-      sent_ns[static_cast<size_t>(i)].store(Now().time_since_epoch().count(),
-                                            std::memory_order_release);
-      if (!rw->Write(req)) break;
-      sent.store(i + 1, std::memory_order_release);
-    }
-    rw->WritesDone();
-  });
+    next_time_ = Now() + period_ * index / std::max(1, o_.streams);
+    mine_.reserve(static_cast<size_t>(std::min<int64_t>(n_, 1 << 20)));
+    stub->async()->Process(&ctx_, this);
+  }
 
-  v1::FrameResult res;
-  int64_t got = 0;
-  const TimePoint started = Now();
-  std::vector<double> mine;
-  mine.reserve(static_cast<size_t>(std::min<int64_t>(n, 1 << 20)));
-  while (rw->Read(&res)) {
+  void Start() {
+    started_ = Now();
+    v1::StreamConfig* cfg = req_.mutable_config();
+    cfg->set_stream_id(out_.id);
+    cfg->set_max_in_flight(o_.max_in_flight);
+    cfg->set_overload(o_.drop_oldest ? v1::OVERLOAD_POLICY_DROP_OLDEST : v1::OVERLOAD_POLICY_BLOCK);
+    cfg->set_frame_timeout_ms(o_.frame_timeout_ms);
+    cfg->set_include_thumbnail(o_.include_thumbnail);
+    StartWrite(&req_);
+    StartRead(&res_);
+    StartCall();
+  }
+
+  StreamOutcome Wait() {
+    std::unique_lock<std::mutex> l(done_mu_);
+    done_cv_.wait(l, [&] { return done_; });
+    return out_;
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (!ok) return;  // the call is over; OnDone reports how
+    if (next_ > 0) sent_.store(next_, std::memory_order_release);
+    if (next_ >= n_) {
+      StartWritesDone();
+      return;
+    }
+    if (period_.count() > 0) {
+      AddHold();
+      const TimePoint when = next_time_;
+      next_time_ += period_;
+      scheduler_->At(when, [this] {
+        WriteFrame();
+        RemoveHold();
+      });
+    } else {
+      WriteFrame();
+    }
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) return;
+    HandleResult();
+    if (o_.read_delay_ms > 0) {
+      AddHold();
+      scheduler_->At(Now() + std::chrono::milliseconds(o_.read_delay_ms), [this] {
+        StartRead(&res_);
+        RemoveHold();
+      });
+    } else {
+      StartRead(&res_);
+    }
+  }
+
+  void OnDone(const grpc::Status& st) override {
+    out_.sent = sent_.load(std::memory_order_acquire);
+    out_.received = got_;
+    out_.seconds = SecondsBetween(started_, Now());
+    out_.p99_ms = Percentile(std::move(mine_), 99);
+    out_.rpc_status = st.ok() ? "OK"
+                              : absl::StrCat(absl::StatusCodeToString(
+                                                 static_cast<absl::StatusCode>(st.error_code())),
+                                             ": ", st.error_message());
+    out_.complete = st.ok() && got_ == out_.sent && out_.sent == n_;
+    std::lock_guard<std::mutex> l(done_mu_);
+    done_ = true;
+    done_cv_.notify_all();
+  }
+
+ private:
+  void WriteFrame() {
+    const Payloads& p = *sh_->payloads;
+    const int64_t i = next_++;
+    req_.Clear();
+    v1::Frame* f = req_.mutable_frame();
+    f->set_seq(static_cast<uint64_t>(i) * 2 + 1);  // gaps are allowed: 1, 3, 5, ...
+    if (o_.send_capture_time) f->set_capture_time_us(WallMicros());
+    const std::string& bytes = p.frames[static_cast<size_t>(i) % p.frames.size()];
+    if (p.raw) {
+      v1::RawImage* raw = f->mutable_raw();
+      raw->set_width(static_cast<uint32_t>(p.width));
+      raw->set_height(static_cast<uint32_t>(p.height));
+      raw->set_format(v1::PIXEL_FORMAT_BGR8);
+      raw->set_data(bytes);
+    } else {
+      f->set_encoded(bytes);
+    }
+    (*f->mutable_tags())["frame"] = absl::StrCat(i);
+    sent_ns_[static_cast<size_t>(i)].store(Now().time_since_epoch().count(),
+                                           std::memory_order_release);
+    StartWrite(&req_);
+  }
+
+  void HandleResult() {
     const TimePoint now = Now();
-    const uint64_t want = static_cast<uint64_t>(got) * 2 + 1;
-    if (res.seq() != want) out.in_order = false;
+    const uint64_t want = static_cast<uint64_t>(got_) * 2 + 1;
+    if (res_.seq() != want) out_.in_order = false;
     double latency_ms = 0;
-    if (got < n) {
-      const int64_t t0 = sent_ns[static_cast<size_t>(got)].load(std::memory_order_acquire);
+    if (got_ < n_) {
+      const int64_t t0 = sent_ns_[static_cast<size_t>(got_)].load(std::memory_order_acquire);
       latency_ms = static_cast<double>(now.time_since_epoch().count() - t0) / 1e6;
     }
-    const int status = std::clamp(static_cast<int>(res.status()), 0, kFrameStatusCount - 1);
-    ++out.by_status[status];
-    mine.push_back(latency_ms);
+    const int status = std::clamp(static_cast<int>(res_.status()), 0, kFrameStatusCount - 1);
+    ++out_.by_status[status];
+    mine_.push_back(latency_ms);
     {
-      std::lock_guard<std::mutex> l(sh->mu);
-      sh->latencies_ms.push_back(latency_ms);
-      sh->latency_times_s.push_back(SecondsBetween(sh->start, now));
-      ++sh->by_status[status];
-      sh->server_total_ms.push_back(static_cast<double>(res.timings().total_us()) / 1000.0);
-      if (res.status() == v1::FRAME_STATUS_OK) {
-        const auto& t = res.timings();
+      std::lock_guard<std::mutex> l(sh_->mu);
+      sh_->latencies_ms.push_back(latency_ms);
+      sh_->latency_times_s.push_back(SecondsBetween(sh_->start, now));
+      ++sh_->by_status[status];
+      sh_->server_total_ms.push_back(static_cast<double>(res_.timings().total_us()) / 1000.0);
+      if (res_.status() == v1::FRAME_STATUS_OK) {
+        const auto& t = res_.timings();
         const uint64_t v[6] = {t.queue_us(), t.decode_us(), t.analyse_us(),
                                t.enrich_us(), t.reorder_us(), t.total_us()};
-        for (int k = 0; k < 6; ++k) sh->sum_ms[k] += static_cast<double>(v[k]) / 1000.0;
-        ++sh->timed;
+        for (int k = 0; k < 6; ++k) sh_->sum_ms[k] += static_cast<double>(v[k]) / 1000.0;
+        ++sh_->timed;
       }
-      if (index == 0 && static_cast<int>(sh->first_results.size()) < o.show) {
-        sh->first_results.push_back(FromProto(res));
+      if (index_ == 0 && static_cast<int>(sh_->first_results.size()) < o_.show) {
+        sh_->first_results.push_back(FromProto(res_));
       }
-      if (sh->out.is_open()) sh->out << ResultJson(index, res, latency_ms);
+      if (sh_->out.is_open()) sh_->out << ResultJson(index_, res_, latency_ms);
     }
-    ++got;
-    sh->received.fetch_add(1, std::memory_order_relaxed);
-    if (o.read_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(o.read_delay_ms));
+    ++got_;
+    sh_->received.fetch_add(1, std::memory_order_relaxed);
   }
-  writer.join();
-  grpc::Status st = rw->Finish();
-  out.sent = sent.load();
-  out.received = got;
-  out.seconds = SecondsBetween(started, Now());
-  out.p99_ms = Percentile(std::move(mine), 99);
-  out.rpc_status = st.ok() ? "OK"
-                           : absl::StrCat(absl::StatusCodeToString(
-                                              static_cast<absl::StatusCode>(st.error_code())),
-                                          ": ", st.error_message());
-  out.complete = st.ok() && got == out.sent && out.sent == n;
-  return out;
-}
+
+  const int index_;
+  Shared* const sh_;
+  const StreamClientOptions& o_;
+  Scheduler* const scheduler_;
+  const int64_t n_;
+  grpc::ClientContext ctx_;
+  std::chrono::nanoseconds period_{0};
+  TimePoint started_;
+  // Write path.
+  v1::ProcessRequest req_;
+  int64_t next_ = 0;
+  TimePoint next_time_;
+  std::unique_ptr<std::atomic<int64_t>[]> sent_ns_;  // send time per frame index
+  std::atomic<int64_t> sent_{0};
+  // Read path.
+  v1::FrameResult res_;
+  int64_t got_ = 0;
+  std::vector<double> mine_;
+  StreamOutcome out_;
+  std::mutex done_mu_;
+  std::condition_variable done_cv_;
+  bool done_ = false;
+};
 
 }  // namespace
 
@@ -307,11 +421,16 @@ absl::StatusOr<ClientReport> RunStreamClient(const StreamClientOptions& o) {
       std::fprintf(stderr, "\r%60s\r", "");
     });
   }
-  std::vector<std::thread> threads;
-  for (int k = 0; k < o.streams; ++k) {
-    threads.emplace_back([&, k] { report.streams[k] = RunOne(k, channel, &sh); });
+  {
+    auto stub = v1::FramePipeline::NewStub(channel);
+    Scheduler scheduler;
+    std::vector<std::unique_ptr<StreamCall>> calls;
+    for (int k = 0; k < o.streams; ++k) {
+      calls.push_back(std::make_unique<StreamCall>(k, stub.get(), &sh, &scheduler));
+    }
+    for (auto& c : calls) c->Start();
+    for (int k = 0; k < o.streams; ++k) report.streams[k] = calls[k]->Wait();
   }
-  for (auto& t : threads) t.join();
   done = true;
   if (progress.joinable()) progress.join();
   report.seconds = SecondsBetween(sh.start, Now());
