@@ -15,6 +15,7 @@ using namespace framepipe::testing;  // NOLINT
 
 TEST(MetricsTest, KnownWorkloadGivesExactCounts) {
   ServerOptions o;
+  o.metrics = "127.0.0.1:0";
   auto server = StartTestServer(o);
   ASSERT_TRUE(server);
   ASSERT_GT(server->metrics_port(), 0);
@@ -67,6 +68,7 @@ TEST(MetricsTest, KnownWorkloadGivesExactCounts) {
 
 TEST(MetricsTest, ConcurrentScrapesDuringLoad) {
   ServerOptions o;
+  o.metrics = "127.0.0.1:0";
   o.wrap_stages = WrapAnalyse(1000);
   auto server = StartTestServer(o);
   ASSERT_TRUE(server);

@@ -55,6 +55,7 @@ struct PipelineCounters {
   uint64_t in_flight = 0;       // credits held
   uint64_t peak_in_flight = 0;  // highest in_flight seen
   uint64_t bytes_in_flight = 0;
+  uint64_t peak_bytes_in_flight = 0;
   uint32_t active_streams = 0;
   uint32_t reorder_depth = 0;   // results waiting in reorder buffers
   uint64_t by_status[kFrameStatusCount] = {};

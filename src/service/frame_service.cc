@@ -49,7 +49,8 @@ int64_t NowNanos() {
 // pipeline call that can run callbacks (TryAdmit, Close, Cancel) is made with `mu_` held.
 class ProcessReactor final : public grpc::ServerBidiReactor<v1::ProcessRequest, v1::FrameResult> {
  public:
-  ProcessReactor(FrameService* svc, grpc::CallbackServerContext* ctx) : svc_(svc), ctx_(ctx) {
+  ProcessReactor(FrameService* svc, grpc::CallbackServerContext* ctx)
+      : svc_(svc), ctx_(ctx), expected_bytes_(svc->options_.first_read_bytes / 2) {
     peer_ = ctx_->peer();
     id_ = absl::StrCat(peer_, "#", ++svc_->stream_counter_);
   }
@@ -72,9 +73,36 @@ class ProcessReactor final : public grpc::ServerBidiReactor<v1::ProcessRequest, 
     if (svc_->observer_) svc_->observer_->OnStreamOpened();
     opened_ = Now();
     last_read_ns_ = NowNanos();
+    ReadNext();
+  }
+
+  // Starts the next read once the read budget has room for the next message (at once without a
+  // budget): the client cannot push more data than the server has room for.
+  void ReadNext() {
+    uint64_t need;
     {
       std::lock_guard<std::mutex> l(mu_);
-      reading_ = true;
+      if (finished_ || cancelled_) return;
+      need = 2 * expected_bytes_;  // gRPC's buffers plus the parsed copy
+    }
+    if (!svc_->TryReserve(this, need)) return;  // GrantRead follows when room frees up
+    GrantRead(need);
+  }
+
+  // The read budget counted `bytes` for this stream: start the read.
+  void GrantRead(uint64_t bytes) {
+    TsanReactorScope tsan_scope(this);
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      if (!finished_ && !cancelled_) {
+        reserved_ += bytes;
+        reading_ = true;
+        bytes = 0;
+      }
+    }
+    if (bytes > 0) {
+      svc_->ReleaseReserved(bytes);
+      return;
     }
     FP_TSAN_RELEASE(this);
     StartRead(&req_);
@@ -90,6 +118,7 @@ class ProcessReactor final : public grpc::ServerBidiReactor<v1::ProcessRequest, 
         reads_done_ = true;
         close = stream_.get();
       }
+      ReleaseReservation();
       if (close) close->Close();  // finishes from OnComplete once all results are written
       MaybeFinish();
       return;
@@ -97,7 +126,15 @@ class ProcessReactor final : public grpc::ServerBidiReactor<v1::ProcessRequest, 
     last_read_ns_ = NowNanos();
     std::unique_lock<std::mutex> lock(mu_);
     reading_ = false;
-    if (finished_ || cancelled_) return;
+    if (finished_ || cancelled_) {
+      lock.unlock();
+      ReleaseReservation();
+      return;
+    }
+    if (req_.kind_case() == v1::ProcessRequest::kFrame) {
+      // The next frame is probably like this one (a stream's config says nothing about it).
+      expected_bytes_ = std::max<uint64_t>(64 * 1024, req_.ByteSizeLong());
+    }
     switch (req_.kind_case()) {
       case v1::ProcessRequest::kConfig: {
         if (got_config_ || got_frame_) {
@@ -110,6 +147,7 @@ class ProcessReactor final : public grpc::ServerBidiReactor<v1::ProcessRequest, 
         got_config_ = true;
         absl::Status st = OpenStreamLocked(&req_.config());
         lock.unlock();
+        ReleaseReservation();
         if (!st.ok()) {
           EndWithError(st);
           return;
@@ -124,6 +162,7 @@ class ProcessReactor final : public grpc::ServerBidiReactor<v1::ProcessRequest, 
               absl::StrCat("frame seq=", frame->seq(), " is not greater than the previous seq=",
                            last_seq_, ": seq must be strictly increasing (gaps are allowed)");
           lock.unlock();
+          ReleaseReservation();
           EndWithError(absl::InvalidArgumentError(msg));
           return;
         }
@@ -131,6 +170,7 @@ class ProcessReactor final : public grpc::ServerBidiReactor<v1::ProcessRequest, 
           absl::Status st = OpenStreamLocked(nullptr);
           if (!st.ok()) {
             lock.unlock();
+            ReleaseReservation();
             EndWithError(st);
             return;
           }
@@ -142,6 +182,7 @@ class ProcessReactor final : public grpc::ServerBidiReactor<v1::ProcessRequest, 
           // Read after the drain began: not admitted; the final status says so.
           NoteNotAdmittedLocked(frame->seq());
           lock.unlock();
+          ReleaseReservation();
           MaybeFinish();
           return;
         }
@@ -157,6 +198,7 @@ class ProcessReactor final : public grpc::ServerBidiReactor<v1::ProcessRequest, 
       }
       default:
         lock.unlock();
+        ReleaseReservation();
         EndWithError(absl::InvalidArgumentError(
             "ProcessRequest carries neither a config nor a frame"));
         return;
@@ -230,6 +272,8 @@ class ProcessReactor final : public grpc::ServerBidiReactor<v1::ProcessRequest, 
     FP_TSAN_ACQUIRE(this);  // everything before, on any thread (this object is deleted below)
     // No callback may run after this: Cancel() waits for any in progress.
     if (stream_) stream_->Cancel();
+    svc_->ForgetReservation(this);
+    ReleaseReservation();
     if (!refused_) {
       LogClose();
       if (svc_->observer_) {
@@ -379,7 +423,6 @@ class ProcessReactor final : public grpc::ServerBidiReactor<v1::ProcessRequest, 
           pending_ = false;
           ++frames_in_;
           read = !draining_ && !reads_done_ && end_status_.ok() && !cancelled_ && !finished_;
-          if (read) reading_ = true;
         } else if (out == AdmitOutcome::kClosed) {
           pending_ = false;
           NoteNotAdmittedLocked(seq);
@@ -389,9 +432,11 @@ class ProcessReactor final : public grpc::ServerBidiReactor<v1::ProcessRequest, 
           continue;
         }
       }
+      // The frame is charged to the pipeline's budget now (or was refused): its read
+      // reservation ends.
+      ReleaseReservation();
       if (read) {
-        FP_TSAN_RELEASE(this);
-        StartRead(&req_);
+        ReadNext();
         return;
       }
       MaybeFinish();
@@ -399,15 +444,23 @@ class ProcessReactor final : public grpc::ServerBidiReactor<v1::ProcessRequest, 
     }
   }
 
+  void ReleaseReservation() {
+    uint64_t bytes;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      bytes = reserved_;
+      reserved_ = 0;
+    }
+    if (bytes > 0) svc_->ReleaseReserved(bytes);
+  }
+
   void ContinueReading() {
     TsanReactorScope tsan_scope(this);
     {
       std::lock_guard<std::mutex> l(mu_);
       if (draining_ || reads_done_ || !end_status_.ok() || cancelled_ || finished_) return;
-      reading_ = true;
     }
-    FP_TSAN_RELEASE(this);
-    StartRead(&req_);
+    ReadNext();
   }
 
   void OnResult(Delivery d) {
@@ -555,6 +608,8 @@ class ProcessReactor final : public grpc::ServerBidiReactor<v1::ProcessRequest, 
   bool have_seq_ = false;
   uint64_t last_seq_ = 0;
   bool pending_ = false;  // a frame was read and waits for a credit (reads paused)
+  uint64_t expected_bytes_;  // size assumed for the next message (read budget)
+  uint64_t reserved_ = 0;    // read budget held: the read in flight or the frame read
   bool admitting_ = false;
   bool retry_ = false;
   FrameInput pending_input_;
@@ -615,6 +670,48 @@ bool FrameService::Admit(ProcessReactor* r, std::string* why_not) {
   return true;
 }
 
+bool FrameService::TryReserve(ProcessReactor* r, uint64_t bytes) {
+  if (options_.read_budget_bytes == 0) return true;
+  std::lock_guard<std::mutex> l(mu_);
+  // One message larger than the whole budget still gets read when nothing else is.
+  if (read_waiters_.empty() &&
+      (read_used_ == 0 || read_used_ + bytes <= options_.read_budget_bytes)) {
+    read_used_ += bytes;
+    return true;
+  }
+  read_waiters_.emplace_back(r, bytes);
+  return false;
+}
+
+void FrameService::ReleaseReserved(uint64_t bytes) {
+  if (options_.read_budget_bytes == 0) return;
+  std::vector<std::pair<ProcessReactor*, uint64_t>> granted;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    read_used_ -= bytes;
+    while (!read_waiters_.empty()) {
+      auto [r, need] = read_waiters_.front();
+      if (read_used_ != 0 && read_used_ + need > options_.read_budget_bytes) break;
+      read_waiters_.pop_front();
+      read_used_ += need;
+      ++r->holds;
+      granted.emplace_back(r, need);
+    }
+  }
+  for (auto& [r, need] : granted) r->GrantRead(need);
+  std::lock_guard<std::mutex> l(mu_);
+  for (auto& [r, need] : granted) {
+    if (--r->holds == 0 && r->done) delete r;
+  }
+}
+
+void FrameService::ForgetReservation(ProcessReactor* r) {
+  std::lock_guard<std::mutex> l(mu_);
+  for (auto it = read_waiters_.begin(); it != read_waiters_.end();) {
+    it = it->first == r ? read_waiters_.erase(it) : it + 1;
+  }
+}
+
 void FrameService::Unregister(ProcessReactor* r) {
   bool del = true;
   {
@@ -663,6 +760,7 @@ grpc::ServerUnaryReactor* FrameService::GetStats(grpc::CallbackServerContext* co
   s->set_in_flight(c.in_flight);
   s->set_peak_in_flight(c.peak_in_flight);
   s->set_bytes_in_flight(c.bytes_in_flight);
+  s->set_peak_bytes_in_flight(c.peak_bytes_in_flight);
   s->set_active_streams(active_streams());
   s->set_streams_total(streams_total_.load());
   s->set_streams_rejected(streams_rejected_.load());

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -45,6 +46,10 @@ struct ServiceOptions {
   uint32_t max_streams = 256;            // concurrent Process calls; beyond: RESOURCE_EXHAUSTED
   DecodeLimits limits;                   // for charging frames against the memory budget
   std::chrono::milliseconds idle_timeout{0};  // end streams that send nothing this long (0=off)
+  // Bytes that messages being received (and read frames not yet admitted) may hold; a stream
+  // reserves room for its next message before it reads it. 0 = no budget.
+  uint64_t read_budget_bytes = 0;
+  uint64_t first_read_bytes = 1 << 20;  // what a stream's first message is assumed to need
   std::string backend = "cpu";
   std::string version;
 };
@@ -75,6 +80,11 @@ class FrameService final : public v1::FramePipeline::CallbackService {
   bool Admit(ProcessReactor* r, std::string* why_not);  // registers, or says why not
   void Unregister(ProcessReactor* r);
   void IdleLoop();
+  // Read budget: TryReserve counts `bytes` or queues `r` (FIFO) to be granted them later (by a
+  // call to r->GrantRead from ReleaseReserved); Forget drops r from the queue.
+  bool TryReserve(ProcessReactor* r, uint64_t bytes);
+  void ReleaseReserved(uint64_t bytes);
+  void ForgetReservation(ProcessReactor* r);
 
   Pipeline* const pipeline_;
   const ServiceOptions options_;
@@ -90,6 +100,8 @@ class FrameService final : public v1::FramePipeline::CallbackService {
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::set<ProcessReactor*> reactors_;
+  uint64_t read_used_ = 0;
+  std::deque<std::pair<ProcessReactor*, uint64_t>> read_waiters_;
   bool idle_exit_ = false;
   std::thread idle_thread_;
 };

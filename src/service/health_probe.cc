@@ -35,8 +35,15 @@ int DecodeStatus(const std::string& bytes) {
 
 }  // namespace
 
-absl::Status CheckHealth(const std::string& target, const std::string& service, double timeout_s) {
-  auto channel = grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
+absl::Status CheckHealth(const std::string& target, const std::string& service, double timeout_s,
+                         const ClientSecurityOptions& security) {
+  auto creds = MakeClientCredentials(security);
+  if (!creds.ok()) return creds.status();
+  grpc::ChannelArguments args;
+  if (!creds->server_name_override.empty()) {
+    args.SetSslTargetNameOverride(creds->server_name_override);
+  }
+  auto channel = grpc::CreateCustomChannel(target, creds->channel, args);
   grpc::GenericStub stub(channel);
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() +

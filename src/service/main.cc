@@ -145,8 +145,9 @@ int main(int argc, char** argv) {
                     "(flow control pushes back to the clients)")
       ->capture_default_str();
   serve->add_option("--max-memory-mb", so.max_memory_mb,
-                    "Memory budget for frames in flight (payload + decoded pixels), enforced "
-                    "like --global-max-in-flight; 0 = count limits only")
+                    "Memory budget: 3/4 for frames in flight (payload + decoded pixels + luma), "
+                    "1/4 for messages being received; when either is used up, streams stop "
+                    "reading (flow control pushes back); 0 = count limits only")
       ->capture_default_str();
   serve->add_option("--backend", so.backend,
                     "Analysis backend: auto (CUDA when a GPU is usable, else CPU), cpu, cuda")
@@ -172,7 +173,8 @@ int main(int argc, char** argv) {
                     "End streams that send nothing for this long (0 = never)")
       ->capture_default_str();
   serve->add_option("--transport-memory-mb", so.transport_memory_mb,
-                    "gRPC buffer memory across all connections (resource quota)")
+                    "gRPC buffer memory across all connections (resource quota), when "
+                    "--max-memory-mb is 0")
       ->capture_default_str();
   serve->add_option("--dark-luma", so.enrich.dark_mean_luma,
                     "Enrichment.dark when mean luma is below this")
@@ -188,6 +190,18 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   serve->add_flag("!--no-intra-frame-parallel", so.intra_frame_parallel,
                   "Do not split large frames across cores");
+  serve->add_option("--tls-cert", so.security.tls_cert, "PEM certificate chain: serve TLS");
+  serve->add_option("--tls-key", so.security.tls_key, "PEM private key for --tls-cert");
+  serve->add_option("--tls-client-ca", so.security.tls_client_ca,
+                    "PEM CA bundle: require client certificates signed by it (mutual TLS)");
+  serve->add_option("--auth-token-file", so.security.auth_token_file,
+                    "Bearer tokens, one per line: every call must send 'authorization: Bearer "
+                    "<token>' (needs TLS; health checks are exempt)");
+  serve->add_flag("--metrics-public", so.metrics_public,
+                  "With --auth-token-file, still serve metrics on 0.0.0.0 (default: loopback)");
+  serve->add_option("--health-listen", so.health_listen,
+                    "Extra plaintext port serving only grpc.health.v1 (for Kubernetes gRPC "
+                    "probes and load balancers when the main port needs TLS or tokens)");
   serve->add_option("--log-format", log_format, "Log lines as text or json")
       ->check(CLI::IsMember({"text", "json"}))
       ->capture_default_str();
@@ -227,9 +241,21 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   stream->add_option("--timeout", co.rpc_timeout_s, "RPC deadline in seconds (0 = none)")
       ->capture_default_str();
+  stream->add_option("--retry", co.retries,
+                     "Reopen a stream up to N times after UNAVAILABLE / RESOURCE_EXHAUSTED "
+                     "(exponential backoff from 100 ms); frames lost with a failed connection are "
+                     "listed by seq")
+      ->capture_default_str();
   bool no_progress = false;
   stream->add_flag("--no-progress", no_progress, "No live progress line");
   std::string report_path, plot_path, client_log_format = "text";
+  stream->add_option("--tls-ca", co.security.tls_ca, "PEM roots to verify the server: use TLS");
+  stream->add_option("--tls-cert", co.security.tls_cert, "Client certificate (mutual TLS)");
+  stream->add_option("--tls-key", co.security.tls_key, "Client key (mutual TLS)");
+  stream->add_option("--tls-server-name", co.security.tls_server_name,
+                     "Name to check in the server certificate (default: the target host)");
+  stream->add_option("--auth-token-file", co.security.auth_token_file,
+                     "Send the file's first token as 'authorization: Bearer <token>'");
   stream->add_option("--report", report_path,
                      "Write a JSON report: totals, latency percentiles, stage means, samples");
   stream->add_option("--plot", plot_path,
@@ -246,6 +272,12 @@ int main(int argc, char** argv) {
   health->add_option("--target", health_target, "Server address")->capture_default_str();
   health->add_option("--service", health_service, "Service name to check ('' = server)");
   health->add_option("--timeout", health_timeout, "Seconds to wait")->capture_default_str();
+  ClientSecurityOptions health_security;
+  health->add_option("--tls-ca", health_security.tls_ca, "PEM roots: use TLS");
+  health->add_option("--tls-cert", health_security.tls_cert, "Client certificate (mutual TLS)");
+  health->add_option("--tls-key", health_security.tls_key, "Client key (mutual TLS)");
+  health->add_option("--tls-server-name", health_security.tls_server_name,
+                     "Name to check in the server certificate");
 
 #ifdef FRAMEPIPE_WITH_BENCH
   bench::BenchOptions bo;
@@ -278,7 +310,7 @@ int main(int argc, char** argv) {
     return RunStream(co, size, encode, overload, input, report_path, plot_path, client_log_format);
   }
   if (health->parsed()) {
-    auto st = CheckHealth(health_target, health_service, health_timeout);
+    auto st = CheckHealth(health_target, health_service, health_timeout, health_security);
     if (!st.ok()) {
       std::fprintf(stderr, "%s\n", std::string(st.message()).c_str());
       return 1;

@@ -1,5 +1,7 @@
 #include "service/server.h"
 
+#include <malloc.h>
+
 #include <condition_variable>
 #include <mutex>
 
@@ -25,7 +27,10 @@ struct Server::Impl {
   std::unique_ptr<Pipeline> pipeline;
   std::unique_ptr<FrameService> service;
   std::unique_ptr<grpc::Server> grpc_server;
+  std::unique_ptr<grpc::Server> health_server;  // --health-listen
   int port = 0;
+  int health_port = 0;
+  std::string metrics_address;
 
   std::mutex mu;
   std::condition_variable cv;
@@ -54,9 +59,19 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
     LogLine("backend_fallback").Add("backend", "cpu").Add("reason", impl->backend.detail).Emit();
   }
 
-  if (!options.metrics.empty()) {
+  auto creds = MakeServerCredentials(options.security);
+  if (!creds.ok()) return creds.status();
+  impl->metrics_address = options.metrics;
+  if (!options.security.auth_token_file.empty() && !options.metrics_public &&
+      (impl->metrics_address.rfind("0.0.0.0:", 0) == 0 ||
+       impl->metrics_address.rfind("[::]:", 0) == 0)) {
+    // Authenticated gRPC but an open metrics port would leak stream counts and timings.
+    impl->metrics_address =
+        "127.0.0.1:" + impl->metrics_address.substr(impl->metrics_address.rfind(':') + 1);
+  }
+  if (!impl->metrics_address.empty()) {
     impl->metrics = std::make_unique<Metrics>(kVersion, impl->backend.name, workers);
-    absl::Status st = impl->metrics->Serve(options.metrics);
+    absl::Status st = impl->metrics->Serve(impl->metrics_address);
     if (!st.ok()) return st;
   }
 
@@ -64,7 +79,17 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   po.observer = impl->metrics.get();
   po.workers = workers;
   po.global_max_in_flight = options.global_max_in_flight;
-  po.global_max_bytes = options.max_memory_mb << 20;
+  // --max-memory-mb: 3/4 for frames in flight (payload + decoded pixels + luma), 1/4 for
+  // messages being received (the service's read budget).
+  const uint64_t memory = options.max_memory_mb << 20;
+  po.global_max_bytes = memory - memory / 4;
+  if (memory > 0) {
+    // Frame-sized buffers (over 1 MiB) are mapped and unmapped one by one, so freed frames go
+    // back to the system at once instead of lingering in malloc's per-thread arenas: resident
+    // memory then follows the budget. (glibc otherwise raises this threshold as it sees big
+    // frees.)
+    mallopt(M_MMAP_THRESHOLD, 1 << 20);
+  }
   StandardStageOptions so;
   so.limits = options.limits;
   so.enrich = options.enrich;
@@ -80,6 +105,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   svc.max_streams = options.max_streams;
   svc.limits = options.limits;
   svc.idle_timeout = options.idle_timeout;
+  svc.read_budget_bytes = memory / 4;
+  svc.first_read_bytes = std::min<uint64_t>(options.max_receive_message_bytes, memory / 16);
   svc.backend = impl->backend.name;
   svc.version = kVersion;
   impl->service =
@@ -88,17 +115,22 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &impl->port);
+  builder.AddListeningPort(options.listen, *creds, &impl->port);
   builder.RegisterService(impl->service.get());
   builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_receive_message_bytes));
   builder.SetMaxSendMessageSize(4 << 20);
   // gRPC's own buffers are bounded too: a fixed per-stream window (no BDP-driven growth) and a
   // resource quota over all connections.
   builder.AddChannelArgument(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  // With a memory budget, a stream not being read may buffer only 64 KiB.
   builder.AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES,
-                             static_cast<int>(options.stream_window_bytes));
+                             static_cast<int>(memory > 0 ? std::min<size_t>(
+                                                               options.stream_window_bytes, 65536)
+                                                         : options.stream_window_bytes));
+  // A last-resort guard only: under pressure gRPC resets streams rather than pushing back, so
+  // the bounds that matter are the credits and the read budget above.
   grpc::ResourceQuota quota("framepipe");
-  quota.Resize(options.transport_memory_mb << 20);
+  quota.Resize(std::max<size_t>(memory, options.transport_memory_mb << 20));
   builder.SetResourceQuota(quota);
   impl->grpc_server = builder.BuildAndStart();
   if (!impl->grpc_server || impl->port == 0) {
@@ -108,11 +140,31 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   if (auto* health = impl->grpc_server->GetHealthCheckService()) {
     health->SetServingStatus(true);
   }
+  if (!options.health_listen.empty()) {
+    // Plaintext, unauthenticated, health only: for Kubernetes' gRPC probes and load balancers
+    // when the main port requires TLS or tokens.
+    grpc::ServerBuilder hb;
+    hb.AddListeningPort(options.health_listen, grpc::InsecureServerCredentials(),
+                        &impl->health_port);
+    impl->health_server = hb.BuildAndStart();
+    if (!impl->health_server || impl->health_port == 0) {
+      impl->grpc_server->Shutdown(std::chrono::system_clock::now());
+      impl->pipeline->Stop(std::chrono::seconds(1));
+      return absl::UnavailableError(absl::StrCat("cannot listen on ", options.health_listen));
+    }
+    if (auto* health = impl->health_server->GetHealthCheckService()) {
+      health->SetServingStatus(true);
+    }
+  }
   LogLine("server_started")
       .Add("listen", options.listen)
       .Add("port", impl->port)
       .Add("backend", impl->backend.name)
       .Add("backend_detail", impl->backend.detail)
+      .Add("tls", !options.security.tls_cert.empty())
+      .Add("mtls", !options.security.tls_client_ca.empty())
+      .Add("auth", !options.security.auth_token_file.empty())
+      .Add("health_port", impl->health_port)
       .Add("workers", workers)
       .Add("max_in_flight", options.max_in_flight)
       .Add("global_max_in_flight", options.global_max_in_flight)
@@ -121,7 +173,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
       .Emit();
   if (impl->metrics) {
     LogLine("metrics_listening")
-        .Add("address", options.metrics)
+        .Add("address", impl->metrics_address)
         .Add("port", impl->metrics->port())
         .Add("path", "/metrics")
         .Emit();
@@ -144,6 +196,8 @@ Server::~Server() {
 
 int Server::port() const { return impl_->port; }
 int Server::metrics_port() const { return impl_->metrics ? impl_->metrics->port() : 0; }
+const std::string& Server::metrics_address() const { return impl_->metrics_address; }
+int Server::health_port() const { return impl_->health_port; }
 const Metrics* Server::metrics() const { return impl_->metrics.get(); }
 const std::string& Server::backend() const { return impl_->backend.name; }
 const std::string& Server::backend_detail() const { return impl_->backend.detail; }
@@ -161,12 +215,21 @@ bool Server::Shutdown() {
   if (auto* health = impl_->grpc_server->GetHealthCheckService()) {
     health->SetServingStatus(false);
   }
+  if (impl_->health_server) {
+    if (auto* health = impl_->health_server->GetHealthCheckService()) {
+      health->SetServingStatus(false);
+    }
+  }
   impl_->service->BeginDrain();
   const bool drained = impl_->service->WaitForStreams(deadline);
   // Every stream finished (or the drain timeout passed): cancel whatever is left at once, so
   // idle client connections do not hold the exit up.
   impl_->grpc_server->Shutdown(std::chrono::system_clock::now());
   impl_->grpc_server->Wait();
+  if (impl_->health_server) {
+    impl_->health_server->Shutdown(std::chrono::system_clock::now());
+    impl_->health_server->Wait();
+  }
   impl_->pipeline->Stop(std::chrono::milliseconds(100));
   LogLine("server_stopped")
       .Add("drained", drained)

@@ -12,12 +12,16 @@
 #include "analysis/decoder.h"
 #include "enrich/enricher.h"
 #include "pipeline/stage.h"
+#include "service/security.h"
 
 namespace framepipe {
 
 struct ServerOptions {
   std::string listen = "0.0.0.0:50051";
   std::string metrics = "0.0.0.0:9464";  // Prometheus /metrics; "" disables
+  bool metrics_public = false;  // with auth on, keep a 0.0.0.0 metrics address (else loopback)
+  std::string health_listen;    // extra plaintext port serving only grpc.health.v1 ("" = none)
+  ServerSecurityOptions security;
   int workers = 0;                     // 0 = hardware threads
   uint32_t max_in_flight = 8;          // default per-stream window
   uint32_t max_stream_in_flight = 1024;
@@ -47,6 +51,8 @@ class Server {
 
   int port() const;                  // the bound port (useful with --listen 127.0.0.1:0)
   int metrics_port() const;          // 0 when metrics are disabled
+  const std::string& metrics_address() const;  // where /metrics is served ("" when disabled)
+  int health_port() const;           // the --health-listen port (0 when none)
   const std::string& backend() const;
   const std::string& backend_detail() const;
   int workers() const;

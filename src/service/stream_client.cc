@@ -191,106 +191,108 @@ class Scheduler {
   std::thread thread_;
 };
 
-// One Process call on gRPC's callback API: one write and one read in flight, the next write
-// from OnWriteDone (or at its paced time), the next read from OnReadDone. Writer state is
-// touched only by the write path, reader state only by the read path; they share the send
-// times (atomics) and the report (Shared::mu).
-class StreamCall final : public grpc::ClientBidiReactor<v1::ProcessRequest, v1::FrameResult> {
+bool Retryable(grpc::StatusCode c) {
+  return c == grpc::StatusCode::UNAVAILABLE || c == grpc::StatusCode::RESOURCE_EXHAUSTED ||
+         c == grpc::StatusCode::ABORTED;
+}
+
+std::string StatusText(const grpc::Status& st) {
+  return st.ok() ? "OK"
+                 : absl::StrCat(absl::StatusCodeToString(
+                                    static_cast<absl::StatusCode>(st.error_code())),
+                                ": ", st.error_message());
+}
+
+class StreamDriver;
+
+// One Process call (one attempt of a stream) on gRPC's callback API: one write and one read in
+// flight, the next write from OnWriteDone (or at its paced time), the next read from OnReadDone.
+// It sends frames first_.. of the stream; writer state is touched only by the write path, reader
+// state only by the read path.
+class Attempt final : public grpc::ClientBidiReactor<v1::ProcessRequest, v1::FrameResult> {
  public:
-  StreamCall(int index, v1::FramePipeline::Stub* stub, Shared* sh, Scheduler* scheduler)
+  Attempt(StreamDriver* driver, int64_t first_frame);
+  void Start();
+  void OnWriteDone(bool ok) override;
+  void OnReadDone(bool ok) override;
+  void OnDone(const grpc::Status& st) override;
+
+ private:
+  void WriteFrame();
+
+  StreamDriver* const d_;
+  const int64_t first_;
+  grpc::ClientContext ctx_;
+  v1::ProcessRequest req_;
+  int64_t next_;                 // next frame index to send (write path)
+  std::atomic<int64_t> sent_{0};  // frames of this attempt handed to gRPC
+  v1::FrameResult res_;
+  int64_t got_ = 0;              // results of this attempt (read path)
+};
+
+// One stream across its attempts: frame numbering, send times, results, and the frames lost
+// when an attempt's connection failed. With --retry, a failed attempt is followed (after an
+// exponential backoff) by a new call carrying on with the frames not yet sent.
+class StreamDriver {
+ public:
+  StreamDriver(int index, v1::FramePipeline::Stub* stub, Shared* sh, Scheduler* scheduler)
       : index_(index),
+        stub_(stub),
         sh_(sh),
         o_(*sh->options),
         scheduler_(scheduler),
         n_(sh->options->frames),
         sent_ns_(new std::atomic<int64_t>[static_cast<size_t>(std::max<int64_t>(n_, 1))]) {
     out_.id = absl::StrCat(o_.stream_id_prefix, "-", index);
-    if (o_.rpc_timeout_s > 0) {
-      ctx_.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(o_.rpc_timeout_s));
-    }
     if (o_.fps > 0) period_ = std::chrono::nanoseconds(static_cast<int64_t>(1e9 / o_.fps));
     // Paced streams start out of phase (stream k of K by k/K of a period), as independent
     // cameras do: in lockstep every stream's frame would arrive at the same instant.
     next_time_ = Now() + period_ * index / std::max(1, o_.streams);
     mine_.reserve(static_cast<size_t>(std::min<int64_t>(n_, 1 << 20)));
-    stub->async()->Process(&ctx_, this);
   }
 
   void Start() {
     started_ = Now();
-    v1::StreamConfig* cfg = req_.mutable_config();
-    cfg->set_stream_id(out_.id);
-    cfg->set_max_in_flight(o_.max_in_flight);
-    cfg->set_overload(o_.drop_oldest ? v1::OVERLOAD_POLICY_DROP_OLDEST : v1::OVERLOAD_POLICY_BLOCK);
-    cfg->set_frame_timeout_ms(o_.frame_timeout_ms);
-    cfg->set_include_thumbnail(o_.include_thumbnail);
-    StartWrite(&req_);
-    StartRead(&res_);
-    StartCall();
+    Launch(0);
   }
 
   StreamOutcome Wait() {
-    std::unique_lock<std::mutex> l(done_mu_);
-    done_cv_.wait(l, [&] { return done_; });
+    std::unique_lock<std::mutex> l(mu_);
+    cv_.wait(l, [&] { return done_; });
     return out_;
   }
 
-  void OnWriteDone(bool ok) override {
-    if (!ok) return;  // the call is over; OnDone reports how
-    if (next_ > 0) sent_.store(next_, std::memory_order_release);
-    if (next_ >= n_) {
-      StartWritesDone();
+  // Called by the attempt that ended, from its OnDone.
+  void AttemptDone(int64_t first, int64_t sent, int64_t got, const grpc::Status& st) {
+    std::lock_guard<std::mutex> l(mu_);
+    out_.sent += sent;
+    // Frames sent on this call that never got a result went down with the connection.
+    for (int64_t i = first + got; i < first + sent; ++i) out_.lost_seqs.push_back(SeqOf(i));
+    out_.rpc_status = StatusText(st);
+    const int64_t next = first + sent;
+    if (!st.ok() && Retryable(st.error_code()) && attempts_ <= o_.retries && next < n_) {
+      const int shift = std::min(attempts_ - 1, 5);
+      const auto backoff = std::chrono::milliseconds(std::min(2000, 100 << shift));
+      ++out_.retries;
+      scheduler_->At(Now() + backoff, [this, next] { Launch(next); });
       return;
     }
-    if (period_.count() > 0) {
-      AddHold();
-      const TimePoint when = next_time_;
-      next_time_ += period_;
-      scheduler_->At(when, [this] {
-        WriteFrame();
-        RemoveHold();
-      });
-    } else {
-      WriteFrame();
-    }
-  }
-
-  void OnReadDone(bool ok) override {
-    if (!ok) return;
-    HandleResult();
-    if (o_.read_delay_ms > 0) {
-      AddHold();
-      scheduler_->At(Now() + std::chrono::milliseconds(o_.read_delay_ms), [this] {
-        StartRead(&res_);
-        RemoveHold();
-      });
-    } else {
-      StartRead(&res_);
-    }
-  }
-
-  void OnDone(const grpc::Status& st) override {
-    out_.sent = sent_.load(std::memory_order_acquire);
     out_.received = got_;
     out_.seconds = SecondsBetween(started_, Now());
     out_.p99_ms = Percentile(std::move(mine_), 99);
-    out_.rpc_status = st.ok() ? "OK"
-                              : absl::StrCat(absl::StatusCodeToString(
-                                                 static_cast<absl::StatusCode>(st.error_code())),
-                                             ": ", st.error_message());
-    out_.complete = st.ok() && got_ == out_.sent && out_.sent == n_;
-    std::lock_guard<std::mutex> l(done_mu_);
+    out_.complete = st.ok() && out_.lost_seqs.empty() && got_ == n_;
     done_ = true;
-    done_cv_.notify_all();
+    cv_.notify_all();
   }
 
- private:
-  void WriteFrame() {
+  static uint64_t SeqOf(int64_t frame) { return static_cast<uint64_t>(frame) * 2 + 1; }
+
+  // Fills `req` with frame `i` and records when it is sent.
+  void BuildFrame(int64_t i, v1::ProcessRequest* req) {
     const Payloads& p = *sh_->payloads;
-    const int64_t i = next_++;
-    req_.Clear();
-    v1::Frame* f = req_.mutable_frame();
-    f->set_seq(static_cast<uint64_t>(i) * 2 + 1);  // gaps are allowed: 1, 3, 5, ...
+    req->Clear();
+    v1::Frame* f = req->mutable_frame();
+    f->set_seq(SeqOf(i));  // gaps are allowed: 1, 3, 5, ...
     if (o_.send_capture_time) f->set_capture_time_us(WallMicros());
     const std::string& bytes = p.frames[static_cast<size_t>(i) % p.frames.size()];
     if (p.raw) {
@@ -305,66 +307,160 @@ class StreamCall final : public grpc::ClientBidiReactor<v1::ProcessRequest, v1::
     (*f->mutable_tags())["frame"] = absl::StrCat(i);
     sent_ns_[static_cast<size_t>(i)].store(Now().time_since_epoch().count(),
                                            std::memory_order_release);
-    StartWrite(&req_);
   }
 
-  void HandleResult() {
+  void BuildConfig(v1::ProcessRequest* req) {
+    v1::StreamConfig* cfg = req->mutable_config();
+    cfg->set_stream_id(out_.id);
+    cfg->set_max_in_flight(o_.max_in_flight);
+    cfg->set_overload(o_.drop_oldest ? v1::OVERLOAD_POLICY_DROP_OLDEST : v1::OVERLOAD_POLICY_BLOCK);
+    cfg->set_frame_timeout_ms(o_.frame_timeout_ms);
+    cfg->set_include_thumbnail(o_.include_thumbnail);
+  }
+
+  // The time the next paced frame is due (write path only: one write in flight per stream).
+  TimePoint NextSendTime() {
+    const TimePoint t = next_time_;
+    next_time_ += period_;
+    return t;
+  }
+  bool paced() const { return period_.count() > 0; }
+
+  // A result for frame `frame` arrived (read path).
+  void OnResult(int64_t frame, const v1::FrameResult& res) {
     const TimePoint now = Now();
-    const uint64_t want = static_cast<uint64_t>(got_) * 2 + 1;
-    if (res_.seq() != want) out_.in_order = false;
+    if (res.seq() != SeqOf(frame)) out_.in_order = false;
     double latency_ms = 0;
-    if (got_ < n_) {
-      const int64_t t0 = sent_ns_[static_cast<size_t>(got_)].load(std::memory_order_acquire);
+    if (frame < n_) {
+      const int64_t t0 = sent_ns_[static_cast<size_t>(frame)].load(std::memory_order_acquire);
       latency_ms = static_cast<double>(now.time_since_epoch().count() - t0) / 1e6;
     }
-    const int status = std::clamp(static_cast<int>(res_.status()), 0, kFrameStatusCount - 1);
-    ++out_.by_status[status];
-    mine_.push_back(latency_ms);
+    const int status = std::clamp(static_cast<int>(res.status()), 0, kFrameStatusCount - 1);
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      ++out_.by_status[status];
+      mine_.push_back(latency_ms);
+      ++got_;
+    }
     {
       std::lock_guard<std::mutex> l(sh_->mu);
       sh_->latencies_ms.push_back(latency_ms);
       sh_->latency_times_s.push_back(SecondsBetween(sh_->start, now));
       ++sh_->by_status[status];
-      sh_->server_total_ms.push_back(static_cast<double>(res_.timings().total_us()) / 1000.0);
-      if (res_.status() == v1::FRAME_STATUS_OK) {
-        const auto& t = res_.timings();
+      sh_->server_total_ms.push_back(static_cast<double>(res.timings().total_us()) / 1000.0);
+      if (res.status() == v1::FRAME_STATUS_OK) {
+        const auto& t = res.timings();
         const uint64_t v[6] = {t.queue_us(), t.decode_us(), t.analyse_us(),
                                t.enrich_us(), t.reorder_us(), t.total_us()};
         for (int k = 0; k < 6; ++k) sh_->sum_ms[k] += static_cast<double>(v[k]) / 1000.0;
         ++sh_->timed;
       }
       if (index_ == 0 && static_cast<int>(sh_->first_results.size()) < o_.show) {
-        sh_->first_results.push_back(FromProto(res_));
+        sh_->first_results.push_back(FromProto(res));
       }
-      if (sh_->out.is_open()) sh_->out << ResultJson(index_, res_, latency_ms);
+      if (sh_->out.is_open()) sh_->out << ResultJson(index_, res, latency_ms);
     }
-    ++got_;
     sh_->received.fetch_add(1, std::memory_order_relaxed);
   }
 
+  const StreamClientOptions& options() const { return o_; }
+  Scheduler* scheduler() const { return scheduler_; }
+  v1::FramePipeline::Stub* stub() const { return stub_; }
+  int64_t frames() const { return n_; }
+
+ private:
+  void Launch(int64_t first) {
+    Attempt* a;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      ++attempts_;
+      attempts_list_.push_back(std::make_unique<Attempt>(this, first));
+      a = attempts_list_.back().get();
+    }
+    a->Start();  // unlocked: a reaction may run before Start returns
+  }
+
   const int index_;
+  v1::FramePipeline::Stub* const stub_;
   Shared* const sh_;
   const StreamClientOptions& o_;
   Scheduler* const scheduler_;
   const int64_t n_;
-  grpc::ClientContext ctx_;
-  std::chrono::nanoseconds period_{0};
-  TimePoint started_;
-  // Write path.
-  v1::ProcessRequest req_;
-  int64_t next_ = 0;
-  TimePoint next_time_;
   std::unique_ptr<std::atomic<int64_t>[]> sent_ns_;  // send time per frame index
-  std::atomic<int64_t> sent_{0};
-  // Read path.
-  v1::FrameResult res_;
+  std::chrono::nanoseconds period_{0};
+  TimePoint next_time_;
+  TimePoint started_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int attempts_ = 0;
+  std::vector<std::unique_ptr<Attempt>> attempts_list_;  // kept until the stream ends
   int64_t got_ = 0;
   std::vector<double> mine_;
   StreamOutcome out_;
-  std::mutex done_mu_;
-  std::condition_variable done_cv_;
   bool done_ = false;
 };
+
+Attempt::Attempt(StreamDriver* driver, int64_t first_frame)
+    : d_(driver), first_(first_frame), next_(first_frame) {
+  const auto& o = d_->options();
+  if (o.rpc_timeout_s > 0) {
+    ctx_.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(o.rpc_timeout_s));
+  }
+  d_->stub()->async()->Process(&ctx_, this);
+}
+
+void Attempt::Start() {
+  d_->BuildConfig(&req_);
+  StartWrite(&req_);
+  StartRead(&res_);
+  StartCall();
+}
+
+void Attempt::OnWriteDone(bool ok) {
+  if (!ok) return;  // the call is over; OnDone reports how
+  if (next_ > first_) sent_.store(next_ - first_, std::memory_order_release);
+  if (next_ >= d_->frames()) {
+    StartWritesDone();
+    return;
+  }
+  if (d_->paced()) {
+    AddHold();
+    d_->scheduler()->At(d_->NextSendTime(), [this] {
+      WriteFrame();
+      RemoveHold();
+    });
+  } else {
+    WriteFrame();
+  }
+}
+
+void Attempt::WriteFrame() {
+  d_->BuildFrame(next_++, &req_);
+  StartWrite(&req_);
+}
+
+void Attempt::OnReadDone(bool ok) {
+  if (!ok) return;
+  d_->OnResult(first_ + got_, res_);
+  ++got_;
+  const int delay = d_->options().read_delay_ms;
+  if (delay > 0) {
+    AddHold();
+    d_->scheduler()->At(Now() + std::chrono::milliseconds(delay), [this] {
+      StartRead(&res_);
+      RemoveHold();
+    });
+  } else {
+    StartRead(&res_);
+  }
+}
+
+void Attempt::OnDone(const grpc::Status& st) {
+  // A write handed to gRPC may not have completed when the call failed: count it as sent
+  // (it may have reached the server) so it is reported, never silently skipped.
+  const int64_t sent = std::max(sent_.load(std::memory_order_acquire), next_ - first_);
+  d_->AttemptDone(first_, sent, got_, st);
+}
 
 }  // namespace
 
@@ -401,7 +497,12 @@ absl::StatusOr<ClientReport> RunStreamClient(const StreamClientOptions& o) {
   args.SetLoadBalancingPolicyName("round_robin");
   // One channel for all streams. With a multi-address target (dns:///..., ipv4:a:p,b:p) the
   // round_robin policy spreads the streams (RPCs) over the servers; each stream stays on one.
-  auto channel = grpc::CreateCustomChannel(o.target, grpc::InsecureChannelCredentials(), args);
+  auto creds = MakeClientCredentials(o.security);
+  if (!creds.ok()) return creds.status();
+  if (!creds->server_name_override.empty()) {
+    args.SetSslTargetNameOverride(creds->server_name_override);
+  }
+  auto channel = grpc::CreateCustomChannel(o.target, creds->channel, args);
   ClientReport report;
   report.streams.resize(static_cast<size_t>(o.streams));
   sh.start = Now();
@@ -424,12 +525,12 @@ absl::StatusOr<ClientReport> RunStreamClient(const StreamClientOptions& o) {
   {
     auto stub = v1::FramePipeline::NewStub(channel);
     Scheduler scheduler;
-    std::vector<std::unique_ptr<StreamCall>> calls;
+    std::vector<std::unique_ptr<StreamDriver>> drivers;
     for (int k = 0; k < o.streams; ++k) {
-      calls.push_back(std::make_unique<StreamCall>(k, stub.get(), &sh, &scheduler));
+      drivers.push_back(std::make_unique<StreamDriver>(k, stub.get(), &sh, &scheduler));
     }
-    for (auto& c : calls) c->Start();
-    for (int k = 0; k < o.streams; ++k) report.streams[k] = calls[k]->Wait();
+    for (auto& d : drivers) d->Start();
+    for (int k = 0; k < o.streams; ++k) report.streams[k] = drivers[k]->Wait();
   }
   done = true;
   if (progress.joinable()) progress.join();
@@ -466,6 +567,19 @@ absl::StatusOr<ClientReport> RunStreamClient(const StreamClientOptions& o) {
   return report;
 }
 
+std::string SeqRanges(const std::vector<uint64_t>& seqs) {
+  // Frame seqs go up by 2 (1, 3, 5, ...): a run of consecutive frames prints as "a-b".
+  std::string out;
+  for (size_t i = 0; i < seqs.size();) {
+    size_t j = i;
+    while (j + 1 < seqs.size() && seqs[j + 1] == seqs[j] + 2) ++j;
+    absl::StrAppend(&out, out.empty() ? "" : ",", seqs[i]);
+    if (j > i) absl::StrAppend(&out, "-", seqs[j]);
+    i = j + 1;
+  }
+  return out;
+}
+
 std::string ReportJson(const ClientReport& r) {
   std::string s = absl::StrFormat(
       "{\"frames_sent\":%d,\"results\":%d,\"seconds\":%.4f,\"frames_per_second\":%.3f,"
@@ -488,10 +602,15 @@ std::string ReportJson(const ClientReport& r) {
     const StreamOutcome& o = r.streams[i];
     absl::StrAppend(&s, i ? "," : "",
                     absl::StrFormat("{\"id\":%s,\"sent\":%d,\"received\":%d,\"in_order\":%s,"
-                                    "\"complete\":%s,\"rpc_status\":%s}",
+                                    "\"complete\":%s,\"rpc_status\":%s,\"retries\":%d,"
+                                    "\"lost_seqs\":[",
                                     JsonString(o.id), o.sent, o.received,
                                     o.in_order ? "true" : "false", o.complete ? "true" : "false",
-                                    JsonString(o.rpc_status)));
+                                    JsonString(o.rpc_status), o.retries));
+    for (size_t k = 0; k < o.lost_seqs.size(); ++k) {
+      absl::StrAppend(&s, k ? "," : "", o.lost_seqs[k]);
+    }
+    s += "]}";
   }
   s += "],\"samples\":{\"latency_ms\":[";
   for (size_t i = 0; i < r.latencies_ms.size(); ++i) {
@@ -533,6 +652,15 @@ std::string FormatReport(const ClientReport& r, int show) {
                                           st.sent, st.received,
                                           st.in_order ? "in order" : "OUT OF ORDER",
                                           st.rpc_status == "OK" ? "" : ", " + st.rpc_status));
+    }
+    if (st.retries > 0) {
+      absl::StrAppend(&s, absl::StrFormat("stream %s: reconnected %d time(s)\n", st.id,
+                                          st.retries));
+    }
+    if (!st.lost_seqs.empty()) {
+      absl::StrAppend(&s, absl::StrFormat("stream %s: %d frame(s) lost with a failed connection: "
+                                          "seq %s\n",
+                                          st.id, st.lost_seqs.size(), SeqRanges(st.lost_seqs)));
     }
   }
   absl::StrAppend(&s, r.ok() ? "every stream complete and in order\n"

@@ -10,6 +10,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/frame.h"
+#include "service/security.h"
 #include "service/synthetic_source.h"
 
 namespace framepipe {
@@ -38,6 +39,8 @@ struct StreamClientOptions {
   bool progress = false;   // live progress line on stderr
   int64_t rpc_timeout_s = 0;  // 0 = no deadline
   int read_delay_ms = 0;      // pause after each result read (simulates a slow consumer)
+  int retries = 0;            // reopen a stream this many times after UNAVAILABLE-like failures
+  ClientSecurityOptions security;
 };
 
 struct StreamOutcome {
@@ -50,6 +53,9 @@ struct StreamOutcome {
   std::array<int64_t, kFrameStatusCount> by_status{};
   double seconds = 0;  // call duration
   double p99_ms = 0;   // this stream's end-to-end p99
+  int retries = 0;     // reconnections after a failed call (--retry)
+  // Frames sent on a call that failed before their result came back (never silently skipped).
+  std::vector<uint64_t> lost_seqs;
 };
 
 struct ClientReport {
@@ -80,6 +86,9 @@ std::string FormatReport(const ClientReport& report, int show);
 // Machine-readable report (--report): totals, percentiles, stage means, per-stream outcomes,
 // and every latency sample with its time (for scripts/plot_latency.py).
 std::string ReportJson(const ClientReport& report);
+
+// "1-9,15,21-23": frame seqs (which go up by 2) as ranges.
+std::string SeqRanges(const std::vector<uint64_t>& seqs);
 
 // Percentile (0..100) of unsorted values, by nearest rank.
 double Percentile(std::vector<double> values, double p);

@@ -195,6 +195,10 @@ bool Core::TryAcquireGlobalFast(uint64_t cost_bytes) {
         return false;
       }
     } while (!global_bytes_.compare_exchange_weak(b, b + cost_bytes, std::memory_order_seq_cst));
+    uint64_t peak_b = global_peak_bytes_.load(std::memory_order_relaxed);
+    while (b + cost_bytes > peak_b &&
+           !global_peak_bytes_.compare_exchange_weak(peak_b, b + cost_bytes)) {
+    }
   } else {
     global_bytes_.fetch_add(cost_bytes, std::memory_order_relaxed);
   }
@@ -386,6 +390,7 @@ PipelineCounters Core::counters() const {
   c.in_flight = global_credits_.load();
   c.peak_in_flight = global_peak_.load();
   c.bytes_in_flight = global_bytes_.load();
+  c.peak_bytes_in_flight = global_peak_bytes_.load();
   {
     std::lock_guard<std::mutex> lock(const_cast<std::mutex&>(registry_mu_));
     c.active_streams = static_cast<uint32_t>(streams_.size());

@@ -79,6 +79,7 @@ class Core : public std::enable_shared_from_this<Core> {
   std::atomic<uint64_t> global_credits_{0};
   std::atomic<uint64_t> global_peak_{0};
   std::atomic<uint64_t> global_bytes_{0};
+  std::atomic<uint64_t> global_peak_bytes_{0};
   std::atomic<int> global_waiter_count_{0};
   mutable std::mutex global_mu_;
   std::deque<std::weak_ptr<StreamState>> global_waiters_;

@@ -1,0 +1,376 @@
+// Faults the server survives and limits it enforces, against real servers (in-process, or the
+// framepipe binary as a child process where resident memory or SIGKILL matter).
+#include <gtest/gtest.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <random>
+
+#include "analysis/cpu/cpu_analyzer.h"
+#include "pipeline/standard_stages.h"
+#include "service/child_process.h"
+#include "service/stream_client.h"
+#include "service_test_util.h"
+
+namespace framepipe {
+namespace {
+
+using namespace framepipe::testing;  // NOLINT
+using framepipe::ChildProcess;
+
+// A CPU analyzer that returns garbage for frames 161 pixels wide (a faulty backend).
+class GarbageAnalyzer : public Analyzer {
+ public:
+  const char* name() const override { return "faulty"; }
+  absl::Status Analyze(const Image& frame, Analysis* out, Image* luma) override {
+    absl::Status st = cpu_.Analyze(frame, out, luma);
+    if (frame.width() == 161) out->histogram[0] += 12345;  // counts more pixels than exist
+    return st;
+  }
+
+ private:
+  CpuAnalyzer cpu_;
+};
+
+pb::ProcessRequest SizedFrame(uint64_t seq, int width) {
+  pb::ProcessRequest r;
+  r.mutable_frame()->set_seq(seq);
+  auto* raw = r.mutable_frame()->mutable_raw();
+  raw->set_width(static_cast<uint32_t>(width));
+  raw->set_height(40);
+  raw->set_format(pb::PIXEL_FORMAT_GRAY8);
+  raw->set_data(std::string(static_cast<size_t>(width) * 40, static_cast<char>(seq)));
+  return r;
+}
+
+TEST(ReliabilityTest, ThrowingGarbageAndHungStagesFailOnlyTheirFrame) {
+  Gate release;
+  ServerOptions o;
+  o.workers = 2;
+  o.wrap_stages = [&](Stages s) {
+    s.analyse = MakeStandardStages(std::make_shared<GarbageAnalyzer>(), {}).analyse;
+    StageFn inner = s.analyse;
+    s.analyse = [inner, &release](FrameContext& ctx) -> absl::Status {
+      if (ctx.input.seq == 3) throw std::runtime_error("injected fault");
+      if (ctx.input.seq == 7) release.Wait();  // hangs until the test ends
+      return inner(ctx);
+    };
+    return s;
+  };
+  auto server = StartTestServer(o);
+  ASSERT_TRUE(server);
+  Call call(Channel(*server));
+  ASSERT_TRUE(call.Write(ConfigMsg(4, pb::OVERLOAD_POLICY_BLOCK, 1000)));
+  for (uint64_t i = 1; i <= 12; ++i) ASSERT_TRUE(call.Write(SizedFrame(i, i == 5 ? 161 : 160)));
+  call.WritesDone();
+  auto got = call.ReadAll();
+  EXPECT_TRUE(call.Finish().ok());
+  ASSERT_EQ(got.size(), 12u);
+  for (uint64_t i = 1; i <= 12; ++i) {
+    const auto& r = got[i - 1];
+    EXPECT_EQ(r.seq(), i);
+    if (i == 3) {
+      EXPECT_EQ(r.status(), pb::FRAME_STATUS_INTERNAL);
+      EXPECT_NE(r.error().find("analyse stage failed: threw an exception: injected fault"),
+                std::string::npos) << r.error();
+    } else if (i == 5) {
+      EXPECT_EQ(r.status(), pb::FRAME_STATUS_INTERNAL);
+      EXPECT_NE(r.error().find("faulty backend returned an inconsistent result"),
+                std::string::npos) << r.error();
+    } else if (i == 7) {
+      EXPECT_EQ(r.status(), pb::FRAME_STATUS_DEADLINE_EXCEEDED) << r.error();
+    } else {
+      EXPECT_EQ(r.status(), pb::FRAME_STATUS_OK) << i << ": " << r.error();
+    }
+  }
+  // The hung frame's credit came back with its DEADLINE_EXCEEDED result.
+  EXPECT_TRUE(WaitForStats(*server, [](const pb::Stats& s) { return s.in_flight() == 0; }));
+  release.Open();
+}
+
+TEST(ReliabilityTest, IdleStreamsAreEnded) {
+  ServerOptions o;
+  o.idle_timeout = std::chrono::milliseconds(200);
+  auto server = StartTestServer(o);
+  ASSERT_TRUE(server);
+  Call idle(Channel(*server));
+  EXPECT_TRUE(idle.ReadAll().empty());
+  grpc::Status st = idle.Finish();
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  EXPECT_NE(st.error_message().find("no message received for 200 ms"), std::string::npos)
+      << st.error_message();
+  // A stream that sends, then goes quiet, gets its results first.
+  Call quiet(Channel(*server));
+  ASSERT_TRUE(quiet.Write(JpegFrame(1)));
+  ASSERT_TRUE(quiet.Write(JpegFrame(2)));
+  auto got = quiet.ReadAll();
+  EXPECT_EQ(got.size(), 2u);
+  EXPECT_EQ(quiet.Finish().error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  EXPECT_TRUE(WaitForStats(*server, [](const pb::Stats& s) {
+    return s.active_streams() == 0 && s.in_flight() == 0;
+  }));
+}
+
+std::shared_ptr<grpc::Channel> ChannelTo(int port) {
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  args.SetMaxSendMessageSize(64 << 20);
+  return grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(port),
+                                   grpc::InsecureChannelCredentials(), args);
+}
+
+pb::Stats StatsOf(int port) {
+  auto stub = pb::FramePipeline::NewStub(ChannelTo(port));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  pb::Stats st;
+  EXPECT_TRUE(stub->GetStats(&ctx, pb::GetStatsRequest(), &st).ok());
+  return st;
+}
+
+bool WaitIdle(int port) {
+  for (int i = 0; i < 2000; ++i) {
+    pb::Stats s = StatsOf(port);
+    if (s.active_streams() == 0 && s.in_flight() == 0) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return false;
+}
+
+// One misbehaving client; `kind` picks the misbehaviour.
+void Misbehave(const std::shared_ptr<grpc::Channel>& ch, int kind, uint64_t salt) {
+  Call call(ch);
+  switch (kind) {
+    case 0:  // vanishes mid-stream: frames written, then the call is torn down
+      for (uint64_t i = 1; i <= 6; ++i) call.Write(JpegFrame(i + salt));
+      call.Cancel();
+      break;
+    case 1:  // half-closes at once
+      call.WritesDone();
+      call.ReadAll();
+      break;
+    case 2: {  // cancels while results are in flight
+      for (uint64_t i = 1; i <= 8; ++i) call.Write(JpegFrame(i));
+      pb::FrameResult r;
+      call.Read(&r);
+      call.Cancel();
+      break;
+    }
+    case 3:  // never reads, then disappears
+      for (uint64_t i = 1; i <= 8; ++i) call.Write(JpegFrame(i));
+      call.WritesDone();
+      call.Cancel();
+      break;
+    default:  // sends a bad seq order and a garbage frame, then leaves
+      call.Write(JpegFrame(5));
+      call.Write(JpegFrame(4));
+      call.WritesDone();
+      call.ReadAll();
+      break;
+  }
+  call.Finish();
+}
+
+TEST(ReliabilityTest, AThousandMisbehavingClientsLeakNothing) {
+  ChildProcess server({FRAMEPIPE_BINARY, "serve", "--listen", "127.0.0.1:0", "--metrics", "",
+                       "--workers", "2", "--backend", "cpu", "--idle-timeout", "300ms"});
+  const int port = server.WaitForPort();
+  ASSERT_GT(port, 0) << server.output();
+  auto run = [&](int from, int to) {
+    std::vector<std::thread> batch;
+    for (int c = from; c < to; ++c) {
+      batch.emplace_back([&, c] { Misbehave(ChannelTo(port), c % 5, static_cast<uint64_t>(c)); });
+      if (batch.size() == 25) {
+        for (auto& t : batch) t.join();
+        batch.clear();
+      }
+    }
+    for (auto& t : batch) t.join();
+  };
+  run(0, 100);  // warm-up: allocator arenas, gRPC and oneTBB threads reach their steady size
+  ASSERT_TRUE(WaitIdle(port));
+  const uint64_t warm = server.RssBytes();
+  run(100, 1000);
+  // Plus clients that really vanish: processes killed mid-stream, and idle streams the server
+  // ends itself.
+  for (int k = 0; k < 5; ++k) {
+    ChildProcess client({FRAMEPIPE_BINARY, "stream", "--target",
+                         "127.0.0.1:" + std::to_string(port), "--frames", "1000", "--size",
+                         "320x240", "--no-progress"});
+    std::this_thread::sleep_for(std::chrono::milliseconds(150));
+    client.Signal(SIGKILL);
+    client.Wait();
+  }
+  {
+    std::vector<std::unique_ptr<Call>> idle;
+    for (int k = 0; k < 20; ++k) idle.push_back(std::make_unique<Call>(ChannelTo(port)));
+    for (auto& c : idle) EXPECT_EQ(c->Finish().error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  }
+  ASSERT_TRUE(WaitIdle(port)) << "in-flight credits or streams leaked";
+  const uint64_t after = server.RssBytes();
+  const double growth_mib = (static_cast<double>(after) - static_cast<double>(warm)) / 1048576.0;
+  RecordProperty("rss_growth_mib", std::to_string(growth_mib));
+  EXPECT_LT(growth_mib, 24.0) << "RSS " << warm / 1048576 << " MiB after warm-up, "
+                              << after / 1048576 << " MiB after 1,000 misbehaving clients";
+  const pb::Stats st = StatsOf(port);
+  EXPECT_EQ(st.in_flight(), 0u);
+  EXPECT_EQ(st.active_streams(), 0u);
+  EXPECT_GE(st.streams_total(), 1000u);
+  server.Signal(SIGTERM);
+  EXPECT_EQ(server.Wait(), 0);
+}
+
+StreamClientOptions SmallStreams(int port, int streams, int64_t frames) {
+  StreamClientOptions o;
+  o.target = "127.0.0.1:" + std::to_string(port);
+  o.streams = streams;
+  o.frames = frames;
+  o.width = 64;
+  o.height = 48;
+  o.distinct_frames = 4;
+  o.rpc_timeout_s = 120;
+  return o;
+}
+
+TEST(ReliabilityTest, ManyConcurrentStreamsAndABurstOfShortOnes) {
+  ServerOptions so;
+  so.max_streams = 1024;
+  so.global_max_in_flight = 1024;
+  auto server = StartTestServer(so);
+  ASSERT_TRUE(server);
+  auto two_hundred = RunStreamClient(SmallStreams(server->port(), 200, 20));
+  ASSERT_TRUE(two_hundred.ok()) << two_hundred.status();
+  EXPECT_TRUE(two_hundred->ok()) << FormatReport(*two_hundred, 0);
+  EXPECT_EQ(two_hundred->results, 200 * 20);
+  auto burst = RunStreamClient(SmallStreams(server->port(), 1000, 3));
+  ASSERT_TRUE(burst.ok()) << burst.status();
+  EXPECT_TRUE(burst->ok()) << FormatReport(*burst, 0);
+  EXPECT_EQ(burst->results, 1000 * 3);
+  EXPECT_TRUE(WaitForStats(*server, [](const pb::Stats& s) {
+    return s.active_streams() == 0 && s.in_flight() == 0;
+  }));
+}
+
+TEST(ReliabilityTest, BeyondMaxStreamsIsResourceExhausted) {
+  ServerOptions so;
+  so.max_streams = 50;
+  auto server = StartTestServer(so);
+  ASSERT_TRUE(server);
+  StreamClientOptions o = SmallStreams(server->port(), 80, 40);
+  o.fps = 20;  // two seconds each: all 80 overlap
+  auto r = RunStreamClient(o);
+  ASSERT_TRUE(r.ok());
+  int complete = 0, exhausted = 0;
+  for (const auto& s : r->streams) {
+    if (s.complete && s.in_order) ++complete;
+    if (s.rpc_status.find("RESOURCE_EXHAUSTED") != std::string::npos) {
+      ++exhausted;
+      EXPECT_NE(s.rpc_status.find("limit of 50 concurrent streams"), std::string::npos)
+          << s.rpc_status;
+      EXPECT_EQ(s.received, 0);
+    }
+  }
+  EXPECT_EQ(complete, 50);
+  EXPECT_EQ(exhausted, 30);
+}
+
+TEST(ReliabilityTest, MemoryCeilingHoldsWithFiftyClientsSending1080pRaw) {
+  constexpr int kMaxMemoryMb = 320;
+  ChildProcess server({FRAMEPIPE_BINARY, "serve", "--listen", "127.0.0.1:0", "--metrics", "",
+                       "--workers", "2", "--backend", "cpu", "--max-memory-mb",
+                       std::to_string(kMaxMemoryMb), "--global-max-in-flight", "1000",
+                       "--max-message-bytes", "8000000"});
+  const int port = server.WaitForPort();
+  ASSERT_GT(port, 0) << server.output();
+  const uint64_t base = server.RssBytes();
+  std::atomic<bool> done{false};
+  std::atomic<uint64_t> peak{base};
+  std::thread sampler([&] {
+    while (!done) {
+      peak = std::max<uint64_t>(peak, server.RssBytes());
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  });
+  StreamClientOptions o = SmallStreams(port, 50, 4);
+  o.width = 1920;
+  o.height = 1080;
+  o.encoding = Encoding::kRaw;
+  o.distinct_frames = 1;
+  o.max_in_flight = 8;  // per stream the window would allow 50 x 8 frames: the budget decides
+  auto r = RunStreamClient(o);
+  done = true;
+  sampler.join();
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(r->ok()) << FormatReport(*r, 0);
+  const double growth_mib = (static_cast<double>(peak) - static_cast<double>(base)) / 1048576.0;
+  RecordProperty("rss_growth_mib", std::to_string(growth_mib));
+  EXPECT_LT(growth_mib, kMaxMemoryMb) << "peak RSS " << peak / 1048576 << " MiB, started at "
+                                       << base / 1048576 << " MiB";
+  const pb::Stats st = StatsOf(port);
+  EXPECT_LE(st.peak_bytes_in_flight(), static_cast<uint64_t>(kMaxMemoryMb) * 3 / 4 << 20)
+      << "frames in flight stay within 3/4 of the budget";
+  EXPECT_GT(st.peak_bytes_in_flight(), static_cast<uint64_t>(kMaxMemoryMb) / 4 << 20)
+      << "and the budget was really used";
+  server.Signal(SIGTERM);
+  EXPECT_EQ(server.Wait(), 0);
+}
+
+int FreePort() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+  socklen_t len = sizeof(a);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  close(fd);
+  return ntohs(a.sin_port);
+}
+
+TEST(ReliabilityTest, SigkillThenRestartClientsRetryAndReportLostFrames) {
+  const int port = FreePort();
+  const std::string listen = "127.0.0.1:" + std::to_string(port);
+  auto start = [&] {
+    return std::make_unique<ChildProcess>(std::vector<std::string>{
+        FRAMEPIPE_BINARY, "serve", "--listen", listen, "--metrics", "", "--workers", "2",
+        "--backend", "cpu"});
+  };
+  auto server = start();
+  ASSERT_EQ(server->WaitForPort(), port) << server->output();
+  StreamClientOptions o = SmallStreams(port, 2, 150);
+  o.fps = 50;
+  o.retries = 10;
+  o.width = 320;
+  o.height = 240;
+  std::atomic<bool> finished{false};
+  absl::StatusOr<ClientReport> report;
+  std::thread client([&] {
+    report = RunStreamClient(o);
+    finished = true;
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(1000));  // ~50 frames per stream in
+  server->Signal(SIGKILL);
+  server->Wait();
+  server = start();  // same port; the clients reconnect with backoff
+  ASSERT_EQ(server->WaitForPort(), port) << server->output();
+  client.join();
+  ASSERT_TRUE(report.ok()) << report.status();
+  for (const auto& s : report->streams) {
+    EXPECT_TRUE(s.in_order) << s.id;
+    EXPECT_GE(s.retries, 1) << s.id << " should have reconnected";
+    EXPECT_EQ(s.rpc_status, "OK") << s.id << " ends on the new server";
+    // Every frame is either answered or listed as lost: nothing silently skipped.
+    EXPECT_EQ(s.received + static_cast<int64_t>(s.lost_seqs.size()), 150) << s.id;
+    EXPECT_LE(s.lost_seqs.size(), 20u) << "only frames in flight at the kill are lost";
+  }
+  EXPECT_FALSE(report->ok()) << "lost frames make the run fail loudly";
+  const std::string text = FormatReport(*report, 0);
+  EXPECT_NE(text.find("lost with a failed connection: seq "), std::string::npos) << text;
+  server->Signal(SIGTERM);
+  EXPECT_EQ(server->Wait(), 0);
+}
+
+}  // namespace
+}  // namespace framepipe
