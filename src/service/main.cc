@@ -241,6 +241,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   stream->add_option("--timeout", co.rpc_timeout_s, "RPC deadline in seconds (0 = none)")
       ->capture_default_str();
+  stream->add_option("--read-delay-ms", co.read_delay_ms,
+                     "Pause after reading each result (simulates a slow consumer)")
+      ->capture_default_str();
   stream->add_option("--retry", co.retries,
                      "Reopen a stream up to N times after UNAVAILABLE / RESOURCE_EXHAUSTED "
                      "(exponential backoff from 100 ms); frames lost with a failed connection are "
