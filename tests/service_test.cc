@@ -3,8 +3,13 @@
 // errors, config rules, cancel, slow readers, DROP_OLDEST, deadlines, health, limits, drain.
 #include <gtest/gtest.h>
 
+#include <condition_variable>
 #include <set>
 
+#include "google/protobuf/descriptor.h"
+#include "google/protobuf/descriptor.pb.h"
+#include "google/protobuf/dynamic_message.h"
+#include "google/protobuf/unknown_field_set.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "service/health_probe.h"
 #include "service_test_util.h"
@@ -222,9 +227,8 @@ TEST(ServiceTest, CancelMidStreamReturnsCreditsAndAFreshStreamWorks) {
     call.Cancel();
     EXPECT_EQ(call.Finish().error_code(), grpc::StatusCode::CANCELLED);
   }
-  EXPECT_TRUE(WaitForStats(*server, [](const pb::Stats& s) {
-    return s.in_flight() == 0 && s.active_streams() == 0;
-  }));
+  EXPECT_TRUE(WaitForStats(
+      *server, [](const pb::Stats& s) { return s.in_flight() == 0 && s.active_streams() == 0; }));
   Call call(Channel(*server));
   for (int i = 1; i <= 10; ++i) ASSERT_TRUE(call.Write(JpegFrame(i)));
   call.WritesDone();
@@ -241,8 +245,8 @@ TEST(ServiceTest, SlowReaderIsBoundedByTheCreditWindow) {
   auto server = StartTestServer(o);
   ASSERT_TRUE(server);
   constexpr int kFrames = 60;
-  const std::string raw = EncodeImage(SyntheticSource({640, 480, 30, 1}).Render(0),
-                                      Encoding::kRaw).value();
+  const std::string raw =
+      EncodeImage(SyntheticSource({640, 480, 30, 1}).Render(0), Encoding::kRaw).value();
   // Results with thumbnails (~6 KB) against a client window of 16 KB: a client that does not
   // read stops accepting results after a few; the server then holds 4 credits and stops reading.
   Call call(Channel(*server, 16 * 1024));
@@ -282,9 +286,8 @@ TEST(ServiceTest, SlowReaderIsBoundedByTheCreditWindow) {
 TEST(ServiceTest, DropOldestAnswersEverySeqInOrder) {
   ServerOptions o;
   o.workers = 1;
-  o.wrap_stages = WrapAnalyse(0, [](FrameContext&) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(15));
-  });
+  o.wrap_stages = WrapAnalyse(
+      0, [](FrameContext&) { std::this_thread::sleep_for(std::chrono::milliseconds(15)); });
   auto server = StartTestServer(o);
   ASSERT_TRUE(server);
   Call call(Channel(*server));
@@ -445,8 +448,8 @@ TEST(ServiceTest, ThumbnailOnRequestAndReflectionListsTheService) {
   grpc::GenericStub stub(Channel(*server));
   grpc::ClientContext ctx;
   grpc::CompletionQueue cq;
-  auto rpc = stub.PrepareCall(&ctx, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-                              &cq);
+  auto rpc =
+      stub.PrepareCall(&ctx, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", &cq);
   rpc->StartCall(reinterpret_cast<void*>(1));
   void* tag;
   bool ok;
@@ -471,6 +474,116 @@ TEST(ServiceTest, ThumbnailOnRequestAndReflectionListsTheService) {
   cq.Shutdown();
   while (cq.Next(&tag, &ok)) {
   }
+}
+
+// One ServerReflectionInfo exchange (v1alpha, what grpcurl speaks to gRPC 1.51), raw bytes.
+std::string ReflectionExchange(const Server& server, const std::string& request) {
+  grpc::GenericStub stub(Channel(server));
+  grpc::ClientContext ctx;
+  grpc::CompletionQueue cq;
+  auto rpc =
+      stub.PrepareCall(&ctx, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", &cq);
+  rpc->StartCall(reinterpret_cast<void*>(1));
+  void* tag;
+  bool ok;
+  std::string bytes;
+  if (cq.Next(&tag, &ok) && ok) {
+    grpc::Slice slice(request);
+    grpc::ByteBuffer buf(&slice, 1);
+    rpc->Write(buf, reinterpret_cast<void*>(2));
+    grpc::ByteBuffer resp;
+    if (cq.Next(&tag, &ok) && ok) {
+      rpc->Read(&resp, reinterpret_cast<void*>(3));
+      if (cq.Next(&tag, &ok) && ok) {
+        std::vector<grpc::Slice> slices;
+        (void)resp.Dump(&slices);
+        for (auto& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+      }
+    }
+  }
+  ctx.TryCancel();
+  grpc::Status fin;
+  rpc->Finish(&fin, reinterpret_cast<void*>(4));
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
+  }
+  return bytes;
+}
+
+// What `grpcurl -plaintext HOST:PORT framepipe.v1.FramePipeline/GetStats` does: learn the
+// contract from the server alone (file_containing_symbol), build the messages dynamically and
+// make the call with them.
+TEST(ServiceTest, ReflectionServesTheContractSoGrpcurlCanCallIt) {
+  auto server = StartTestServer({});
+  ASSERT_TRUE(server);
+  namespace gp = google::protobuf;
+  const std::string symbol = "framepipe.v1.FramePipeline";
+  std::string req = "\x22";  // ServerReflectionRequest.file_containing_symbol (field 4)
+  req += static_cast<char>(symbol.size());
+  req += symbol;
+  gp::UnknownFieldSet response;
+  ASSERT_TRUE(response.ParseFromString(ReflectionExchange(*server, req)));
+  gp::DescriptorPool pool;
+  int files = 0;
+  for (int i = 0; i < response.field_count(); ++i) {
+    const auto& f = response.field(i);
+    if (f.number() != 4 || f.type() != gp::UnknownField::TYPE_LENGTH_DELIMITED) continue;
+    gp::UnknownFieldSet fdr;  // FileDescriptorResponse { repeated bytes file_descriptor_proto = 1 }
+    ASSERT_TRUE(fdr.ParseFromString(f.length_delimited()));
+    for (int k = 0; k < fdr.field_count(); ++k) {
+      gp::FileDescriptorProto file;
+      ASSERT_TRUE(file.ParseFromString(fdr.field(k).length_delimited()));
+      ASSERT_NE(pool.BuildFile(file), nullptr) << file.name();
+      ++files;
+    }
+  }
+  ASSERT_GE(files, 1) << "reflection did not answer file_containing_symbol";
+  const gp::ServiceDescriptor* svc = pool.FindServiceByName(symbol);
+  ASSERT_NE(svc, nullptr);
+  ASSERT_NE(svc->FindMethodByName("Process"), nullptr);
+  EXPECT_TRUE(svc->FindMethodByName("Process")->client_streaming());
+  const gp::MethodDescriptor* get_stats = svc->FindMethodByName("GetStats");
+  ASSERT_NE(get_stats, nullptr);
+
+  // Call GetStats with dynamic messages only (as grpcurl does), after one frame went through.
+  Call call(Channel(*server));
+  ASSERT_TRUE(call.Write(JpegFrame(1)));
+  call.WritesDone();
+  ASSERT_EQ(call.ReadAll().size(), 1u);
+  ASSERT_TRUE(call.Finish().ok());
+  gp::DynamicMessageFactory factory(&pool);
+  std::unique_ptr<gp::Message> request(factory.GetPrototype(get_stats->input_type())->New());
+  std::unique_ptr<gp::Message> reply(factory.GetPrototype(get_stats->output_type())->New());
+  grpc::GenericStub stub(Channel(*server));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  grpc::Slice slice(request->SerializeAsString());
+  grpc::ByteBuffer in(&slice, 1), out;
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  grpc::Status status;
+  stub.UnaryCall(&ctx, "/framepipe.v1.FramePipeline/GetStats", grpc::StubOptions(), &in, &out,
+                 [&](grpc::Status s) {
+                   std::lock_guard<std::mutex> l(mu);
+                   status = std::move(s);
+                   done = true;
+                   cv.notify_all();
+                 });
+  {
+    std::unique_lock<std::mutex> l(mu);
+    cv.wait(l, [&] { return done; });
+  }
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  std::vector<grpc::Slice> slices;
+  ASSERT_TRUE(out.Dump(&slices).ok());
+  std::string bytes;
+  for (auto& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  ASSERT_TRUE(reply->ParseFromString(bytes));
+  const gp::Reflection* r = reply->GetReflection();
+  const gp::Descriptor* d = reply->GetDescriptor();
+  EXPECT_EQ(r->GetUInt64(*reply, d->FindFieldByName("frames_ok")), 1u);
+  EXPECT_EQ(r->GetString(*reply, d->FindFieldByName("backend")), "cpu");
 }
 
 }  // namespace

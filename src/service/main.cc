@@ -4,6 +4,7 @@
 
 #include <csignal>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <thread>
@@ -60,9 +61,8 @@ int RunServe(ServerOptions o, const std::string& drain, const std::string& idle,
 }
 
 int RunStream(StreamClientOptions o, const std::string& size, const std::string& encode,
-              const std::string& overload, const std::string& input,
-              const std::string& report_path, const std::string& plot_path,
-              const std::string& log_format) {
+              const std::string& overload, const std::string& input, const std::string& report_path,
+              const std::string& plot_path, const std::string& log_format) {
   SetLogFormat(log_format == "json" ? LogFormat::kJson : LogFormat::kText);
   if (!size.empty()) {
     absl::Status st = ParseSize(size, &o.width, &o.height);
@@ -78,7 +78,7 @@ int RunStream(StreamClientOptions o, const std::string& size, const std::string&
     return Fail("--encode must be jpeg, png or raw");
   }
   o.drop_oldest = overload == "drop-oldest";
-  o.input_dir = input;
+  o.input = input;
   auto report = RunStreamClient(o);
   if (!report.ok()) return Fail(std::string(report.status().message()));
   std::fputs(FormatReport(*report, o.show).c_str(), stdout);
@@ -86,7 +86,8 @@ int RunStream(StreamClientOptions o, const std::string& size, const std::string&
     LogLine line("client_stream");
     line.Add("id", st.id).Add("sent", st.sent).Add("received", st.received);
     for (int i = 1; i < kFrameStatusCount; ++i) {
-      if (st.by_status[i] > 0) line.Add(FrameStatusLabel(static_cast<FrameStatus>(i)), st.by_status[i]);
+      if (st.by_status[i] > 0)
+        line.Add(FrameStatusLabel(static_cast<FrameStatus>(i)), st.by_status[i]);
     }
     line.Add("in_order", st.in_order)
         .Add("complete", st.complete)
@@ -127,66 +128,83 @@ int main(int argc, char** argv) {
   auto* serve = app.add_subcommand("serve", "Run the gRPC service");
   serve->add_option("--listen", so.listen, "Address to listen on (host:port; port 0 picks one)")
       ->capture_default_str();
-  serve->add_option("--metrics", so.metrics,
-                    "Prometheus /metrics address (host:port; \"\" disables)")
+  serve
+      ->add_option("--metrics", so.metrics,
+                   "Prometheus /metrics address (host:port; \"\" disables)")
       ->capture_default_str();
-  serve->add_option("--workers", so.workers,
-                    "Pipeline worker threads shared by all streams (0 = hardware threads)")
+  serve
+      ->add_option("--workers", so.workers,
+                   "Pipeline worker threads shared by all streams (0 = hardware threads)")
       ->capture_default_str();
-  serve->add_option("--max-in-flight", so.max_in_flight,
-                    "Default per-stream window: frames admitted and not yet answered. A client "
-                    "may ask for another value in StreamConfig, up to --max-stream-in-flight")
+  serve
+      ->add_option("--max-in-flight", so.max_in_flight,
+                   "Default per-stream window: frames admitted and not yet answered. A client "
+                   "may ask for another value in StreamConfig, up to --max-stream-in-flight")
       ->capture_default_str();
-  serve->add_option("--max-stream-in-flight", so.max_stream_in_flight,
-                    "Largest max_in_flight a client may request")
+  serve
+      ->add_option("--max-stream-in-flight", so.max_stream_in_flight,
+                   "Largest max_in_flight a client may request")
       ->capture_default_str();
-  serve->add_option("--global-max-in-flight", so.global_max_in_flight,
-                    "Frames in flight across all streams; when reached, streams stop reading "
-                    "(flow control pushes back to the clients)")
+  serve
+      ->add_option("--global-max-in-flight", so.global_max_in_flight,
+                   "Frames in flight across all streams; when reached, streams stop reading "
+                   "(flow control pushes back to the clients)")
       ->capture_default_str();
-  serve->add_option("--max-memory-mb", so.max_memory_mb,
-                    "Memory budget: 3/4 for frames in flight (payload + decoded pixels + luma), "
-                    "1/4 for messages being received; when either is used up, streams stop "
-                    "reading (flow control pushes back); 0 = count limits only")
+  serve
+      ->add_option("--max-memory-mb", so.max_memory_mb,
+                   "Memory budget: 3/4 for frames in flight (payload + decoded pixels + luma), "
+                   "1/4 for messages being received; when either is used up, streams stop "
+                   "reading (flow control pushes back); 0 = count limits only")
       ->capture_default_str();
-  serve->add_option("--backend", so.backend,
-                    "Analysis backend: auto (CUDA when a GPU is usable, else CPU), cpu, cuda")
+  serve
+      ->add_option("--backend", so.backend,
+                   "Analysis backend: auto (CUDA when a GPU is usable, else CPU), cpu, cuda")
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}))
       ->capture_default_str();
   serve->add_option("--device", so.device, "CUDA device index")->capture_default_str();
-  serve->add_option("--drain-timeout", drain,
-                    "On SIGTERM/SIGINT: how long to finish and write in-flight frames before "
-                    "exiting (e.g. 10s, 500ms)")
+  serve
+      ->add_option("--drain-timeout", drain,
+                   "On SIGTERM/SIGINT: how long to finish and write in-flight frames before "
+                   "exiting (e.g. 10s, 500ms)")
       ->capture_default_str();
-  serve->add_option("--max-streams", so.max_streams,
-                    "Concurrent streams; more are refused with RESOURCE_EXHAUSTED")
+  serve
+      ->add_option("--max-streams", so.max_streams,
+                   "Concurrent streams; more are refused with RESOURCE_EXHAUSTED")
       ->capture_default_str();
-  serve->add_option("--max-message-bytes", so.max_receive_message_bytes,
-                    "Largest request message accepted (gRPC answers RESOURCE_EXHAUSTED beyond)")
+  serve
+      ->add_option("--max-message-bytes", so.max_receive_message_bytes,
+                   "Largest request message accepted (gRPC answers RESOURCE_EXHAUSTED beyond)")
       ->capture_default_str();
-  serve->add_option("--max-width", so.limits.max_width,
-                    "Largest frame width; wider frames get INVALID_ARGUMENT")
+  serve
+      ->add_option("--max-width", so.limits.max_width,
+                   "Largest frame width; wider frames get INVALID_ARGUMENT")
       ->capture_default_str();
   serve->add_option("--max-height", so.limits.max_height, "Largest frame height")
       ->capture_default_str();
-  serve->add_option("--idle-timeout", idle,
-                    "End streams that send nothing for this long (0 = never)")
+  serve
+      ->add_option("--idle-timeout", idle,
+                   "End streams that send nothing for this long (0 = never)")
       ->capture_default_str();
-  serve->add_option("--transport-memory-mb", so.transport_memory_mb,
-                    "gRPC buffer memory across all connections (resource quota), when "
-                    "--max-memory-mb is 0")
+  serve
+      ->add_option("--transport-memory-mb", so.transport_memory_mb,
+                   "gRPC buffer memory across all connections (resource quota), when "
+                   "--max-memory-mb is 0")
       ->capture_default_str();
-  serve->add_option("--dark-luma", so.enrich.dark_mean_luma,
-                    "Enrichment.dark when mean luma is below this")
+  serve
+      ->add_option("--dark-luma", so.enrich.dark_mean_luma,
+                   "Enrichment.dark when mean luma is below this")
       ->capture_default_str();
-  serve->add_option("--overexposed-luma", so.enrich.overexposed_mean_luma,
-                    "Enrichment.overexposed when mean luma is above this")
+  serve
+      ->add_option("--overexposed-luma", so.enrich.overexposed_mean_luma,
+                   "Enrichment.overexposed when mean luma is above this")
       ->capture_default_str();
-  serve->add_option("--blurry-sharpness", so.enrich.blurry_sharpness,
-                    "Enrichment.blurry when sharpness (Laplacian variance) is below this")
+  serve
+      ->add_option("--blurry-sharpness", so.enrich.blurry_sharpness,
+                   "Enrichment.blurry when sharpness (Laplacian variance) is below this")
       ->capture_default_str();
-  serve->add_option("--scene-cut", so.enrich.scene_cut_threshold,
-                    "Enrichment.scene_cut when scene_change is above this (0..1)")
+  serve
+      ->add_option("--scene-cut", so.enrich.scene_cut_threshold,
+                   "Enrichment.scene_cut when scene_change is above this (0..1)")
       ->capture_default_str();
   serve->add_flag("!--no-intra-frame-parallel", so.intra_frame_parallel,
                   "Do not split large frames across cores");
@@ -210,30 +228,47 @@ int main(int argc, char** argv) {
   StreamClientOptions co;
   std::string size = "1280x720", encode = "jpeg", overload = "block", input;
   auto* stream = app.add_subcommand("stream", "Stream frames to a server and check the results");
-  stream->add_option("--target", co.target,
-                     "Server: host:port or a gRPC target URI (dns:///host:port, "
-                     "ipv4:a:p,b:p - streams spread round-robin over the addresses)")
+  stream
+      ->add_option("--target", co.target,
+                   "Server: host:port or a gRPC target URI (dns:///host:port, "
+                   "ipv4:a:p,b:p - streams spread round-robin over the addresses)")
       ->capture_default_str();
-  stream->add_option("--frames", co.frames, "Frames per stream")->capture_default_str();
+  auto* frames_opt = stream->add_option("--frames", co.frames,
+                                        "Frames per stream (default 300; with a video --input "
+                                        "the default is 0: until the video ends)");
   stream->add_option("--streams", co.streams, "Parallel streams")->capture_default_str();
-  stream->add_option("--fps", co.fps, "Frames per second per stream (0 = as fast as credits allow)")
+  stream
+      ->add_option("--fps", co.fps,
+                   "Frames per second per stream (0 = as fast as credits allow; videos play "
+                   "at their own rate unless set)")
       ->capture_default_str();
   stream->add_option("--size", size, "Synthetic frame size WxH")->capture_default_str();
-  stream->add_option("--input", input, "Directory of JPEG/PNG images to send (sorted, cycled)");
-  stream->add_option("--encode", encode, "Synthetic frame encoding: jpeg, png, raw (BGR8)")
+  stream->add_option("--input", input,
+                     "A video file (MP4/MKV/AVI...), a camera or stream URL (rtsp://...), or a "
+                     "directory of JPEG/PNG images (sorted, cycled); default: synthetic video");
+  stream->add_flag("--loop", co.loop, "Video files: start over at the end");
+  stream->add_flag("--no-pace", co.unpaced,
+                   "Video files: send as fast as the server takes frames instead of at the "
+                   "file's frame rate (offline processing of recordings)");
+  stream->add_option("--overlay", co.overlay_path,
+                     "Write the frames back into this video with their results drawn on them "
+                     "(stream k > 0 writes NAME-k.mp4)");
+  stream->add_option("--encode", encode, "How frames are sent: jpeg, png, raw (BGR8)")
       ->check(CLI::IsMember({"jpeg", "png", "raw"}))
       ->capture_default_str();
   stream->add_option("--jpeg-quality", co.jpeg_quality, "JPEG quality")->capture_default_str();
   stream->add_option("--scene-length", co.scene_length, "Synthetic: frames per scene")
       ->capture_default_str();
-  stream->add_option("--max-in-flight", co.max_in_flight,
-                     "StreamConfig.max_in_flight (0 = server default)")
+  stream
+      ->add_option("--max-in-flight", co.max_in_flight,
+                   "StreamConfig.max_in_flight (0 = server default)")
       ->capture_default_str();
   stream->add_option("--overload", overload, "block or drop-oldest")
       ->check(CLI::IsMember({"block", "drop-oldest"}))
       ->capture_default_str();
-  stream->add_option("--frame-timeout-ms", co.frame_timeout_ms,
-                     "StreamConfig.frame_timeout_ms (0 = none)")
+  stream
+      ->add_option("--frame-timeout-ms", co.frame_timeout_ms,
+                   "StreamConfig.frame_timeout_ms (0 = none)")
       ->capture_default_str();
   stream->add_flag("--thumbnail", co.include_thumbnail, "Ask for thumbnails");
   stream->add_option("--out", co.out_jsonl, "Write one JSON line per result to this file");
@@ -241,13 +276,15 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   stream->add_option("--timeout", co.rpc_timeout_s, "RPC deadline in seconds (0 = none)")
       ->capture_default_str();
-  stream->add_option("--read-delay-ms", co.read_delay_ms,
-                     "Pause after reading each result (simulates a slow consumer)")
+  stream
+      ->add_option("--read-delay-ms", co.read_delay_ms,
+                   "Pause after reading each result (simulates a slow consumer)")
       ->capture_default_str();
-  stream->add_option("--retry", co.retries,
-                     "Reopen a stream up to N times after UNAVAILABLE / RESOURCE_EXHAUSTED "
-                     "(exponential backoff from 100 ms); frames lost with a failed connection are "
-                     "listed by seq")
+  stream
+      ->add_option("--retry", co.retries,
+                   "Reopen a stream up to N times after UNAVAILABLE / RESOURCE_EXHAUSTED "
+                   "(exponential backoff from 100 ms); frames lost with a failed connection are "
+                   "listed by seq")
       ->capture_default_str();
   bool no_progress = false;
   stream->add_flag("--no-progress", no_progress, "No live progress line");
@@ -310,6 +347,10 @@ int main(int argc, char** argv) {
   if (serve->parsed()) return RunServe(so, drain, idle, log_format);
   if (stream->parsed()) {
     co.progress = !no_progress && isatty(fileno(stderr));
+    std::error_code ec;
+    if (frames_opt->count() == 0 && !input.empty() && !std::filesystem::is_directory(input, ec)) {
+      co.frames = 0;  // a video: all of it
+    }
     return RunStream(co, size, encode, overload, input, report_path, plot_path, client_log_format);
   }
   if (health->parsed()) {

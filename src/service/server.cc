@@ -109,8 +109,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   svc.first_read_bytes = std::min<uint64_t>(options.max_receive_message_bytes, memory / 16);
   svc.backend = impl->backend.name;
   svc.version = kVersion;
-  impl->service =
-      std::make_unique<FrameService>(impl->pipeline.get(), svc, impl->metrics.get());
+  impl->service = std::make_unique<FrameService>(impl->pipeline.get(), svc, impl->metrics.get());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -123,10 +122,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   // resource quota over all connections.
   builder.AddChannelArgument(GRPC_ARG_HTTP2_BDP_PROBE, 0);
   // With a memory budget, a stream not being read may buffer only 64 KiB.
-  builder.AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES,
-                             static_cast<int>(memory > 0 ? std::min<size_t>(
-                                                               options.stream_window_bytes, 65536)
-                                                         : options.stream_window_bytes));
+  builder.AddChannelArgument(
+      GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES,
+      static_cast<int>(memory > 0 ? std::min<size_t>(options.stream_window_bytes, 65536)
+                                  : options.stream_window_bytes));
   // A last-resort guard only: under pressure gRPC resets streams rather than pushing back, so
   // the bounds that matter are the credits and the read budget above.
   grpc::ResourceQuota quota("framepipe");
@@ -137,7 +136,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
     impl->pipeline->Stop(std::chrono::seconds(1));
     return absl::UnavailableError(absl::StrCat("cannot listen on ", options.listen));
   }
+  // Health answers for the server ("") and for the service by name; draining flips both.
   if (auto* health = impl->grpc_server->GetHealthCheckService()) {
+    health->SetServingStatus(v1::FramePipeline::service_full_name(), true);
     health->SetServingStatus(true);
   }
   if (!options.health_listen.empty()) {
@@ -153,6 +154,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
       return absl::UnavailableError(absl::StrCat("cannot listen on ", options.health_listen));
     }
     if (auto* health = impl->health_server->GetHealthCheckService()) {
+      health->SetServingStatus(v1::FramePipeline::service_full_name(), true);
       health->SetServingStatus(true);
     }
   }

@@ -4,9 +4,10 @@
 
 #include <algorithm>
 #include <atomic>
-#include <condition_variable>
 #include <cmath>
+#include <condition_variable>
 #include <cstdio>
+#include <deque>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -18,59 +19,16 @@
 #include "common/clock.h"
 #include "framepipe/v1/framepipe.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
+#include "service/frame_source.h"
+#include "service/overlay_writer.h"
 #include "service/proto_convert.h"
 
 namespace framepipe {
 namespace {
 
-// The frames a client cycles through: pre-encoded so the client spends its time sending.
-struct Payloads {
-  bool raw = false;
-  int width = 0, height = 0;
-  std::vector<std::string> frames;
-};
-
-absl::StatusOr<Payloads> LoadPayloads(const StreamClientOptions& o) {
-  Payloads p;
-  if (!o.input_dir.empty()) {
-    namespace fs = std::filesystem;
-    std::error_code ec;
-    if (!fs::is_directory(o.input_dir, ec)) {
-      return absl::InvalidArgumentError(absl::StrCat("--input ", o.input_dir, " is not a directory"));
-    }
-    std::vector<fs::path> files;
-    for (const auto& e : fs::directory_iterator(o.input_dir)) {
-      std::string ext = e.path().extension().string();
-      std::transform(ext.begin(), ext.end(), ext.begin(), ::tolower);
-      if (ext == ".jpg" || ext == ".jpeg" || ext == ".png") files.push_back(e.path());
-    }
-    std::sort(files.begin(), files.end());
-    if (files.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat("no .jpg/.jpeg/.png files in ", o.input_dir));
-    }
-    for (const auto& f : files) {
-      std::ifstream in(f, std::ios::binary);
-      p.frames.emplace_back(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-    }
-    return p;
-  }
-  if (o.width <= 0 || o.height <= 0) return absl::InvalidArgumentError("--size must be positive");
-  SyntheticSource src({o.width, o.height, o.scene_length, 1});
-  const int64_t n = std::max<int64_t>(1, std::min<int64_t>(o.distinct_frames, o.frames));
-  p.raw = o.encoding == Encoding::kRaw;
-  p.width = o.width;
-  p.height = o.height;
-  for (int64_t i = 0; i < n; ++i) {
-    auto bytes = EncodeImage(src.Render(i), o.encoding, o.jpeg_quality);
-    if (!bytes.ok()) return bytes.status();
-    p.frames.push_back(std::move(bytes).value());
-  }
-  return p;
-}
-
 struct Shared {
   const StreamClientOptions* options;
-  const Payloads* payloads;
+  std::function<std::unique_ptr<FrameSource>(int)> make_source;
   TimePoint start;
   std::mutex mu;  // guards everything below
   std::vector<double> latencies_ms;
@@ -100,9 +58,9 @@ std::string JsonString(const std::string& s) {
 }
 
 std::string ResultJson(int stream, const v1::FrameResult& r, double latency_ms) {
-  std::string s = absl::StrFormat("{\"stream\":%d,\"seq\":%d,\"status\":%s,\"latency_ms\":%.3f",
-                                  stream, r.seq(), JsonString(v1::FrameStatus_Name(r.status())),
-                                  latency_ms);
+  std::string s =
+      absl::StrFormat("{\"stream\":%d,\"seq\":%d,\"status\":%s,\"latency_ms\":%.3f", stream,
+                      r.seq(), JsonString(v1::FrameStatus_Name(r.status())), latency_ms);
   if (!r.error().empty()) absl::StrAppend(&s, ",\"error\":", JsonString(r.error()));
   if (r.capture_time_us()) absl::StrAppend(&s, ",\"capture_time_us\":", r.capture_time_us());
   if (r.status() == v1::FRAME_STATUS_OK) {
@@ -126,11 +84,10 @@ std::string ResultJson(int stream, const v1::FrameResult& r, double latency_ms) 
                         e.scene_change(), e.scene_cut() ? "true" : "false", e.motion()));
   }
   const auto& t = r.timings();
-  absl::StrAppend(&s,
-                  absl::StrFormat(",\"timings_us\":{\"queue\":%d,\"decode\":%d,\"analyse\":%d,"
-                                  "\"enrich\":%d,\"reorder\":%d,\"total\":%d}",
-                                  t.queue_us(), t.decode_us(), t.analyse_us(), t.enrich_us(),
-                                  t.reorder_us(), t.total_us()));
+  absl::StrAppend(&s, absl::StrFormat(",\"timings_us\":{\"queue\":%d,\"decode\":%d,\"analyse\":%d,"
+                                      "\"enrich\":%d,\"reorder\":%d,\"total\":%d}",
+                                      t.queue_us(), t.decode_us(), t.analyse_us(), t.enrich_us(),
+                                      t.reorder_us(), t.total_us()));
   if (!r.tags().empty()) {
     std::vector<std::pair<std::string, std::string>> tags(r.tags().begin(), r.tags().end());
     std::sort(tags.begin(), tags.end());
@@ -198,62 +155,81 @@ bool Retryable(grpc::StatusCode c) {
 
 std::string StatusText(const grpc::Status& st) {
   return st.ok() ? "OK"
-                 : absl::StrCat(absl::StatusCodeToString(
-                                    static_cast<absl::StatusCode>(st.error_code())),
-                                ": ", st.error_message());
+                 : absl::StrCat(
+                       absl::StatusCodeToString(static_cast<absl::StatusCode>(st.error_code())),
+                       ": ", st.error_message());
 }
 
 class StreamDriver;
 
 // One Process call (one attempt of a stream) on gRPC's callback API: one write and one read in
-// flight, the next write from OnWriteDone (or at its paced time), the next read from OnReadDone.
-// It sends frames first_.. of the stream; writer state is touched only by the write path, reader
-// state only by the read path.
+// flight, the next write from OnWriteDone (at its paced time, or when the source has captured
+// the next frame), the next read from OnReadDone. Writer state is touched only by the write path,
+// reader state only by the read path.
 class Attempt final : public grpc::ClientBidiReactor<v1::ProcessRequest, v1::FrameResult> {
  public:
-  Attempt(StreamDriver* driver, int64_t first_frame);
+  explicit Attempt(StreamDriver* driver);
   void Start();
   void OnWriteDone(bool ok) override;
   void OnReadDone(bool ok) override;
   void OnDone(const grpc::Status& st) override;
+  // The source has a frame again (called from its thread; this attempt holds a hold).
+  void ResumeWrite();
 
  private:
-  void WriteFrame();
+  void WriteNext();  // in a reaction or under a hold
+  void ReadNext();
 
   StreamDriver* const d_;
-  const int64_t first_;
   grpc::ClientContext ctx_;
   v1::ProcessRequest req_;
-  int64_t next_;                 // next frame index to send (write path)
-  std::atomic<int64_t> sent_{0};  // frames of this attempt handed to gRPC
   v1::FrameResult res_;
-  int64_t got_ = 0;              // results of this attempt (read path)
 };
 
-// One stream across its attempts: frame numbering, send times, results, and the frames lost
-// when an attempt's connection failed. With --retry, a failed attempt is followed (after an
-// exponential backoff) by a new call carrying on with the frames not yet sent.
+// One stream across its attempts: its frame source, the frames in flight (send times, and the
+// frames themselves when an overlay is written), results, and the frames lost when an attempt's
+// connection failed. With --retry, a failed attempt is followed (after an exponential backoff)
+// by a new call carrying on with the frames not yet sent.
 class StreamDriver {
  public:
-  StreamDriver(int index, v1::FramePipeline::Stub* stub, Shared* sh, Scheduler* scheduler)
+  StreamDriver(int index, v1::FramePipeline::Stub* stub, Shared* sh, Scheduler* scheduler,
+               std::unique_ptr<FrameSource> source)
       : index_(index),
         stub_(stub),
         sh_(sh),
         o_(*sh->options),
         scheduler_(scheduler),
-        n_(sh->options->frames),
-        sent_ns_(new std::atomic<int64_t>[static_cast<size_t>(std::max<int64_t>(n_, 1))]) {
+        source_(std::move(source)) {
     out_.id = absl::StrCat(o_.stream_id_prefix, "-", index);
-    if (o_.fps > 0) period_ = std::chrono::nanoseconds(static_cast<int64_t>(1e9 / o_.fps));
+    if (o_.fps > 0 && !source_->paces_itself()) {
+      period_ = std::chrono::nanoseconds(static_cast<int64_t>(1e9 / o_.fps));
+    }
     // Paced streams start out of phase (stream k of K by k/K of a period), as independent
     // cameras do: in lockstep every stream's frame would arrive at the same instant.
     next_time_ = Now() + period_ * index / std::max(1, o_.streams);
-    mine_.reserve(static_cast<size_t>(std::min<int64_t>(n_, 1 << 20)));
+    if (!o_.overlay_path.empty()) {
+      std::string path = o_.overlay_path;
+      if (index > 0) {
+        const size_t dot = path.rfind('.');
+        path = dot == std::string::npos
+                   ? absl::StrCat(path, "-", index)
+                   : absl::StrCat(path.substr(0, dot), "-", index, path.substr(dot));
+      }
+      const double fps = source_->fps() > 0 ? source_->fps() : (o_.fps > 0 ? o_.fps : 30);
+      out_.overlay_path = path;
+      overlay_ = std::make_unique<OverlayWriter>(path, fps);
+    }
+    source_->OnReady([this] { OnSourceReady(); });
+  }
+
+  ~StreamDriver() {
+    source_->OnReady(nullptr);
+    source_.reset();  // stops a capture thread before the attempts go
   }
 
   void Start() {
     started_ = Now();
-    Launch(0);
+    Launch();
   }
 
   StreamOutcome Wait() {
@@ -262,52 +238,7 @@ class StreamDriver {
     return out_;
   }
 
-  // Called by the attempt that ended, from its OnDone.
-  void AttemptDone(int64_t first, int64_t sent, int64_t got, const grpc::Status& st) {
-    std::lock_guard<std::mutex> l(mu_);
-    out_.sent += sent;
-    // Frames sent on this call that never got a result went down with the connection.
-    for (int64_t i = first + got; i < first + sent; ++i) out_.lost_seqs.push_back(SeqOf(i));
-    out_.rpc_status = StatusText(st);
-    const int64_t next = first + sent;
-    if (!st.ok() && Retryable(st.error_code()) && attempts_ <= o_.retries && next < n_) {
-      const int shift = std::min(attempts_ - 1, 5);
-      const auto backoff = std::chrono::milliseconds(std::min(2000, 100 << shift));
-      ++out_.retries;
-      scheduler_->At(Now() + backoff, [this, next] { Launch(next); });
-      return;
-    }
-    out_.received = got_;
-    out_.seconds = SecondsBetween(started_, Now());
-    out_.p99_ms = Percentile(std::move(mine_), 99);
-    out_.complete = st.ok() && out_.lost_seqs.empty() && got_ == n_;
-    done_ = true;
-    cv_.notify_all();
-  }
-
   static uint64_t SeqOf(int64_t frame) { return static_cast<uint64_t>(frame) * 2 + 1; }
-
-  // Fills `req` with frame `i` and records when it is sent.
-  void BuildFrame(int64_t i, v1::ProcessRequest* req) {
-    const Payloads& p = *sh_->payloads;
-    req->Clear();
-    v1::Frame* f = req->mutable_frame();
-    f->set_seq(SeqOf(i));  // gaps are allowed: 1, 3, 5, ...
-    if (o_.send_capture_time) f->set_capture_time_us(WallMicros());
-    const std::string& bytes = p.frames[static_cast<size_t>(i) % p.frames.size()];
-    if (p.raw) {
-      v1::RawImage* raw = f->mutable_raw();
-      raw->set_width(static_cast<uint32_t>(p.width));
-      raw->set_height(static_cast<uint32_t>(p.height));
-      raw->set_format(v1::PIXEL_FORMAT_BGR8);
-      raw->set_data(bytes);
-    } else {
-      f->set_encoded(bytes);
-    }
-    (*f->mutable_tags())["frame"] = absl::StrCat(i);
-    sent_ns_[static_cast<size_t>(i)].store(Now().time_since_epoch().count(),
-                                           std::memory_order_release);
-  }
 
   void BuildConfig(v1::ProcessRequest* req) {
     v1::StreamConfig* cfg = req->mutable_config();
@@ -318,6 +249,59 @@ class StreamDriver {
     cfg->set_include_thumbnail(o_.include_thumbnail);
   }
 
+  // Write path: the next frame into `req` (kFrame), or kNotReady (the source will call back;
+  // `waiter` is resumed then), or kEnd.
+  FrameSource::Next NextFrame(v1::ProcessRequest* req, Attempt* waiter) {
+    SourceFrame f;
+    FrameSource::Next n = source_->TryNext(&f);
+    if (n == FrameSource::Next::kNotReady) {
+      std::lock_guard<std::mutex> l(mu_);
+      waiting_ = waiter;
+      // The frame may have arrived between TryNext and now: look once more.
+      n = source_->TryNext(&f);
+      if (n == FrameSource::Next::kNotReady) return n;
+      waiting_ = nullptr;
+    }
+    if (n == FrameSource::Next::kEnd) {
+      std::lock_guard<std::mutex> l(mu_);
+      source_ended_ = true;
+      return n;
+    }
+    const int64_t i = next_index_++;
+    req->Clear();
+    v1::Frame* fr = req->mutable_frame();
+    fr->set_seq(SeqOf(i));  // gaps are allowed: 1, 3, 5, ...
+    if (o_.send_capture_time) {
+      fr->set_capture_time_us(f.capture_time_us ? f.capture_time_us : WallMicros());
+    }
+    if (f.raw) {
+      v1::RawImage* raw = fr->mutable_raw();
+      raw->set_width(static_cast<uint32_t>(f.width));
+      raw->set_height(static_cast<uint32_t>(f.height));
+      raw->set_format(v1::PIXEL_FORMAT_BGR8);
+      raw->set_data(*f.payload);
+    } else {
+      fr->set_encoded(*f.payload);
+    }
+    (*fr->mutable_tags())["frame"] = absl::StrCat(i);
+    InFlight entry{i, Now().time_since_epoch().count(), {}};
+    if (overlay_) entry.frame = std::move(f);
+    std::lock_guard<std::mutex> l(mu_);
+    window_.push_back(std::move(entry));
+    ++out_.sent;
+    return FrameSource::Next::kFrame;
+  }
+
+  void OnSourceReady() {
+    Attempt* a;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      a = waiting_;
+      waiting_ = nullptr;
+    }
+    if (a) a->ResumeWrite();
+  }
+
   // The time the next paced frame is due (write path only: one write in flight per stream).
   TimePoint NextSendTime() {
     const TimePoint t = next_time_;
@@ -326,18 +310,27 @@ class StreamDriver {
   }
   bool paced() const { return period_.count() > 0; }
 
-  // A result for frame `frame` arrived (read path).
-  void OnResult(int64_t frame, const v1::FrameResult& res) {
+  // Read path: a result arrived. False when the overlay writer is full: call again later with
+  // the same result (the frame stays first in the window until it is taken).
+  bool OnResult(const v1::FrameResult& res) {
     const TimePoint now = Now();
-    if (res.seq() != SeqOf(frame)) out_.in_order = false;
-    double latency_ms = 0;
-    if (frame < n_) {
-      const int64_t t0 = sent_ns_[static_cast<size_t>(frame)].load(std::memory_order_acquire);
-      latency_ms = static_cast<double>(now.time_since_epoch().count() - t0) / 1e6;
+    InFlight front;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      if (window_.empty()) {
+        out_.in_order = false;  // a result for a frame never sent
+        return true;
+      }
+      front = window_.front();
     }
+    const double latency_ms =
+        static_cast<double>(now.time_since_epoch().count() - front.send_ns) / 1e6;
+    if (overlay_ && !overlay_->TryPush(front.frame, res, latency_ms)) return false;
+    if (res.seq() != SeqOf(front.index)) out_.in_order = false;
     const int status = std::clamp(static_cast<int>(res.status()), 0, kFrameStatusCount - 1);
     {
       std::lock_guard<std::mutex> l(mu_);
+      window_.pop_front();
       ++out_.by_status[status];
       mine_.push_back(latency_ms);
       ++got_;
@@ -350,7 +343,7 @@ class StreamDriver {
       sh_->server_total_ms.push_back(static_cast<double>(res.timings().total_us()) / 1000.0);
       if (res.status() == v1::FRAME_STATUS_OK) {
         const auto& t = res.timings();
-        const uint64_t v[6] = {t.queue_us(), t.decode_us(), t.analyse_us(),
+        const uint64_t v[6] = {t.queue_us(),  t.decode_us(),  t.analyse_us(),
                                t.enrich_us(), t.reorder_us(), t.total_us()};
         for (int k = 0; k < 6; ++k) sh_->sum_ms[k] += static_cast<double>(v[k]) / 1000.0;
         ++sh_->timed;
@@ -361,20 +354,56 @@ class StreamDriver {
       if (sh_->out.is_open()) sh_->out << ResultJson(index_, res, latency_ms);
     }
     sh_->received.fetch_add(1, std::memory_order_relaxed);
+    return true;
+  }
+
+  // Called by the attempt that ended, from its OnDone.
+  void AttemptDone(const grpc::Status& st) {
+    std::lock_guard<std::mutex> l(mu_);
+    waiting_ = nullptr;
+    // Frames sent on this call that never got a result went down with the connection.
+    for (const auto& f : window_) out_.lost_seqs.push_back(SeqOf(f.index));
+    window_.clear();
+    out_.rpc_status = StatusText(st);
+    if (!st.ok() && Retryable(st.error_code()) && attempts_ <= o_.retries && !source_ended_) {
+      const int shift = std::min(attempts_ - 1, 5);
+      const auto backoff = std::chrono::milliseconds(std::min(2000, 100 << shift));
+      ++out_.retries;
+      scheduler_->At(Now() + backoff, [this] { Launch(); });
+      return;
+    }
+    out_.received = got_;
+    out_.dropped_at_source = source_->dropped();
+    out_.seconds = SecondsBetween(started_, Now());
+    out_.p99_ms = Percentile(std::move(mine_), 99);
+    out_.complete = st.ok() && out_.lost_seqs.empty() && got_ == out_.sent;
+    if (overlay_) {
+      overlay_->Close();  // flushes the video
+      out_.overlay_frames = overlay_->written();
+      if (!overlay_->status().ok()) out_.overlay_error = std::string(overlay_->status().message());
+      overlay_.reset();
+    }
+    done_ = true;
+    cv_.notify_all();
   }
 
   const StreamClientOptions& options() const { return o_; }
   Scheduler* scheduler() const { return scheduler_; }
   v1::FramePipeline::Stub* stub() const { return stub_; }
-  int64_t frames() const { return n_; }
 
  private:
-  void Launch(int64_t first) {
+  struct InFlight {
+    int64_t index;
+    int64_t send_ns;
+    SourceFrame frame;  // kept only for the overlay
+  };
+
+  void Launch() {
     Attempt* a;
     {
       std::lock_guard<std::mutex> l(mu_);
       ++attempts_;
-      attempts_list_.push_back(std::make_unique<Attempt>(this, first));
+      attempts_list_.push_back(std::make_unique<Attempt>(this));
       a = attempts_list_.back().get();
     }
     a->Start();  // unlocked: a reaction may run before Start returns
@@ -385,13 +414,17 @@ class StreamDriver {
   Shared* const sh_;
   const StreamClientOptions& o_;
   Scheduler* const scheduler_;
-  const int64_t n_;
-  std::unique_ptr<std::atomic<int64_t>[]> sent_ns_;  // send time per frame index
+  std::unique_ptr<FrameSource> source_;
+  std::unique_ptr<OverlayWriter> overlay_;
   std::chrono::nanoseconds period_{0};
   TimePoint next_time_;
   TimePoint started_;
-  std::mutex mu_;
+  int64_t next_index_ = 0;  // write path
+  std::mutex mu_;           // guards what follows
   std::condition_variable cv_;
+  std::deque<InFlight> window_;  // sent, result not yet received, in order
+  Attempt* waiting_ = nullptr;   // an attempt waiting for the source
+  bool source_ended_ = false;
   int attempts_ = 0;
   std::vector<std::unique_ptr<Attempt>> attempts_list_;  // kept until the stream ends
   int64_t got_ = 0;
@@ -400,8 +433,7 @@ class StreamDriver {
   bool done_ = false;
 };
 
-Attempt::Attempt(StreamDriver* driver, int64_t first_frame)
-    : d_(driver), first_(first_frame), next_(first_frame) {
+Attempt::Attempt(StreamDriver* driver) : d_(driver) {
   const auto& o = d_->options();
   if (o.rpc_timeout_s > 0) {
     ctx_.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(o.rpc_timeout_s));
@@ -418,31 +450,50 @@ void Attempt::Start() {
 
 void Attempt::OnWriteDone(bool ok) {
   if (!ok) return;  // the call is over; OnDone reports how
-  if (next_ > first_) sent_.store(next_ - first_, std::memory_order_release);
-  if (next_ >= d_->frames()) {
-    StartWritesDone();
-    return;
-  }
   if (d_->paced()) {
     AddHold();
     d_->scheduler()->At(d_->NextSendTime(), [this] {
-      WriteFrame();
+      WriteNext();
       RemoveHold();
     });
   } else {
-    WriteFrame();
+    WriteNext();
   }
 }
 
-void Attempt::WriteFrame() {
-  d_->BuildFrame(next_++, &req_);
-  StartWrite(&req_);
+void Attempt::WriteNext() {
+  switch (d_->NextFrame(&req_, this)) {
+    case FrameSource::Next::kFrame:
+      StartWrite(&req_);
+      break;
+    case FrameSource::Next::kEnd:
+      StartWritesDone();
+      break;
+    case FrameSource::Next::kNotReady:
+      AddHold();  // released by ResumeWrite
+      break;
+  }
+}
+
+void Attempt::ResumeWrite() {
+  WriteNext();
+  RemoveHold();
 }
 
 void Attempt::OnReadDone(bool ok) {
   if (!ok) return;
-  d_->OnResult(first_ + got_, res_);
-  ++got_;
+  ReadNext();
+}
+
+void Attempt::ReadNext() {
+  if (!d_->OnResult(res_)) {  // the overlay writer is behind: this result again shortly
+    AddHold();
+    d_->scheduler()->At(Now() + std::chrono::milliseconds(5), [this] {
+      ReadNext();
+      RemoveHold();
+    });
+    return;
+  }
   const int delay = d_->options().read_delay_ms;
   if (delay > 0) {
     AddHold();
@@ -455,18 +506,13 @@ void Attempt::OnReadDone(bool ok) {
   }
 }
 
-void Attempt::OnDone(const grpc::Status& st) {
-  // A write handed to gRPC may not have completed when the call failed: count it as sent
-  // (it may have reached the server) so it is reported, never silently skipped.
-  const int64_t sent = std::max(sent_.load(std::memory_order_acquire), next_ - first_);
-  d_->AttemptDone(first_, sent, got_, st);
-}
+void Attempt::OnDone(const grpc::Status& st) { d_->AttemptDone(st); }
 
 }  // namespace
 
 bool ClientReport::ok() const {
   for (const auto& s : streams) {
-    if (!s.in_order || !s.complete) return false;
+    if (!s.in_order || !s.complete || !s.overlay_error.empty()) return false;
   }
   return !streams.empty();
 }
@@ -481,12 +527,34 @@ double Percentile(std::vector<double> v, double p) {
 
 absl::StatusOr<ClientReport> RunStreamClient(const StreamClientOptions& o) {
   if (o.streams < 1) return absl::InvalidArgumentError("--streams must be at least 1");
-  if (o.frames < 1) return absl::InvalidArgumentError("--frames must be at least 1");
-  auto payloads = LoadPayloads(o);
-  if (!payloads.ok()) return payloads.status();
+  SourceOptions so;
+  so.input = o.input;
+  so.frames = o.frames;
+  so.loop = o.loop;
+  so.fps = o.fps;
+  so.unpaced = o.unpaced;
+  so.width = o.width;
+  so.height = o.height;
+  so.scene_length = o.scene_length;
+  so.distinct_frames = o.distinct_frames;
+  so.encoding = o.encoding;
+  so.jpeg_quality = o.jpeg_quality;
+  so.keep_images = !o.overlay_path.empty();
+  if (!o.overlay_path.empty()) {
+    // Fail before streaming, not after: the overlay's directory must exist and be writable.
+    const std::filesystem::path dir = std::filesystem::absolute(o.overlay_path).parent_path();
+    std::error_code ec;
+    if (!std::filesystem::is_directory(dir, ec) || access(dir.c_str(), W_OK) != 0) {
+      return absl::InvalidArgumentError(absl::StrCat("cannot write --overlay '", o.overlay_path,
+                                                     "': ", dir.string(),
+                                                     " is not a writable directory"));
+    }
+  }
+  auto make_source = MakeSourceFactory(so);
+  if (!make_source.ok()) return make_source.status();
   Shared sh;
   sh.options = &o;
-  sh.payloads = &payloads.value();
+  sh.make_source = std::move(make_source).value();
   if (!o.out_jsonl.empty()) {
     sh.out.open(o.out_jsonl, std::ios::trunc);
     if (!sh.out) return absl::InvalidArgumentError(absl::StrCat("cannot write ", o.out_jsonl));
@@ -503,6 +571,14 @@ absl::StatusOr<ClientReport> RunStreamClient(const StreamClientOptions& o) {
     args.SetSslTargetNameOverride(creds->server_name_override);
   }
   auto channel = grpc::CreateCustomChannel(o.target, creds->channel, args);
+  std::vector<std::unique_ptr<FrameSource>> sources;
+  for (int k = 0; k < o.streams; ++k) {
+    sources.push_back(sh.make_source(k));
+    if (!sources.back()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("cannot open --input '", o.input, "' again for stream ", k));
+    }
+  }
   ClientReport report;
   report.streams.resize(static_cast<size_t>(o.streams));
   sh.start = Now();
@@ -510,14 +586,13 @@ absl::StatusOr<ClientReport> RunStreamClient(const StreamClientOptions& o) {
   std::thread progress;
   if (o.progress) {
     progress = std::thread([&] {
-      const int64_t total = o.frames * o.streams;
+      const int64_t total = o.frames > 0 ? o.frames * o.streams : 0;
       while (!done.load()) {
         std::this_thread::sleep_for(std::chrono::milliseconds(500));
         const int64_t r = sh.received.load();
         const double secs = SecondsBetween(sh.start, Now());
-        std::fprintf(stderr, "\r  %lld/%lld results  %.1f frames/s   ",
-                     static_cast<long long>(r), static_cast<long long>(total),
-                     secs > 0 ? static_cast<double>(r) / secs : 0.0);
+        std::fprintf(stderr, "\r  %lld/%lld results  %.1f frames/s   ", static_cast<long long>(r),
+                     static_cast<long long>(total), secs > 0 ? static_cast<double>(r) / secs : 0.0);
       }
       std::fprintf(stderr, "\r%60s\r", "");
     });
@@ -527,7 +602,8 @@ absl::StatusOr<ClientReport> RunStreamClient(const StreamClientOptions& o) {
     Scheduler scheduler;
     std::vector<std::unique_ptr<StreamDriver>> drivers;
     for (int k = 0; k < o.streams; ++k) {
-      drivers.push_back(std::make_unique<StreamDriver>(k, stub.get(), &sh, &scheduler));
+      drivers.push_back(
+          std::make_unique<StreamDriver>(k, stub.get(), &sh, &scheduler, std::move(sources[k])));
     }
     for (auto& d : drivers) d->Start();
     for (int k = 0; k < o.streams; ++k) report.streams[k] = drivers[k]->Wait();
@@ -585,10 +661,10 @@ std::string ReportJson(const ClientReport& r) {
       "{\"frames_sent\":%d,\"results\":%d,\"seconds\":%.4f,\"frames_per_second\":%.3f,"
       "\"ok\":%s,\"latency\":{\"p50_ms\":%.4f,\"p90_ms\":%.4f,\"p99_ms\":%.4f,"
       "\"p999_ms\":%.4f,\"max_ms\":%.4f,\"mean_ms\":%.4f},\"server_total_p99_ms\":%.4f,",
-      r.frames_sent, r.results, r.seconds, r.frames_per_second, r.ok() ? "true" : "false",
-      r.p50_ms, r.p90_ms, r.p99_ms, r.p999_ms, r.max_ms, r.mean_ms, r.server_total_p99_ms);
-  absl::StrAppend(&s, absl::StrFormat(
-                          "\"server_stage_means_ms\":{\"queue\":%.4f,\"decode\":%.4f,"
+      r.frames_sent, r.results, r.seconds, r.frames_per_second, r.ok() ? "true" : "false", r.p50_ms,
+      r.p90_ms, r.p99_ms, r.p999_ms, r.max_ms, r.mean_ms, r.server_total_p99_ms);
+  absl::StrAppend(
+      &s, absl::StrFormat("\"server_stage_means_ms\":{\"queue\":%.4f,\"decode\":%.4f,"
                           "\"analyse\":%.4f,\"enrich\":%.4f,\"reorder\":%.4f,\"total\":%.4f},",
                           r.queue_ms, r.decode_ms, r.analyse_ms, r.enrich_ms, r.reorder_ms,
                           r.total_ms));
@@ -600,13 +676,15 @@ std::string ReportJson(const ClientReport& r) {
   s += "},\"streams\":[";
   for (size_t i = 0; i < r.streams.size(); ++i) {
     const StreamOutcome& o = r.streams[i];
-    absl::StrAppend(&s, i ? "," : "",
-                    absl::StrFormat("{\"id\":%s,\"sent\":%d,\"received\":%d,\"in_order\":%s,"
-                                    "\"complete\":%s,\"rpc_status\":%s,\"retries\":%d,"
-                                    "\"lost_seqs\":[",
-                                    JsonString(o.id), o.sent, o.received,
-                                    o.in_order ? "true" : "false", o.complete ? "true" : "false",
-                                    JsonString(o.rpc_status), o.retries));
+    absl::StrAppend(
+        &s, i ? "," : "",
+        absl::StrFormat("{\"id\":%s,\"sent\":%d,\"received\":%d,\"in_order\":%s,"
+                        "\"complete\":%s,\"rpc_status\":%s,\"retries\":%d,"
+                        "\"dropped_at_source\":%d,\"overlay_frames\":%d,"
+                        "\"lost_seqs\":[",
+                        JsonString(o.id), o.sent, o.received, o.in_order ? "true" : "false",
+                        o.complete ? "true" : "false", JsonString(o.rpc_status), o.retries,
+                        o.dropped_at_source, o.overlay_frames));
     for (size_t k = 0; k < o.lost_seqs.size(); ++k) {
       absl::StrAppend(&s, k ? "," : "", o.lost_seqs[k]);
     }
@@ -648,33 +726,45 @@ std::string FormatReport(const ClientReport& r, int show) {
                           r.total_ms));
   for (const auto& st : r.streams) {
     if (!st.in_order || !st.complete) {
-      absl::StrAppend(&s, absl::StrFormat("stream %s: sent %d, received %d, %s%s\n", st.id,
-                                          st.sent, st.received,
-                                          st.in_order ? "in order" : "OUT OF ORDER",
+      absl::StrAppend(&s, absl::StrFormat("stream %s: sent %d, received %d, %s%s\n", st.id, st.sent,
+                                          st.received, st.in_order ? "in order" : "OUT OF ORDER",
                                           st.rpc_status == "OK" ? "" : ", " + st.rpc_status));
     }
     if (st.retries > 0) {
-      absl::StrAppend(&s, absl::StrFormat("stream %s: reconnected %d time(s)\n", st.id,
-                                          st.retries));
+      absl::StrAppend(&s,
+                      absl::StrFormat("stream %s: reconnected %d time(s)\n", st.id, st.retries));
     }
     if (!st.lost_seqs.empty()) {
       absl::StrAppend(&s, absl::StrFormat("stream %s: %d frame(s) lost with a failed connection: "
                                           "seq %s\n",
                                           st.id, st.lost_seqs.size(), SeqRanges(st.lost_seqs)));
     }
+    if (st.dropped_at_source > 0) {
+      absl::StrAppend(&s, absl::StrFormat("stream %s: %d live frame(s) skipped at the camera "
+                                          "because the stream fell behind\n",
+                                          st.id, st.dropped_at_source));
+    }
+    if (!st.overlay_path.empty()) {
+      absl::StrAppend(
+          &s, st.overlay_error.empty()
+                  ? absl::StrFormat("overlay: %s (%d frames)\n", st.overlay_path, st.overlay_frames)
+                  : absl::StrFormat("overlay: %s FAILED: %s\n", st.overlay_path, st.overlay_error));
+    }
   }
-  absl::StrAppend(&s, r.ok() ? "every stream complete and in order\n"
-                             : "FAILED: a stream was incomplete or out of order\n");
+  bool delivered = !r.streams.empty();
+  for (const auto& st : r.streams) delivered = delivered && st.in_order && st.complete;
+  absl::StrAppend(&s, delivered ? "every stream complete and in order\n"
+                                : "FAILED: a stream was incomplete or out of order\n");
   if (show > 0 && !r.first_results.empty()) {
     absl::StrAppend(&s, "\nfirst results of stream 0:\n",
                     absl::StrFormat("%6s  %-18s %7s %10s %9s %9s %8s\n", "seq", "status", "luma",
                                     "sharpness", "keypoints", "scene_cut", "motion"));
     for (const auto& fr : r.first_results) {
-      absl::StrAppend(&s, absl::StrFormat("%6d  %-18s %7.1f %10.1f %9d %9s %8.4f\n", fr.seq,
-                                          FrameStatusLabel(fr.status), fr.analysis.mean_luma,
-                                          fr.analysis.sharpness, fr.enrichment.keypoints,
-                                          fr.enrichment.scene_cut ? "yes" : "-",
-                                          fr.enrichment.motion));
+      absl::StrAppend(&s,
+                      absl::StrFormat("%6d  %-18s %7.1f %10.1f %9d %9s %8.4f\n", fr.seq,
+                                      FrameStatusLabel(fr.status), fr.analysis.mean_luma,
+                                      fr.analysis.sharpness, fr.enrichment.keypoints,
+                                      fr.enrichment.scene_cut ? "yes" : "-", fr.enrichment.motion));
     }
   }
   return s;
