@@ -105,6 +105,7 @@ class VideoSource : public FrameSource {
     ready_ = std::move(fn);
   }
   bool paces_itself() const override { return true; }
+  bool live() const override { return live_; }
   int64_t dropped() const override { return dropped_.load(); }
   double fps() const override { return o_.fps > 0 ? o_.fps : native_fps_; }
 

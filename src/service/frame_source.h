@@ -33,6 +33,9 @@ class FrameSource {
   virtual void OnReady(std::function<void()> fn) { (void)fn; }
   // Whether the source keeps its own pace (a video file played at its rate, a live camera).
   virtual bool paces_itself() const { return false; }
+  // A live camera or network stream: it runs whether it is read or not, so the client keeps
+  // few frames in flight and skips captured frames rather than queueing them.
+  virtual bool live() const { return false; }
   // Frames the source discarded because the stream could not keep up (live cameras only).
   virtual int64_t dropped() const { return 0; }
   virtual double fps() const { return 0; }

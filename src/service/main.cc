@@ -263,6 +263,12 @@ int main(int argc, char** argv) {
       ->add_option("--max-in-flight", co.max_in_flight,
                    "StreamConfig.max_in_flight (0 = server default)")
       ->capture_default_str();
+  stream
+      ->add_option("--window", co.window,
+                   "Frames sent and not yet answered per stream, client side (0: unlimited - "
+                   "the server's credits pace the sender - but --max-in-flight + 2 for live "
+                   "cameras, which skip frames rather than queue them)")
+      ->capture_default_str();
   stream->add_option("--overload", overload, "block or drop-oldest")
       ->check(CLI::IsMember({"block", "drop-oldest"}))
       ->capture_default_str();

@@ -219,6 +219,9 @@ class StreamDriver {
       out_.overlay_path = path;
       overlay_ = std::make_unique<OverlayWriter>(path, fps);
     }
+    window_cap_ = o_.window > 0     ? o_.window
+                  : source_->live() ? (o_.max_in_flight > 0 ? o_.max_in_flight : 8) + 2
+                                    : 0;
     source_->OnReady([this] { OnSourceReady(); });
   }
 
@@ -252,6 +255,14 @@ class StreamDriver {
   // Write path: the next frame into `req` (kFrame), or kNotReady (the source will call back;
   // `waiter` is resumed then), or kEnd.
   FrameSource::Next NextFrame(v1::ProcessRequest* req, Attempt* waiter) {
+    if (window_cap_ > 0) {
+      std::lock_guard<std::mutex> l(mu_);
+      if (window_.size() >= window_cap_) {
+        if (reads_over_ == waiter) return FrameSource::Next::kEnd;  // no result will free one
+        window_waiter_ = waiter;  // resumed by OnResult when a result frees a place
+        return FrameSource::Next::kNotReady;
+      }
+    }
     SourceFrame f;
     FrameSource::Next n = source_->TryNext(&f);
     if (n == FrameSource::Next::kNotReady) {
@@ -292,6 +303,15 @@ class StreamDriver {
     return FrameSource::Next::kFrame;
   }
 
+  // The attempt's reads ended: if its writer waits for a place in the window, none will come.
+  bool TakeWindowWaiter(Attempt* a) {
+    std::lock_guard<std::mutex> l(mu_);
+    reads_over_ = a;
+    if (window_waiter_ != a) return false;
+    window_waiter_ = nullptr;
+    return true;
+  }
+
   void OnSourceReady() {
     Attempt* a;
     {
@@ -328,13 +348,16 @@ class StreamDriver {
     if (overlay_ && !overlay_->TryPush(front.frame, res, latency_ms)) return false;
     if (res.seq() != SeqOf(front.index)) out_.in_order = false;
     const int status = std::clamp(static_cast<int>(res.status()), 0, kFrameStatusCount - 1);
+    Attempt* resume = nullptr;
     {
       std::lock_guard<std::mutex> l(mu_);
       window_.pop_front();
       ++out_.by_status[status];
       mine_.push_back(latency_ms);
       ++got_;
+      std::swap(resume, window_waiter_);
     }
+    if (resume) resume->ResumeWrite();
     {
       std::lock_guard<std::mutex> l(sh_->mu);
       sh_->latencies_ms.push_back(latency_ms);
@@ -361,6 +384,7 @@ class StreamDriver {
   void AttemptDone(const grpc::Status& st) {
     std::lock_guard<std::mutex> l(mu_);
     waiting_ = nullptr;
+    window_waiter_ = nullptr;
     // Frames sent on this call that never got a result went down with the connection.
     for (const auto& f : window_) out_.lost_seqs.push_back(SeqOf(f.index));
     window_.clear();
@@ -422,8 +446,11 @@ class StreamDriver {
   int64_t next_index_ = 0;  // write path
   std::mutex mu_;           // guards what follows
   std::condition_variable cv_;
-  std::deque<InFlight> window_;  // sent, result not yet received, in order
-  Attempt* waiting_ = nullptr;   // an attempt waiting for the source
+  std::deque<InFlight> window_;          // sent, result not yet received, in order
+  Attempt* waiting_ = nullptr;           // an attempt waiting for the source
+  Attempt* window_waiter_ = nullptr;     // an attempt waiting for a place in the window
+  size_t window_cap_ = 0;                // 0 = no client-side window
+  const Attempt* reads_over_ = nullptr;  // the attempt whose results ended
   bool source_ended_ = false;
   int attempts_ = 0;
   std::vector<std::unique_ptr<Attempt>> attempts_list_;  // kept until the stream ends
@@ -462,16 +489,20 @@ void Attempt::OnWriteDone(bool ok) {
 }
 
 void Attempt::WriteNext() {
+  // The hold is taken before asking: whoever resumes a kNotReady (the source's thread, a result)
+  // may do so before this function returns, and its RemoveHold must find the hold there.
+  AddHold();
   switch (d_->NextFrame(&req_, this)) {
     case FrameSource::Next::kFrame:
       StartWrite(&req_);
+      RemoveHold();
       break;
     case FrameSource::Next::kEnd:
       StartWritesDone();
+      RemoveHold();
       break;
     case FrameSource::Next::kNotReady:
-      AddHold();  // released by ResumeWrite
-      break;
+      break;  // the hold stays until ResumeWrite
   }
 }
 
@@ -481,7 +512,15 @@ void Attempt::ResumeWrite() {
 }
 
 void Attempt::OnReadDone(bool ok) {
-  if (!ok) return;
+  if (!ok) {
+    // No more results on this call: a writer waiting for one would wait forever (and its hold
+    // would keep OnDone from running). Half-close instead; OnDone reports what was lost.
+    if (d_->TakeWindowWaiter(this)) {
+      StartWritesDone();
+      RemoveHold();
+    }
+    return;
+  }
   ReadNext();
 }
 

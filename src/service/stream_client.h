@@ -34,6 +34,10 @@ struct StreamClientOptions {
   std::string overlay_path;  // write the frames back with their results drawn (mp4)
   // StreamConfig (0 / empty = server default).
   uint32_t max_in_flight = 0;
+  // Frames sent and not yet answered, per stream, on the client side (0 = unlimited - the
+  // server's credits and HTTP/2 flow control pace the sender - except for live cameras, which
+  // keep the server's window + 2 so that a slow stream skips frames instead of queueing them).
+  uint32_t window = 0;
   bool drop_oldest = false;
   uint32_t frame_timeout_ms = 0;
   bool include_thumbnail = false;
