@@ -14,13 +14,5 @@ bin=build/$preset
 rm -rf "$out"
 mkdir -p "$out/lib"
 cp "$bin/tests/gpu_test" "$bin/bench/gpu_bench" "$out/"
-# Every shared library except the C library itself (the GPU host has its own, newer glibc).
-for exe in "$out/gpu_test" "$out/gpu_bench"; do
-  ldd "$exe" | awk '/=> \//{print $3}' | while read -r lib; do
-    case "$(basename "$lib")" in
-      libc.so*|libm.so*|libpthread.so*|libdl.so*|librt.so*|ld-linux*|libresolv.so*) ;;
-      *) cp -n "$lib" "$out/lib/" ;;
-    esac
-  done
-done
+scripts/collect-libs.sh "$out/lib" "$out/gpu_test" "$out/gpu_bench"
 du -sh "$out"

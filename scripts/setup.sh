@@ -1,19 +1,33 @@
 #!/usr/bin/env bash
 # Installs every Debian 12 package framepipe needs to build, test, run the demo and the
-# benchmarks. Idempotent: packages already present are not reinstalled. Root, apt-get only.
+# benchmarks (--build-only: just what building the binary needs). Idempotent: packages already
+# present are not reinstalled. Root, apt-get only.
 set -euo pipefail
 
-PACKAGES=(
-  # toolchain
-  build-essential cmake ninja-build ccache pkg-config git clang libclang-rt-14-dev clang-format
-  # libraries
+# What building the framepipe binary needs (the container images' build stage installs only
+# these: scripts/setup.sh --build-only).
+BUILD_PACKAGES=(
+  build-essential cmake ninja-build ccache pkg-config ca-certificates
   libtbb-dev libgrpc++-dev libgrpc-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libopencv-core-dev libopencv-imgproc-dev libopencv-imgcodecs-dev libopencv-features2d-dev
-  libopencv-videoio-dev libturbojpeg0-dev prometheus-cpp-dev libgtest-dev libgmock-dev libbenchmark-dev libcli11-dev
-  # tests, tools, plots, python client
-  python3 python3-grpcio python3-grpc-tools python3-protobuf python3-numpy python3-opencv
-  python3-matplotlib python3-pytest python3-yaml openssl ffmpeg prometheus curl procps
+  libopencv-videoio-dev libturbojpeg0-dev prometheus-cpp-dev libcli11-dev
 )
+# Tests, sanitizers, fuzzing, tools, plots, the Python client, the demo and the benchmarks.
+DEV_PACKAGES=(
+  git clang libclang-rt-14-dev clang-format libgtest-dev libgmock-dev libbenchmark-dev
+  python3 python3-grpcio python3-grpc-tools python3-protobuf python3-numpy python3-opencv
+  python3-matplotlib python3-pytest python3-yaml python3-setuptools openssl ffmpeg prometheus
+  curl procps
+)
+
+PACKAGES=("${BUILD_PACKAGES[@]}")
+case "${1:-}" in
+  --build-only) ;;
+  --list) printf '%s\n' "${BUILD_PACKAGES[@]}" "${DEV_PACKAGES[@]}"; exit 0 ;;
+  --list-build) printf '%s\n' "${BUILD_PACKAGES[@]}"; exit 0 ;;
+  "") PACKAGES+=("${DEV_PACKAGES[@]}") ;;
+  *) echo "usage: $0 [--build-only | --list | --list-build]" >&2; exit 2 ;;
+esac
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -6,8 +6,14 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+#include <algorithm>
+#include <cstdio>
+#include <fstream>
 #include <random>
+#include <regex>
+#include <set>
 
+#include "absl/strings/str_cat.h"
 #include "analysis/cpu/cpu_analyzer.h"
 #include "pipeline/standard_stages.h"
 #include "service/child_process.h"
@@ -74,11 +80,12 @@ TEST(ReliabilityTest, ThrowingGarbageAndHungStagesFailOnlyTheirFrame) {
     if (i == 3) {
       EXPECT_EQ(r.status(), pb::FRAME_STATUS_INTERNAL);
       EXPECT_NE(r.error().find("analyse stage failed: threw an exception: injected fault"),
-                std::string::npos) << r.error();
+                std::string::npos)
+          << r.error();
     } else if (i == 5) {
       EXPECT_EQ(r.status(), pb::FRAME_STATUS_INTERNAL);
-      EXPECT_NE(r.error().find("faulty backend returned an inconsistent result"),
-                std::string::npos) << r.error();
+      EXPECT_NE(r.error().find("faulty backend returned an inconsistent result"), std::string::npos)
+          << r.error();
     } else if (i == 7) {
       EXPECT_EQ(r.status(), pb::FRAME_STATUS_DEADLINE_EXCEEDED) << r.error();
     } else {
@@ -108,9 +115,8 @@ TEST(ReliabilityTest, IdleStreamsAreEnded) {
   auto got = quiet.ReadAll();
   EXPECT_EQ(got.size(), 2u);
   EXPECT_EQ(quiet.Finish().error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
-  EXPECT_TRUE(WaitForStats(*server, [](const pb::Stats& s) {
-    return s.active_streams() == 0 && s.in_flight() == 0;
-  }));
+  EXPECT_TRUE(WaitForStats(
+      *server, [](const pb::Stats& s) { return s.active_streams() == 0 && s.in_flight() == 0; }));
 }
 
 std::shared_ptr<grpc::Channel> ChannelTo(int port) {
@@ -248,9 +254,8 @@ TEST(ReliabilityTest, ManyConcurrentStreamsAndABurstOfShortOnes) {
   ASSERT_TRUE(burst.ok()) << burst.status();
   EXPECT_TRUE(burst->ok()) << FormatReport(*burst, 0);
   EXPECT_EQ(burst->results, 1000 * 3);
-  EXPECT_TRUE(WaitForStats(*server, [](const pb::Stats& s) {
-    return s.active_streams() == 0 && s.in_flight() == 0;
-  }));
+  EXPECT_TRUE(WaitForStats(
+      *server, [](const pb::Stats& s) { return s.active_streams() == 0 && s.in_flight() == 0; }));
 }
 
 TEST(ReliabilityTest, BeyondMaxStreamsIsResourceExhausted) {
@@ -306,8 +311,8 @@ TEST(ReliabilityTest, MemoryCeilingHoldsWithFiftyClientsSending1080pRaw) {
   EXPECT_TRUE(r->ok()) << FormatReport(*r, 0);
   const double growth_mib = (static_cast<double>(peak) - static_cast<double>(base)) / 1048576.0;
   RecordProperty("rss_growth_mib", std::to_string(growth_mib));
-  EXPECT_LT(growth_mib, kMaxMemoryMb) << "peak RSS " << peak / 1048576 << " MiB, started at "
-                                       << base / 1048576 << " MiB";
+  EXPECT_LT(growth_mib, kMaxMemoryMb)
+      << "peak RSS " << peak / 1048576 << " MiB, started at " << base / 1048576 << " MiB";
   const pb::Stats st = StatsOf(port);
   EXPECT_LE(st.peak_bytes_in_flight(), static_cast<uint64_t>(kMaxMemoryMb) * 3 / 4 << 20)
       << "frames in flight stay within 3/4 of the budget";
@@ -333,9 +338,9 @@ TEST(ReliabilityTest, SigkillThenRestartClientsRetryAndReportLostFrames) {
   const int port = FreePort();
   const std::string listen = "127.0.0.1:" + std::to_string(port);
   auto start = [&] {
-    return std::make_unique<ChildProcess>(std::vector<std::string>{
-        FRAMEPIPE_BINARY, "serve", "--listen", listen, "--metrics", "", "--workers", "2",
-        "--backend", "cpu"});
+    return std::make_unique<ChildProcess>(
+        std::vector<std::string>{FRAMEPIPE_BINARY, "serve", "--listen", listen, "--metrics", "",
+                                 "--workers", "2", "--backend", "cpu"});
   };
   auto server = start();
   ASSERT_EQ(server->WaitForPort(), port) << server->output();
@@ -370,6 +375,134 @@ TEST(ReliabilityTest, SigkillThenRestartClientsRetryAndReportLostFrames) {
   EXPECT_NE(text.find("lost with a failed connection: seq "), std::string::npos) << text;
   server->Signal(SIGTERM);
   EXPECT_EQ(server->Wait(), 0);
+}
+
+// Scale-out with gRPC's own load balancing: one client, one channel, an ipv4: target listing
+// three servers and the round_robin policy. Each stream (RPC) stays on one server, so it stays
+// ordered; the streams spread over the servers. When a server dies mid-run, its streams fail
+// with UNAVAILABLE, --retry reopens them on the survivors, and every frame is either answered
+// or named as lost: none silently.
+TEST(ReliabilityTest, StreamsSpreadOverServersAndFailOverWhenOneDies) {
+  std::vector<std::unique_ptr<ChildProcess>> servers;
+  std::vector<int> ports;
+  std::string target = "ipv4:";
+  for (int i = 0; i < 3; ++i) {
+    servers.push_back(std::make_unique<ChildProcess>(
+        std::vector<std::string>{FRAMEPIPE_BINARY, "serve", "--listen", "127.0.0.1:0", "--metrics",
+                                 "", "--workers", "1", "--backend", "cpu"}));
+    ports.push_back(servers.back()->WaitForPort());
+    ASSERT_GT(ports.back(), 0) << servers.back()->output();
+    absl::StrAppend(&target, i ? "," : "", "127.0.0.1:", ports.back());
+  }
+
+  // Twelve streams over three servers: all complete and in order, and every server took some.
+  StreamClientOptions o;
+  o.target = target;
+  o.streams = 12;
+  o.frames = 30;
+  o.width = 320;
+  o.height = 240;
+  o.distinct_frames = 10;
+  o.rpc_timeout_s = 120;
+  auto spread = RunStreamClient(o);
+  ASSERT_TRUE(spread.ok()) << spread.status();
+  EXPECT_TRUE(spread->ok()) << FormatReport(*spread, 0);
+  uint64_t total = 0;
+  for (int port : ports) {
+    const pb::Stats st = StatsOf(port);
+    EXPECT_GT(st.streams_total(), 0u) << "server " << port << " got no stream";
+    EXPECT_EQ(st.frames_out(), st.streams_total() * 30) << "a stream stays on one server";
+    total += st.streams_total();
+  }
+  EXPECT_EQ(total, 12u);
+
+  // Now kill one server (SIGKILL: nothing drained) while twelve unpaced streams run.
+  std::vector<uint64_t> streams_before, out_before;
+  for (int port : ports) streams_before.push_back(StatsOf(port).streams_total());
+  char tmpl[] = "/tmp/framepipe-scaleout-XXXXXX.jsonl";
+  const int fd = mkstemps(tmpl, 6);
+  ASSERT_GE(fd, 0);
+  close(fd);
+  o.frames = 400;
+  o.retries = 10;
+  o.out_jsonl = tmpl;
+  absl::StatusOr<ClientReport> report;
+  std::thread client([&] { report = RunStreamClient(o); });
+  const int victim = 1;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  bool busy = false;
+  while (std::chrono::steady_clock::now() < deadline) {
+    const pb::Stats st = StatsOf(ports[victim]);
+    if (st.frames_out() >= streams_before[victim] * 30 + 40 && st.active_streams() > 0) {
+      busy = true;
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ASSERT_TRUE(busy) << "the victim never carried streams";
+  const uint64_t victim_streams = StatsOf(ports[victim]).active_streams();
+  servers[victim]->Signal(SIGKILL);
+  servers[victim]->Wait();
+  client.join();
+  ASSERT_TRUE(report.ok()) << report.status();
+
+  // Per stream, from the results file: what came back, in order, without duplicates.
+  std::vector<std::vector<uint64_t>> received(12);
+  {
+    std::ifstream in(tmpl);
+    std::string line;
+    const std::regex re("\"stream\":(\\d+),\"seq\":(\\d+)");
+    std::smatch m;
+    while (std::getline(in, line)) {
+      ASSERT_TRUE(std::regex_search(line, m, re)) << line;
+      received[std::stoul(m[1])].push_back(std::stoull(m[2]));
+    }
+  }
+  std::remove(tmpl);
+  int failed_over = 0;
+  size_t lost_total = 0;
+  for (size_t k = 0; k < report->streams.size(); ++k) {
+    const StreamOutcome& s = report->streams[k];
+    EXPECT_TRUE(s.in_order) << s.id;
+    EXPECT_EQ(s.sent, 400) << s.id << ": a reopened stream carries on with the frames not sent";
+    EXPECT_EQ(s.rpc_status, "OK") << s.id << " ends on a surviving server";
+    // Exactly: every seq sent is either in the results or in lost_seqs, never both.
+    std::set<uint64_t> got(received[k].begin(), received[k].end());
+    EXPECT_EQ(got.size(), received[k].size()) << s.id << ": a result came twice";
+    EXPECT_TRUE(std::is_sorted(received[k].begin(), received[k].end())) << s.id;
+    EXPECT_EQ(static_cast<int64_t>(received[k].size()), s.received) << s.id;
+    std::set<uint64_t> all = got;
+    for (uint64_t seq : s.lost_seqs) {
+      EXPECT_EQ(got.count(seq), 0u) << s.id << ": seq " << seq << " both answered and lost";
+      all.insert(seq);
+    }
+    EXPECT_EQ(all.size(), 400u) << s.id << ": a frame was neither answered nor reported lost";
+    EXPECT_EQ(*all.rbegin(), 799u) << s.id;
+    if (s.retries > 0) {
+      ++failed_over;
+      ASSERT_FALSE(s.failed_calls.empty());
+      EXPECT_EQ(s.failed_calls[0].rfind("UNAVAILABLE", 0), 0u) << s.failed_calls[0];
+    } else {
+      EXPECT_TRUE(s.lost_seqs.empty()) << s.id << " was not on the dead server";
+      EXPECT_TRUE(s.complete) << s.id;
+    }
+    lost_total += s.lost_seqs.size();
+  }
+  // The streams that were on the dead server, and only they, failed over.
+  EXPECT_EQ(static_cast<uint64_t>(failed_over), victim_streams);
+  EXPECT_GT(lost_total, 0u) << "unpaced streams always have frames in flight at a SIGKILL";
+  EXPECT_FALSE(report->ok()) << "lost frames make the run fail loudly";
+  const std::string text = FormatReport(*report, 0);
+  EXPECT_NE(text.find("lost with a failed connection: seq "), std::string::npos) << text;
+  EXPECT_NE(text.find("after: UNAVAILABLE"), std::string::npos) << text;
+  // The survivors took the reopened streams.
+  uint64_t reopened = 0;
+  for (int i : {0, 2}) reopened += StatsOf(ports[i]).streams_total() - streams_before[i];
+  EXPECT_EQ(reopened, 12u - victim_streams + static_cast<uint64_t>(failed_over));
+  for (int i : {0, 2}) {
+    servers[i]->Signal(SIGTERM);
+    EXPECT_EQ(servers[i]->Wait(), 0);
+  }
 }
 
 }  // namespace

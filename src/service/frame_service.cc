@@ -1,10 +1,14 @@
 #include "service/frame_service.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <deque>
 #include <memory>
+#include <random>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "common/latency_histogram.h"
 #include "common/tsan.h"
 #include "service/log.h"
@@ -64,9 +68,9 @@ class ProcessReactor final : public grpc::ServerBidiReactor<v1::ProcessRequest, 
       if (svc_->observer_) svc_->observer_->OnStreamRejected();
       refused_ = true;
       FP_TSAN_RELEASE(this);
-      Finish(grpc::Status(svc_->draining() ? grpc::StatusCode::UNAVAILABLE
-                                           : grpc::StatusCode::RESOURCE_EXHAUSTED,
-                          why));
+      Finish(grpc::Status(
+          svc_->draining() ? grpc::StatusCode::UNAVAILABLE : grpc::StatusCode::RESOURCE_EXHAUSTED,
+          why));
       return;
     }
     svc_->streams_total_++;
@@ -158,9 +162,9 @@ class ProcessReactor final : public grpc::ServerBidiReactor<v1::ProcessRequest, 
       case v1::ProcessRequest::kFrame: {
         v1::Frame* frame = req_.mutable_frame();
         if (have_seq_ && frame->seq() <= last_seq_) {
-          const std::string msg =
-              absl::StrCat("frame seq=", frame->seq(), " is not greater than the previous seq=",
-                           last_seq_, ": seq must be strictly increasing (gaps are allowed)");
+          const std::string msg = absl::StrCat(
+              "frame seq=", frame->seq(), " is not greater than the previous seq=", last_seq_,
+              ": seq must be strictly increasing (gaps are allowed)");
           lock.unlock();
           ReleaseReservation();
           EndWithError(absl::InvalidArgumentError(msg));
@@ -199,8 +203,8 @@ class ProcessReactor final : public grpc::ServerBidiReactor<v1::ProcessRequest, 
       default:
         lock.unlock();
         ReleaseReservation();
-        EndWithError(absl::InvalidArgumentError(
-            "ProcessRequest carries neither a config nor a frame"));
+        EndWithError(
+            absl::InvalidArgumentError("ProcessRequest carries neither a config nor a frame"));
         return;
     }
   }
@@ -212,22 +216,19 @@ class ProcessReactor final : public grpc::ServerBidiReactor<v1::ProcessRequest, 
     {
       std::lock_guard<std::mutex> l(mu_);
       done = std::move(current_);
-      writing_ = false;
       if (!ok) {
         // The client is gone: nothing more can be written. Drop what is queued (their credits
         // return as the entries die below, outside the lock).
+        writing_ = false;
         write_failed_ = true;
         discarded_ += 1 + queue_.size();
         dropped_queue_ = std::move(queue_);
         queue_.clear();
       } else {
         ++frames_out_;
-        if (!queue_.empty()) {
-          current_ = std::move(queue_.front());
-          queue_.pop_front();
-          writing_ = true;
-          start = true;
-        }
+        // writing_ stays true until this write's bookkeeping (counters, the credit) is done:
+        // otherwise another thread could Finish the call first, and a client reading Stats
+        // right after the call ended would see the last frame still in flight.
       }
     }
     if (ok) {
@@ -243,6 +244,15 @@ class ProcessReactor final : public grpc::ServerBidiReactor<v1::ProcessRequest, 
       {
         std::lock_guard<std::mutex> l(mu_);
         discard.swap(dropped_queue_);
+        if (ok) {
+          if (!queue_.empty()) {
+            current_ = std::move(queue_.front());
+            queue_.pop_front();
+            start = true;
+          } else {
+            writing_ = false;
+          }
+        }
       }
     }
     if (start) StartWrite(&current_.msg);
@@ -351,9 +361,9 @@ class ProcessReactor final : public grpc::ServerBidiReactor<v1::ProcessRequest, 
       }
       if (!config->stream_id().empty()) o.id = config->stream_id();
       if (config->max_in_flight() > svc_->options_.max_stream_in_flight) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "StreamConfig.max_in_flight=", config->max_in_flight(), " is over the server's limit of ",
-            svc_->options_.max_stream_in_flight));
+        return absl::InvalidArgumentError(
+            absl::StrCat("StreamConfig.max_in_flight=", config->max_in_flight(),
+                         " is over the server's limit of ", svc_->options_.max_stream_in_flight));
       }
       if (config->max_in_flight() > 0) o.max_in_flight = config->max_in_flight();
       switch (config->overload()) {
@@ -365,10 +375,9 @@ class ProcessReactor final : public grpc::ServerBidiReactor<v1::ProcessRequest, 
           o.overload = OverloadPolicy::kDropOldest;
           break;
         default:
-          return absl::InvalidArgumentError(
-              absl::StrCat("StreamConfig.overload has unknown value ",
-                           static_cast<int>(config->overload()),
-                           " (expected BLOCK=1 or DROP_OLDEST=2)"));
+          return absl::InvalidArgumentError(absl::StrCat("StreamConfig.overload has unknown value ",
+                                                         static_cast<int>(config->overload()),
+                                                         " (expected BLOCK=1 or DROP_OLDEST=2)"));
       }
       o.frame_timeout = std::chrono::milliseconds(config->frame_timeout_ms());
       include_thumbnail_ = config->include_thumbnail();
@@ -378,7 +387,8 @@ class ProcessReactor final : public grpc::ServerBidiReactor<v1::ProcessRequest, 
     o.on_complete = [this] { OnComplete(); };
     auto s = svc_->pipeline_->OpenStream(o);
     if (!s.ok()) {
-      return absl::UnavailableError(absl::StrCat("server cannot open a stream: ", s.status().message()));
+      return absl::UnavailableError(
+          absl::StrCat("server cannot open a stream: ", s.status().message()));
     }
     stream_ = std::move(s).value();
     stream_id_ = o.id;
@@ -550,12 +560,10 @@ class ProcessReactor final : public grpc::ServerBidiReactor<v1::ProcessRequest, 
         final_ = end_status_;
       } else if (draining_ && (!reads_done_ || not_admitted_ > 0)) {
         final_ = absl::UnavailableError(absl::StrCat(
-            "server is shutting down: every admitted frame was answered (", frames_in_,
-            " frames)",
-            not_admitted_ > 0
-                ? absl::StrCat("; ", not_admitted_, " frame(s) from seq=",
-                               first_not_admitted_seq_, " on were not processed")
-                : std::string(),
+            "server is shutting down: every admitted frame was answered (", frames_in_, " frames)",
+            not_admitted_ > 0 ? absl::StrCat("; ", not_admitted_, " frame(s) from seq=",
+                                             first_not_admitted_seq_, " on were not processed")
+                              : std::string(),
             "; reconnect to continue"));
       } else {
         final_ = absl::OkStatus();
@@ -607,7 +615,7 @@ class ProcessReactor final : public grpc::ServerBidiReactor<v1::ProcessRequest, 
   bool got_frame_ = false;
   bool have_seq_ = false;
   uint64_t last_seq_ = 0;
-  bool pending_ = false;  // a frame was read and waits for a credit (reads paused)
+  bool pending_ = false;     // a frame was read and waits for a credit (reads paused)
   uint64_t expected_bytes_;  // size assumed for the next message (read budget)
   uint64_t reserved_ = 0;    // read budget held: the read in flight or the frame read
   bool admitting_ = false;
@@ -630,9 +638,16 @@ class ProcessReactor final : public grpc::ServerBidiReactor<v1::ProcessRequest, 
   uint64_t frames_out_ = 0;
   uint64_t not_admitted_ = 0;
   uint64_t first_not_admitted_seq_ = 0;
-  uint64_t discarded_ = 0;  // results not written: the client went away
+  uint64_t discarded_ = 0;    // results not written: the client went away
   LatencyHistogram latency_;  // server-side total per result (admitted -> handed to the writer)
 };
+
+std::string FrameService::MakeInstanceId() {
+  char host[256] = {};
+  if (gethostname(host, sizeof(host) - 1) != 0) host[0] = '\0';
+  std::random_device rd;
+  return absl::StrFormat("%s/%d/%08x", host, static_cast<int>(getpid()), rd());
+}
 
 FrameService::FrameService(Pipeline* pipeline, ServiceOptions options, ServiceObserver* observer)
     : pipeline_(pipeline), options_(std::move(options)), observer_(observer) {
@@ -726,15 +741,13 @@ void FrameService::Unregister(ProcessReactor* r) {
 
 void FrameService::IdleLoop() {
   const auto timeout = options_.idle_timeout;
-  const auto tick = std::max<std::chrono::milliseconds>(std::chrono::milliseconds(10),
-                                                        timeout / 4);
+  const auto tick = std::max<std::chrono::milliseconds>(std::chrono::milliseconds(10), timeout / 4);
   std::unique_lock<std::mutex> l(mu_);
   while (!idle_exit_) {
     cv_.wait_for(l, tick, [&] { return idle_exit_; });
     if (idle_exit_) break;
     const int64_t now = NowNanos();
-    const int64_t limit =
-        std::chrono::duration_cast<std::chrono::nanoseconds>(timeout).count();
+    const int64_t limit = std::chrono::duration_cast<std::chrono::nanoseconds>(timeout).count();
     std::vector<ProcessReactor*> expired;
     for (ProcessReactor* r : reactors_) {
       if (r->IdleCandidate(now, limit)) {
@@ -773,6 +786,7 @@ grpc::ServerUnaryReactor* FrameService::GetStats(grpc::CallbackServerContext* co
   s->set_workers(static_cast<uint32_t>(pipeline_->workers()));
   s->set_uptime_seconds(SecondsBetween(started_, Now()));
   s->set_version(options_.version);
+  s->set_instance(instance_);
   auto* reactor = context->DefaultReactor();
   reactor->Finish(grpc::Status::OK);
   return reactor;

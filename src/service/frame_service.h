@@ -12,8 +12,8 @@
 #include <deque>
 #include <mutex>
 #include <set>
-#include <thread>
 #include <string>
+#include <thread>
 
 #include "analysis/decoder.h"
 #include "common/clock.h"
@@ -41,7 +41,7 @@ class ServiceObserver {
 };
 
 struct ServiceOptions {
-  uint32_t default_max_in_flight = 8;   // when StreamConfig.max_in_flight is 0 or absent
+  uint32_t default_max_in_flight = 8;    // when StreamConfig.max_in_flight is 0 or absent
   uint32_t max_stream_in_flight = 1024;  // largest max_in_flight a client may ask for
   uint32_t max_streams = 256;            // concurrent Process calls; beyond: RESOURCE_EXHAUSTED
   DecodeLimits limits;                   // for charging frames against the memory budget
@@ -90,6 +90,8 @@ class FrameService final : public v1::FramePipeline::CallbackService {
   const ServiceOptions options_;
   ServiceObserver* const observer_;
   const TimePoint started_ = Now();
+  const std::string instance_ = MakeInstanceId();
+  static std::string MakeInstanceId();
 
   std::atomic<bool> draining_{false};
   std::atomic<uint64_t> streams_total_{0};

@@ -3,9 +3,8 @@
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
-#include "grpcpp/grpcpp.h"
 #include "grpcpp/generic/generic_stub.h"
-
+#include "grpcpp/grpcpp.h"
 
 namespace framepipe {
 namespace {
@@ -65,8 +64,8 @@ absl::Status CheckHealth(const std::string& target, const std::string& service, 
   while (cq.Next(&tag, &ok)) {
   }
   if (!status.ok()) {
-    return absl::UnavailableError(absl::StrCat("health check of ", target, " failed: ",
-                                               status.error_message(), " (code ",
+    return absl::UnavailableError(absl::StrCat("health check of ", target,
+                                               " failed: ", status.error_message(), " (code ",
                                                static_cast<int>(status.error_code()), ")"));
   }
   std::vector<grpc::Slice> slices;

@@ -88,8 +88,8 @@ void LogLine::Emit() {
     line = "{";
     for (size_t i = 0; i < fields_.size(); ++i) {
       const Field& f = fields_[i];
-      absl::StrAppend(&line, i ? "," : "", "\"", f.key, "\":",
-                      f.quoted ? absl::StrCat("\"", JsonEscape(f.value), "\"") : f.value);
+      absl::StrAppend(&line, i ? "," : "", "\"", f.key,
+                      "\":", f.quoted ? absl::StrCat("\"", JsonEscape(f.value), "\"") : f.value);
     }
     line += "}\n";
   } else {

@@ -61,8 +61,7 @@ prometheus::ClientMetric HistogramMetric(const AtomicHistogram& h,
   for (size_t i = 0; i < cum.size(); ++i) {
     prometheus::ClientMetric::Bucket b;
     b.cumulative_count = cum[i];
-    b.upper_bound =
-        i < h.bounds().size() ? h.bounds()[i] : std::numeric_limits<double>::infinity();
+    b.upper_bound = i < h.bounds().size() ? h.bounds()[i] : std::numeric_limits<double>::infinity();
     m.histogram.bucket.push_back(b);
   }
   m.histogram.sample_count = cum.back();
@@ -73,8 +72,7 @@ prometheus::ClientMetric HistogramMetric(const AtomicHistogram& h,
 }  // namespace
 
 AtomicHistogram::AtomicHistogram(std::vector<double> upper_bounds)
-    : bounds_(std::move(upper_bounds)),
-      buckets_(new std::atomic<uint64_t>[bounds_.size() + 1]) {
+    : bounds_(std::move(upper_bounds)), buckets_(new std::atomic<uint64_t>[bounds_.size() + 1]) {
   for (size_t i = 0; i <= bounds_.size(); ++i) buckets_[i].store(0);
 }
 
@@ -104,8 +102,8 @@ double AtomicHistogram::sum() const {
 }
 
 const char* StageName(Stage s) {
-  static const char* kNames[] = {"queue", "decode", "analyse", "enrich", "reorder", "write",
-                                 "total"};
+  static const char* kNames[] = {"queue",   "decode", "analyse", "enrich",
+                                 "reorder", "write",  "total"};
   return kNames[static_cast<int>(s)];
 }
 
@@ -219,8 +217,7 @@ void Metrics::OnNotAdmitted(uint64_t frames) {
 }
 
 void Metrics::OnResultsDiscarded(uint64_t results) {
-  dropped_[static_cast<int>(DropReason::kClientGone)].fetch_add(results,
-                                                                std::memory_order_relaxed);
+  dropped_[static_cast<int>(DropReason::kClientGone)].fetch_add(results, std::memory_order_relaxed);
 }
 
 std::vector<prometheus::MetricFamily> Metrics::Collect() const {
@@ -315,8 +312,7 @@ std::vector<prometheus::MetricFamily> Metrics::Collect() const {
   {
     auto f = Family("framepipe_build_info", "Version and analysis backend of this server (1).",
                     MetricType::Gauge);
-    f.metric.push_back(
-        Value(1, MetricType::Gauge, {{"backend", backend_}, {"version", version_}}));
+    f.metric.push_back(Value(1, MetricType::Gauge, {{"backend", backend_}, {"version", version_}}));
     out.push_back(std::move(f));
   }
   gauge("framepipe_uptime_seconds", "Seconds since the server started.",

@@ -44,7 +44,7 @@ class AtomicHistogram {
  private:
   std::vector<double> bounds_;
   std::unique_ptr<std::atomic<uint64_t>[]> buckets_;  // per bucket (not cumulative), +Inf last
-  std::atomic<uint64_t> sum_nanos_{0};                 // sum in units of 1e-9
+  std::atomic<uint64_t> sum_nanos_{0};                // sum in units of 1e-9
 };
 
 enum class Stage { kQueue, kDecode, kAnalyse, kEnrich, kReorder, kWrite, kTotal, kCount };

@@ -32,11 +32,11 @@ FrameInput FromProto(pb::Frame* frame) {
   size_t bytes = 0;
   for (const auto& [k, v] : tags) bytes += k.size() + v.size();
   if (tags.size() > kMaxTags) {
-    in.rejection = absl::InvalidArgumentError(absl::StrCat(
-        "frame has ", tags.size(), " tags, over the limit of ", kMaxTags));
+    in.rejection = absl::InvalidArgumentError(
+        absl::StrCat("frame has ", tags.size(), " tags, over the limit of ", kMaxTags));
   } else if (bytes > kMaxTagBytes) {
-    in.rejection = absl::InvalidArgumentError(absl::StrCat(
-        "frame tags total ", bytes, " bytes, over the limit of ", kMaxTagBytes));
+    in.rejection = absl::InvalidArgumentError(
+        absl::StrCat("frame tags total ", bytes, " bytes, over the limit of ", kMaxTagBytes));
   } else {
     in.tags.reserve(tags.size());
     for (auto& [k, v] : *frame->mutable_tags()) in.tags.emplace_back(k, std::move(v));
@@ -50,7 +50,8 @@ pb::FrameStatus ToProtoStatus(FrameStatus s) { return static_cast<pb::FrameStatu
 
 FrameStatus FromProtoStatus(pb::FrameStatus s) {
   const int v = static_cast<int>(s);
-  return (v >= 0 && v < kFrameStatusCount) ? static_cast<FrameStatus>(v) : FrameStatus::kUnspecified;
+  return (v >= 0 && v < kFrameStatusCount) ? static_cast<FrameStatus>(v)
+                                           : FrameStatus::kUnspecified;
 }
 
 void ToProto(const FrameResult& r, bool include_thumbnail, pb::FrameResult* out) {
@@ -124,8 +125,8 @@ FrameResult FromProto(const pb::FrameResult& in) {
   r.enrichment.scene_cut = e.scene_cut();
   r.enrichment.motion = e.motion();
   const pb::Timings& t = in.timings();
-  r.timings = {t.queue_us(), t.decode_us(), t.analyse_us(), t.enrich_us(), t.reorder_us(),
-               t.total_us()};
+  r.timings = {t.queue_us(),  t.decode_us(),  t.analyse_us(),
+               t.enrich_us(), t.reorder_us(), t.total_us()};
   for (const auto& [k, v] : in.tags()) r.tags.emplace_back(k, v);
   std::sort(r.tags.begin(), r.tags.end());
   return r;

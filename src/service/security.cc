@@ -24,7 +24,8 @@ class TokenAuthProcessor : public grpc::AuthMetadataProcessor {
                        OutputMetadata* consumed, OutputMetadata* /*response*/) override {
     auto path = md.find(":path");
     if (path != md.end() &&
-        std::string(path->second.data(), path->second.size()).rfind("/grpc.health.v1.Health/", 0) == 0) {
+        std::string(path->second.data(), path->second.size()).rfind("/grpc.health.v1.Health/", 0) ==
+            0) {
       return grpc::Status::OK;
     }
     auto it = md.find("authorization");
@@ -155,8 +156,8 @@ absl::StatusOr<ClientCredentials> MakeClientCredentials(const ClientSecurityOpti
   if (!o.auth_token_file.empty()) {
     auto tokens = ReadTokens(o.auth_token_file);
     if (!tokens.ok()) return tokens.status();
-    out.channel = grpc::CompositeChannelCredentials(
-        out.channel, grpc::AccessTokenCredentials(tokens->front()));
+    out.channel = grpc::CompositeChannelCredentials(out.channel,
+                                                    grpc::AccessTokenCredentials(tokens->front()));
   }
   out.server_name_override = o.tls_server_name;
   return out;

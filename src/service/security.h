@@ -14,10 +14,10 @@
 namespace framepipe {
 
 struct ServerSecurityOptions {
-  std::string tls_cert;        // PEM certificate chain; TLS on when set (with tls_key)
-  std::string tls_key;         // PEM private key
-  std::string tls_client_ca;   // PEM CA bundle: require and verify client certificates (mTLS)
-  std::string auth_token_file; // bearer tokens, one per line: calls must carry one of them
+  std::string tls_cert;         // PEM certificate chain; TLS on when set (with tls_key)
+  std::string tls_key;          // PEM private key
+  std::string tls_client_ca;    // PEM CA bundle: require and verify client certificates (mTLS)
+  std::string auth_token_file;  // bearer tokens, one per line: calls must carry one of them
 };
 
 struct ClientSecurityOptions {

@@ -22,17 +22,17 @@ struct ServerOptions {
   bool metrics_public = false;  // with auth on, keep a 0.0.0.0 metrics address (else loopback)
   std::string health_listen;    // extra plaintext port serving only grpc.health.v1 ("" = none)
   ServerSecurityOptions security;
-  int workers = 0;                     // 0 = hardware threads
-  uint32_t max_in_flight = 8;          // default per-stream window
+  int workers = 0;             // 0 = hardware threads
+  uint32_t max_in_flight = 8;  // default per-stream window
   uint32_t max_stream_in_flight = 1024;
   uint32_t global_max_in_flight = 256;
-  uint64_t max_memory_mb = 0;          // budget for frames in flight (0 = count limits only)
-  std::string backend = "auto";        // auto | cpu | cuda
+  uint64_t max_memory_mb = 0;    // budget for frames in flight (0 = count limits only)
+  std::string backend = "auto";  // auto | cpu | cuda
   int device = 0;
   std::chrono::milliseconds drain_timeout{10000};
   uint32_t max_streams = 256;
   size_t max_receive_message_bytes = 32u << 20;
-  size_t transport_memory_mb = 512;    // gRPC ResourceQuota: buffers of all connections
+  size_t transport_memory_mb = 512;       // gRPC ResourceQuota: buffers of all connections
   size_t stream_window_bytes = 1u << 20;  // HTTP/2 per-stream receive window (no BDP growth)
   std::chrono::milliseconds idle_timeout{0};
   bool intra_frame_parallel = true;
@@ -49,10 +49,10 @@ class Server {
   // Shuts down (without waiting for a drain) if Shutdown() was not called.
   ~Server();
 
-  int port() const;                  // the bound port (useful with --listen 127.0.0.1:0)
-  int metrics_port() const;          // 0 when metrics are disabled
+  int port() const;                            // the bound port (useful with --listen 127.0.0.1:0)
+  int metrics_port() const;                    // 0 when metrics are disabled
   const std::string& metrics_address() const;  // where /metrics is served ("" when disabled)
-  int health_port() const;           // the --health-listen port (0 when none)
+  int health_port() const;                     // the --health-listen port (0 when none)
   const std::string& backend() const;
   const std::string& backend_detail() const;
   int workers() const;

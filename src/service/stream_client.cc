@@ -1,5 +1,6 @@
 #include "service/stream_client.h"
 
+#include <netdb.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -12,14 +13,18 @@
 #include <fstream>
 #include <map>
 #include <mutex>
+#include <set>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "common/clock.h"
 #include "framepipe/v1/framepipe.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
 #include "service/frame_source.h"
+#include "service/log.h"
 #include "service/overlay_writer.h"
 #include "service/proto_convert.h"
 
@@ -158,6 +163,64 @@ std::string StatusText(const grpc::Status& st) {
                  : absl::StrCat(
                        absl::StatusCodeToString(static_cast<absl::StatusCode>(st.error_code())),
                        ": ", st.error_message());
+}
+
+// How many servers a target names: an ipv4:/ipv6: list, or the addresses a dns: name resolves
+// to now (what gRPC's resolver will find); 1 for anything else.
+int CountAddresses(const std::string& target) {
+  if (absl::StartsWith(target, "ipv4:") || absl::StartsWith(target, "ipv6:")) {
+    return 1 + static_cast<int>(std::count(target.begin(), target.end(), ','));
+  }
+  if (!absl::StartsWith(target, "dns:")) return 1;
+  std::string rest = target.substr(4);
+  if (absl::StartsWith(rest, "//")) {  // dns://authority/host:port
+    const size_t slash = rest.find('/', 2);
+    rest = slash == std::string::npos ? "" : rest.substr(slash + 1);
+  } else if (absl::StartsWith(rest, "/")) {
+    rest = rest.substr(1);
+  }
+  std::string host = rest, port = "443";
+  if (absl::StartsWith(rest, "[")) {  // [v6]:port
+    const size_t close = rest.find(']');
+    host = rest.substr(1, close == std::string::npos ? std::string::npos : close - 1);
+    if (close != std::string::npos && close + 2 <= rest.size()) port = rest.substr(close + 2);
+  } else if (const size_t colon = rest.rfind(':'); colon != std::string::npos) {
+    host = rest.substr(0, colon);
+    port = rest.substr(colon + 1);
+  }
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* res = nullptr;
+  if (getaddrinfo(host.c_str(), port.c_str(), &hints, &res) != 0) return 1;
+  std::set<std::string> unique;
+  for (addrinfo* a = res; a; a = a->ai_next) {
+    unique.insert(std::string(reinterpret_cast<const char*>(a->ai_addr), a->ai_addrlen));
+  }
+  freeaddrinfo(res);
+  return std::max<int>(1, static_cast<int>(unique.size()));
+}
+
+// round_robin picks among the servers already connected: streams started while only the first
+// connection is up would all land on that one server and stay there. So before the streams
+// start, probe with GetStats (each call goes to the next connected server) until `expected`
+// different servers (Stats.instance) have answered, or the deadline. Returns how many did.
+int WaitForServers(grpc::Channel* channel, v1::FramePipeline::Stub* stub, int expected,
+                   std::chrono::system_clock::time_point deadline) {
+  if (!channel->WaitForConnected(deadline)) return 0;
+  std::set<std::string> seen;
+  while (static_cast<int>(seen.size()) < expected && std::chrono::system_clock::now() < deadline) {
+    for (int i = 0; i < expected; ++i) {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(deadline);
+      v1::Stats st;
+      if (stub->GetStats(&ctx, v1::GetStatsRequest(), &st).ok()) seen.insert(st.instance());
+    }
+    if (static_cast<int>(seen.size()) < expected) {
+      // The others are still connecting (or down): look again shortly.
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  }
+  return static_cast<int>(seen.size());
 }
 
 class StreamDriver;
@@ -389,6 +452,7 @@ class StreamDriver {
     for (const auto& f : window_) out_.lost_seqs.push_back(SeqOf(f.index));
     window_.clear();
     out_.rpc_status = StatusText(st);
+    if (!st.ok()) out_.failed_calls.push_back(out_.rpc_status);
     if (!st.ok() && Retryable(st.error_code()) && attempts_ <= o_.retries && !source_ended_) {
       const int shift = std::min(attempts_ - 1, 5);
       const auto backoff = std::chrono::milliseconds(std::min(2000, 100 << shift));
@@ -610,6 +674,19 @@ absl::StatusOr<ClientReport> RunStreamClient(const StreamClientOptions& o) {
     args.SetSslTargetNameOverride(creds->server_name_override);
   }
   auto channel = grpc::CreateCustomChannel(o.target, creds->channel, args);
+  const int servers = CountAddresses(o.target);
+  if (servers > 1) {
+    auto probe = v1::FramePipeline::NewStub(channel);
+    const int ready = WaitForServers(channel.get(), probe.get(), servers,
+                                     std::chrono::system_clock::now() + std::chrono::seconds(2));
+    if (ready < servers) {
+      LogLine("client_servers")
+          .Add("target", o.target)
+          .Add("expected", servers)
+          .Add("ready", ready)
+          .Emit();
+    }
+  }
   std::vector<std::unique_ptr<FrameSource>> sources;
   for (int k = 0; k < o.streams; ++k) {
     sources.push_back(sh.make_source(k));
@@ -770,8 +847,8 @@ std::string FormatReport(const ClientReport& r, int show) {
                                           st.rpc_status == "OK" ? "" : ", " + st.rpc_status));
     }
     if (st.retries > 0) {
-      absl::StrAppend(&s,
-                      absl::StrFormat("stream %s: reconnected %d time(s)\n", st.id, st.retries));
+      absl::StrAppend(&s, absl::StrFormat("stream %s: reconnected %d time(s) after: %s\n", st.id,
+                                          st.retries, absl::StrJoin(st.failed_calls, "; ")));
     }
     if (!st.lost_seqs.empty()) {
       absl::StrAppend(&s, absl::StrFormat("stream %s: %d frame(s) lost with a failed connection: "

@@ -60,9 +60,10 @@ struct StreamOutcome {
   bool complete = false;   // as many results as frames sent and the RPC ended OK
   std::string rpc_status;  // "OK" or "CODE: message"
   std::array<int64_t, kFrameStatusCount> by_status{};
-  double seconds = 0;             // call duration
-  double p99_ms = 0;              // this stream's end-to-end p99
-  int retries = 0;                // reconnections after a failed call (--retry)
+  double seconds = 0;                     // call duration
+  double p99_ms = 0;                      // this stream's end-to-end p99
+  int retries = 0;                        // reconnections after a failed call (--retry)
+  std::vector<std::string> failed_calls;  // "CODE: message" of each call that failed
   int64_t dropped_at_source = 0;  // live camera frames dropped because the stream fell behind
   std::string overlay_path;       // --overlay: the video written for this stream
   int64_t overlay_frames = 0;     // frames written into it (one per result)

@@ -17,8 +17,7 @@ struct SyntheticSource::Impl {
   cv::Mat background;
 };
 
-SyntheticSource::SyntheticSource(SyntheticOptions options)
-    : options_(options), impl_(new Impl) {}
+SyntheticSource::SyntheticSource(SyntheticOptions options) : options_(options), impl_(new Impl) {}
 SyntheticSource::~SyntheticSource() { delete impl_; }
 
 Image SyntheticSource::Render(int64_t index) {
