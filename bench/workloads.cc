@@ -24,7 +24,9 @@
 #include "opencv2/imgproc.hpp"
 #include "pipeline/pipeline.h"
 #include "pipeline/standard_stages.h"
+#ifndef FRAMEPIPE_WORKLOADS_NO_METRICS
 #include "service/metrics.h"
+#endif
 
 namespace framepipe::bench {
 
@@ -152,8 +154,12 @@ PipelineRun RunPipeline(const FrameSet& set, const PipelineConfig& c) {
         c.analyzer ? c.analyzer : std::make_shared<CpuAnalyzer>(co);
     stages = MakeStandardStages(analyzer, {});
   }
+#ifndef FRAMEPIPE_WORKLOADS_NO_METRICS
   std::unique_ptr<Metrics> metrics;
   if (c.metrics) metrics = std::make_unique<Metrics>("bench", "cpu", c.workers);
+#else
+  std::unique_ptr<PipelineObserver> metrics;  // gpu_capacity: no metrics library
+#endif
   PipelineOptions po;
   po.workers = c.workers;
   po.global_max_in_flight = 1024;
