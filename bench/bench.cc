@@ -15,8 +15,8 @@
 #include "analysis/cpu/cpu_analyzer.h"
 #include "bench/bench_report.h"
 #include "bench/workloads.h"
-#include "opencv2/core.hpp"
 #include "common/clock.h"
+#include "opencv2/core.hpp"
 #include "service/child_process.h"
 #include "service/log.h"
 #include "service/server.h"
@@ -64,8 +64,8 @@ struct Ctx {
   int repeats = 3;
   Report report;
   int workers;
-  double secs;        // per timed compute run
-  int64_t frames;     // per pipeline run (scaled by frame size)
+  double secs;     // per timed compute run
+  int64_t frames;  // per pipeline run (scaled by frame size)
   bool Want(const std::string& section) const {
     return o->only.empty() || section.find(o->only) != std::string::npos;
   }
@@ -86,32 +86,32 @@ void ComputeAndPipeline(Ctx& c, const FrameSet& set, bool main_size) {
   PipelineConfig uc = pc;
   uc.ordered = false;
   const std::vector<double> m = Interleaved(
-      c.repeats,
-      {[&] {
-         return RunThreads(c.workers, c.secs, [&](int t, int64_t i) {
-           OurChain(set.frames[static_cast<size_t>(t * 7 + i) % set.frames.size()], analyzer);
-         });
-       },
-       [&] {
-         // Parallel across frames, as a competent developer would: OpenCV's own threading off.
-         const int saved = cv::getNumThreads();
-         cv::setNumThreads(1);
-         const double fps = RunThreads(c.workers, c.secs, [&](int t, int64_t i) {
-           StockChain(set.frames[static_cast<size_t>(t * 7 + i) % set.frames.size()]);
-         });
-         cv::setNumThreads(saved);
-         return fps;
-       },
-       [&] { return RunPipeline(set, pc).frames_per_second; },
-       [&] { return RunPipeline(set, uc).frames_per_second; },
-       [&] { return RunNaiveResequencer(set, c.workers, pc.frames, false); }});
+      c.repeats, {[&] {
+                    return RunThreads(c.workers, c.secs, [&](int t, int64_t i) {
+                      OurChain(set.frames[static_cast<size_t>(t * 7 + i) % set.frames.size()],
+                               analyzer);
+                    });
+                  },
+                  [&] {
+                    // Parallel across frames, as a competent developer would: OpenCV's own
+                    // threading off.
+                    const int saved = cv::getNumThreads();
+                    cv::setNumThreads(1);
+                    const double fps = RunThreads(c.workers, c.secs, [&](int t, int64_t i) {
+                      StockChain(set.frames[static_cast<size_t>(t * 7 + i) % set.frames.size()]);
+                    });
+                    cv::setNumThreads(saved);
+                    return fps;
+                  },
+                  [&] { return RunPipeline(set, pc).frames_per_second; },
+                  [&] { return RunPipeline(set, uc).frames_per_second; },
+                  [&] { return RunNaiveResequencer(set, c.workers, pc.frames, false); }});
   const double ideal = m[0], stock = m[1], naive = m[4];
   PipelineRun ordered, unordered;
   ordered.frames_per_second = m[2];
   unordered.frames_per_second = m[3];
   c.report.Add(sec, "ideal: our decode+analysis+enrichment on plain threads", ideal, "frames/s");
-  c.report.Add(sec, "stock ceiling: the same definitions as stock OpenCV calls", stock,
-               "frames/s");
+  c.report.Add(sec, "stock ceiling: the same definitions as stock OpenCV calls", stock, "frames/s");
   c.report.Add(sec, "pipeline, ordered (resequencer on)", ordered.frames_per_second, "frames/s");
   c.report.Add(sec, "pipeline, unordered (resequencer bypassed)", unordered.frames_per_second,
                "frames/s");
@@ -120,19 +120,21 @@ void ComputeAndPipeline(Ctx& c, const FrameSet& set, bool main_size) {
   c.report.Add(sec, "ordered / ideal", ordered.frames_per_second / ideal, "x");
   c.report.Add(sec, "ordered / stock ceiling", ordered.frames_per_second / stock, "x");
   if (main_size) {
-    c.report.AddTarget({"ordered pipeline >= 0.97 x our ideal (1280x720 JPEG)",
-                        ordered.frames_per_second / ideal, 0.97, false,
-                        absl::StrFormat("%.1f vs %.1f frames/s", ordered.frames_per_second, ideal)});
-    c.report.AddTarget({"ordered pipeline >= 1.2 x stock OpenCV ceiling (1280x720 JPEG)",
-                        ordered.frames_per_second / stock, 1.2, false,
-                        absl::StrFormat("%.1f vs %.1f frames/s", ordered.frames_per_second, stock)});
+    c.report.AddTarget(
+        {"ordered pipeline >= 0.97 x our ideal (1280x720 JPEG)", ordered.frames_per_second / ideal,
+         0.97, false, absl::StrFormat("%.1f vs %.1f frames/s", ordered.frames_per_second, ideal)});
+    c.report.AddTarget(
+        {"ordered pipeline >= 1.2 x stock OpenCV ceiling (1280x720 JPEG)",
+         ordered.frames_per_second / stock, 1.2, false,
+         absl::StrFormat("%.1f vs %.1f frames/s", ordered.frames_per_second, stock)});
     c.report.AddTarget({"ordered >= 0.98 x unordered (same graph, 1280x720 JPEG)",
                         ordered.frames_per_second / unordered.frames_per_second, 0.98, false,
                         absl::StrFormat("%.1f vs %.1f frames/s", ordered.frames_per_second,
                                         unordered.frames_per_second)});
-    c.report.AddTarget({"in-process pipeline >= 1.0 x naive C++ baseline (1280x720 JPEG)",
-                        ordered.frames_per_second / naive, 1.0, false,
-                        absl::StrFormat("%.1f vs %.1f frames/s", ordered.frames_per_second, naive)});
+    c.report.AddTarget(
+        {"in-process pipeline >= 1.0 x naive C++ baseline (1280x720 JPEG)",
+         ordered.frames_per_second / naive, 1.0, false,
+         absl::StrFormat("%.1f vs %.1f frames/s", ordered.frames_per_second, naive)});
   }
 }
 
@@ -155,20 +157,19 @@ void GraphOverhead(Ctx& c) {
   PipelineConfig pc4 = pc;
   pc4.streams = 4;
   pc4.frames = n / 4;
-  const std::vector<double> m = Interleaved(
-      c.repeats + 2, {[&] { return RunPipeline(tiny, pc).frames_per_second; },
-                      [&] { return RunPipeline(tiny, pc4).frames_per_second; },
-                      [&] { return RunPlainTbbGraph(workers, n); },
-                      [&] { return RunNaiveResequencer(tiny, workers, n, true); }});
+  const std::vector<double> m =
+      Interleaved(c.repeats + 2, {[&] { return RunPipeline(tiny, pc).frames_per_second; },
+                                  [&] { return RunPipeline(tiny, pc4).frames_per_second; },
+                                  [&] { return RunPlainTbbGraph(workers, n); },
+                                  [&] { return RunNaiveResequencer(tiny, workers, n, true); }});
   const double us1 = 1e6 / m[0], us4 = 1e6 / m[1], tbb = m[2], naive = m[3];
-  c.report.Add(sec, absl::StrCat("framepipe graph, 1 stream, ", workers,
-                                 " worker(s) + 1 producer thread"),
-               us1, "us/frame");
+  c.report.Add(
+      sec, absl::StrCat("framepipe graph, 1 stream, ", workers, " worker(s) + 1 producer thread"),
+      us1, "us/frame");
   c.report.Add(sec, "framepipe graph, 4 streams", us4, "us/frame");
   c.report.Add(sec, "plain oneTBB: limiter(32) -> 3 nodes -> sequencer -> serial sink", 1e6 / tbb,
                "us/frame");
-  c.report.Add(sec, "naive C++: queue -> threads -> std::map resequencer", 1e6 / naive,
-               "us/frame");
+  c.report.Add(sec, "naive C++: queue -> threads -> std::map resequencer", 1e6 / naive, "us/frame");
   c.report.AddTarget({"graph overhead <= 2 us/frame (trivial bodies, credits, per-stream order)",
                       std::max(us1, us4), 2.0, true,
                       absl::StrFormat("1 stream %.2f us, 4 streams %.2f us; plain oneTBB %.2f us",
@@ -196,11 +197,11 @@ void MetricsCost(Ctx& c, const FrameSet& set) {
   tc.max_in_flight = 64;
   PipelineConfig tm = tc;
   tm.metrics = true;
-  const std::vector<double> m = Interleaved(
-      c.repeats, {[&] { return RunPipeline(set, pc).frames_per_second; },
-                  [&] { return RunPipeline(set, pm).frames_per_second; },
-                  [&] { return RunPipeline(tiny, tc).frames_per_second; },
-                  [&] { return RunPipeline(tiny, tm).frames_per_second; }});
+  const std::vector<double> m =
+      Interleaved(c.repeats, {[&] { return RunPipeline(set, pc).frames_per_second; },
+                              [&] { return RunPipeline(set, pm).frames_per_second; },
+                              [&] { return RunPipeline(tiny, tc).frames_per_second; },
+                              [&] { return RunPipeline(tiny, tm).frames_per_second; }});
   PipelineRun off, on, toff, ton;
   off.frames_per_second = m[0];
   on.frames_per_second = m[1];
@@ -275,26 +276,25 @@ void EndToEnd(Ctx& c) {
   pc.frames = n;
   pc.max_in_flight = static_cast<uint32_t>(4 * c.workers);
   ClientReport one, four;
-  const std::vector<double> m = Interleaved(
-      c.repeats,
-      {[&] {
-         ClientReport r = MustRun(ClientFor(port, jpeg, 1, n));
-         if (r.frames_per_second >= one.frames_per_second) one = r;
-         return r.frames_per_second;
-       },
-       [&] {
-         ClientReport r = MustRun(ClientFor(port, jpeg, 4, std::max<int64_t>(n / 4, 20)));
-         if (four.latencies_ms.empty()) four = r;
-         return r.frames_per_second;
-       },
-       [&] { return RunPipeline(jpeg, pc).frames_per_second; },
-       [&] { return RunNaiveResequencer(jpeg, c.workers, n, false); }});
+  const std::vector<double> m =
+      Interleaved(c.repeats, {[&] {
+                                ClientReport r = MustRun(ClientFor(port, jpeg, 1, n));
+                                if (r.frames_per_second >= one.frames_per_second) one = r;
+                                return r.frames_per_second;
+                              },
+                              [&] {
+                                ClientReport r =
+                                    MustRun(ClientFor(port, jpeg, 4, std::max<int64_t>(n / 4, 20)));
+                                if (four.latencies_ms.empty()) four = r;
+                                return r.frames_per_second;
+                              },
+                              [&] { return RunPipeline(jpeg, pc).frames_per_second; },
+                              [&] { return RunNaiveResequencer(jpeg, c.workers, n, false); }});
   one.frames_per_second = m[0];
   four.frames_per_second = m[1];
   const double inproc = m[2], naive = m[3];
   c.report.Add(sec, "1280x720 JPEG, 1 stream, max throughput", one.frames_per_second, "frames/s");
-  c.report.Add(sec, "1280x720 JPEG, 4 streams, max throughput", four.frames_per_second,
-               "frames/s");
+  c.report.Add(sec, "1280x720 JPEG, 4 streams, max throughput", four.frames_per_second, "frames/s");
   c.report.Add(sec, "  4 streams: latency p50", four.p50_ms, "ms");
   c.report.Add(sec, "  4 streams: latency p99", four.p99_ms, "ms");
   // Unloaded single-frame service time: one frame at a time, far below capacity.
@@ -302,15 +302,14 @@ void EndToEnd(Ctx& c) {
   lone.fps = 5;
   lone.max_in_flight = 1;
   const ClientReport unloaded = MustRun(lone);
-  c.report.Add(sec, "unloaded single-frame service time (p50, 5 frames/s)", unloaded.p50_ms,
-               "ms");
+  c.report.Add(sec, "unloaded single-frame service time (p50, 5 frames/s)", unloaded.p50_ms, "ms");
   ClientReport at50;
   for (double load : {0.5, 0.8}) {
     StreamClientOptions paced = ClientFor(port, jpeg, 4, c.o->quick ? 60 : 200);
     paced.fps = load * four.frames_per_second / 4;
     const ClientReport r = MustRun(paced);
-    const std::string tag = absl::StrFormat("paced at %.0f%% (4 x %.1f frames/s)", load * 100,
-                                            paced.fps);
+    const std::string tag =
+        absl::StrFormat("paced at %.0f%% (4 x %.1f frames/s)", load * 100, paced.fps);
     c.report.Add(sec, tag + ": p50", r.p50_ms, "ms");
     c.report.Add(sec, tag + ": p99", r.p99_ms, "ms");
     c.report.Add(sec, tag + ": p99.9", r.p999_ms, "ms");
@@ -330,8 +329,7 @@ void EndToEnd(Ctx& c) {
   c.report.Add("gRPC peers", "framepipe, 1280x720 JPEG, 4 streams", four.frames_per_second,
                "frames/s");
   FrameSet small = MakeFrameSet(320, 240, Encoding::kRaw, 16);
-  const ClientReport small_fp =
-      MustRun(ClientFor(port, small, 4, c.o->quick ? 400 : 1500));
+  const ClientReport small_fp = MustRun(ClientFor(port, small, 4, c.o->quick ? 400 : 1500));
   c.report.Add("gRPC peers", "framepipe, 320x240 raw, 4 streams", small_fp.frames_per_second,
                "frames/s");
   c.report.AddTarget({"end-to-end gRPC >= 1.0 x naive C++ baseline (in-process!, 1280x720 JPEG)",
@@ -344,7 +342,8 @@ void PythonPeer(Ctx& c) {
   const std::string script = FRAMEPIPE_SOURCE_DIR "/bench/baselines/python_server.py";
   ChildProcess py({c.o->python, script, "--port", "0", "--workers", std::to_string(c.workers)},
                   {std::string("FRAMEPIPE_PY_GEN=") + FRAMEPIPE_PY_GEN_DIR});
-  const int port = py.WaitForPort(std::chrono::seconds(30), "python_server listening port=([0-9]+)");
+  const int port =
+      py.WaitForPort(std::chrono::seconds(30), "python_server listening port=([0-9]+)");
   if (port == 0) {
     std::fprintf(stderr, "bench: the Python peer did not start: %s\n", py.output().c_str());
     return;
@@ -435,8 +434,9 @@ void Gpu(Ctx& c) {
       pc.frames = std::max<int64_t>(40, c.FramesFor(set) * c.workers / 8);
       PipelineConfig cpu = pc;
       pc.analyzer = a;
-      const auto fps = Interleaved(c.repeats, {[&] { return RunPipeline(set, pc).frames_per_second; },
-                                               [&] { return RunPipeline(set, cpu).frames_per_second; }});
+      const auto fps =
+          Interleaved(c.repeats, {[&] { return RunPipeline(set, pc).frames_per_second; },
+                                  [&] { return RunPipeline(set, cpu).frames_per_second; }});
       c.report.Add(sec, set.name + ": CUDA backend, ordered pipeline, 4 streams", fps[0],
                    "frames/s");
       c.report.Add(sec, set.name + ": CPU backend, same host", fps[1], "frames/s");

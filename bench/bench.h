@@ -9,12 +9,12 @@
 namespace framepipe::bench {
 
 struct BenchOptions {
-  bool quick = false;          // < 2 minutes; the full run < 15
-  std::string json_path;       // write results as JSON
-  std::string plot_dir;        // write PNG plots there
-  int workers = 0;             // 0 = hardware threads
-  std::string only;            // run only sections whose name contains this
-  std::string self_binary;     // path of the framepipe binary (for server child processes)
+  bool quick = false;       // < 2 minutes; the full run < 15
+  std::string json_path;    // write results as JSON
+  std::string plot_dir;     // write PNG plots there
+  int workers = 0;          // 0 = hardware threads
+  std::string only;         // run only sections whose name contains this
+  std::string self_binary;  // path of the framepipe binary (for server child processes)
   std::string python = "/usr/bin/python3";
 };
 

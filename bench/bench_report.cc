@@ -56,9 +56,9 @@ std::string Report::Table() const {
   if (!targets_.empty()) {
     absl::StrAppend(&out, "\nTargets (measured / target)\n");
     for (const auto& t : targets_) {
-      absl::StrAppend(&out, absl::StrFormat("  %-11s %-58s %8.3f / %s%.3f\n",
-                                            t.pass() ? "PASS" : "FALL SHORT", t.name, t.measured,
-                                            t.at_most ? "<= " : ">= ", t.target));
+      absl::StrAppend(
+          &out, absl::StrFormat("  %-11s %-58s %8.3f / %s%.3f\n", t.pass() ? "PASS" : "FALL SHORT",
+                                t.name, t.measured, t.at_most ? "<= " : ">= ", t.target));
       if (!t.detail.empty()) absl::StrAppend(&out, "              ", t.detail, "\n");
     }
   }
@@ -76,11 +76,10 @@ std::string Report::Json(const std::string& machine) const {
   absl::StrAppend(&out, "],\"targets\":[");
   for (size_t i = 0; i < targets_.size(); ++i) {
     const auto& t = targets_[i];
-    absl::StrAppend(&out, i ? "," : "", "{\"name\":", bench::Json(t.name),
-                    ",\"measured\":", Num(t.measured), ",\"target\":", Num(t.target),
-                    ",\"at_most\":", t.at_most ? "true" : "false",
-                    ",\"pass\":", t.pass() ? "true" : "false",
-                    ",\"detail\":", bench::Json(t.detail), "}");
+    absl::StrAppend(
+        &out, i ? "," : "", "{\"name\":", bench::Json(t.name), ",\"measured\":", Num(t.measured),
+        ",\"target\":", Num(t.target), ",\"at_most\":", t.at_most ? "true" : "false",
+        ",\"pass\":", t.pass() ? "true" : "false", ",\"detail\":", bench::Json(t.detail), "}");
   }
   absl::StrAppend(&out, "],\"latencies_ms\":{");
   for (size_t i = 0; i < latencies_.size(); ++i) {

@@ -61,8 +61,7 @@ double FramesPerSecond(int threads, double seconds, Fn&& analyze_one) {
   std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
   stop = true;
   for (auto& t : ts) t.join();
-  const double secs =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return static_cast<double>(frames.load()) / secs;
 }
 
@@ -87,7 +86,8 @@ int main(int argc, char** argv) {
   const size_t px = static_cast<size_t>(w) * h;
   std::mt19937 rng(1);
   Image frame = Image::Allocate(w, h, PixelFormat::kBgr8);
-  for (size_t i = 0; i < frame.byte_size(); ++i) frame.mutable_data()[i] = static_cast<uint8_t>(rng());
+  for (size_t i = 0; i < frame.byte_size(); ++i)
+    frame.mutable_data()[i] = static_cast<uint8_t>(rng());
 
   uint8_t *d_src, *d_luma, *d_thumb, *h_pinned;
   size_t src_pitch, luma_pitch;
@@ -108,29 +108,43 @@ int main(int argc, char** argv) {
     rows.push_back({name, ms, bytes / (ms * 1e-3) / 1e9});
   };
   add("fused luma+histogram+sums (read BGR, write luma)",
-      TimeKernelMs([&] {
-        kernels::LaunchLumaStats(d_src, src_pitch, w, h, 3, false, d_luma, luma_pitch, d_sums, nullptr);
-      }, iters),
+      TimeKernelMs(
+          [&] {
+            kernels::LaunchLumaStats(d_src, src_pitch, w, h, 3, false, d_luma, luma_pitch, d_sums,
+                                     nullptr);
+          },
+          iters),
       px * 4.0);
   add("luma only (read BGR, write luma)",
-      TimeKernelMs([&] { kernels::LaunchLuma(d_src, src_pitch, w, h, 3, false, d_luma, luma_pitch, nullptr); }, iters),
+      TimeKernelMs(
+          [&] {
+            kernels::LaunchLuma(d_src, src_pitch, w, h, 3, false, d_luma, luma_pitch, nullptr);
+          },
+          iters),
       px * 4.0);
   add("histogram (read luma)",
-      TimeKernelMs([&] { kernels::LaunchHistogram(d_luma, luma_pitch, w, h, d_sums, nullptr); }, iters),
+      TimeKernelMs([&] { kernels::LaunchHistogram(d_luma, luma_pitch, w, h, d_sums, nullptr); },
+                   iters),
       px * 1.0);
   add("mean/stddev sums (read luma)",
-      TimeKernelMs([&] { kernels::LaunchMeanStd(d_luma, luma_pitch, w, h, d_sums, nullptr); }, iters),
+      TimeKernelMs([&] { kernels::LaunchMeanStd(d_luma, luma_pitch, w, h, d_sums, nullptr); },
+                   iters),
       px * 1.0);
   add("Laplacian variance + Sobel count (read luma)",
-      TimeKernelMs([&] { kernels::LaunchGradients(d_luma, luma_pitch, w, h, d_sums, nullptr); }, iters),
+      TimeKernelMs([&] { kernels::LaunchGradients(d_luma, luma_pitch, w, h, d_sums, nullptr); },
+                   iters),
       px * 1.0);
   add("64x64 area thumbnail (read luma)",
-      TimeKernelMs([&] { kernels::LaunchThumbnail(d_luma, luma_pitch, w, h, d_thumb, nullptr); }, iters),
+      TimeKernelMs([&] { kernels::LaunchThumbnail(d_luma, luma_pitch, w, h, d_thumb, nullptr); },
+                   iters),
       px * 1.0);
   add("H2D copy of the BGR frame (pinned)",
-      TimeKernelMs([&] {
-        cudaMemcpy2DAsync(d_src, src_pitch, h_pinned, w * 3, w * 3, h, cudaMemcpyHostToDevice, nullptr);
-      }, 50),
+      TimeKernelMs(
+          [&] {
+            cudaMemcpy2DAsync(d_src, src_pitch, h_pinned, w * 3, w * 3, h, cudaMemcpyHostToDevice,
+                              nullptr);
+          },
+          50),
       px * 3.0);
   cudaError_t err = cudaDeviceSynchronize();
 

@@ -45,8 +45,8 @@ int main(int argc, char** argv) {
               device.c_str(), workers, repeats);
   std::printf("%-22s %12s %12s %14s %8s\n", "frames", "CUDA fps", "CPU fps", "CPU fps/worker",
               "CUDA/CPU");
-  std::string json = absl::StrFormat("{\"device\":\"%s\",\"workers\":%d,\"results\":[", device,
-                                     workers);
+  std::string json =
+      absl::StrFormat("{\"device\":\"%s\",\"workers\":%d,\"results\":[", device, workers);
   bool first = true;
   for (auto [w, h] : {std::pair{640, 480}, {1280, 720}, {1920, 1080}}) {
     for (Encoding e : {Encoding::kJpeg, Encoding::kRaw}) {

@@ -41,7 +41,8 @@ FrameSet MakeFrameSet(int width, int height, Encoding encoding, int count) {
   set.width = width;
   set.height = height;
   set.encoding = encoding;
-  set.name = absl::StrCat(width, "x", height, encoding == Encoding::kJpeg ? " JPEG q90" : " raw BGR");
+  set.name =
+      absl::StrCat(width, "x", height, encoding == Encoding::kJpeg ? " JPEG q90" : " raw BGR");
   SyntheticSource src({width, height, 90, 7});
   for (int i = 0; i < count; ++i) {
     Image img = src.Render(i * 3);

@@ -45,9 +45,9 @@ struct PipelineConfig {
   bool ordered = true;
   bool trivial_stages = false;  // copy a few bytes instead of decoding/analysing
   bool intra_frame_parallel = false;
-  bool metrics = false;          // a Prometheus Metrics observer attached
+  bool metrics = false;                // a Prometheus Metrics observer attached
   std::shared_ptr<Analyzer> analyzer;  // null: CPU
-  int64_t frames = 1000;         // per stream
+  int64_t frames = 1000;               // per stream
 };
 
 // The in-process pipeline with producer threads submitting as fast as credits allow.

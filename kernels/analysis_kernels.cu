@@ -40,7 +40,8 @@ int GridFor(int rows) {
   cudaGetDevice(&device);
   int sms = device >= 0 && device < 64 ? sm_count[device] : 0;
   if (sms == 0) {
-    if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) sms = 80;
+    if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess)
+      sms = 80;
     if (device >= 0 && device < 64) sm_count[device] = sms;
   }
   const int blocks = sms * 8;
@@ -133,8 +134,8 @@ __global__ void ThumbnailKernel(const uint8_t* __restrict__ luma, size_t pitch, 
   unsigned long long acc = 0;
   for (int k = lane; k < n; k += 32) {
     const int x = x0 + k % rw, y = y0 + k / rw;
-    const uint64_t wgt = static_cast<uint64_t>(ThumbWeight(x, j, w)) *
-                         static_cast<uint64_t>(ThumbWeight(y, l, h));
+    const uint64_t wgt =
+        static_cast<uint64_t>(ThumbWeight(x, j, w)) * static_cast<uint64_t>(ThumbWeight(y, l, h));
     acc += wgt * luma[static_cast<size_t>(y) * pitch + x];
   }
   acc = WarpSum(acc);
@@ -163,20 +164,18 @@ cudaError_t LaunchLumaStats(const uint8_t* src, size_t src_pitch, int w, int h, 
 
 cudaError_t LaunchLuma(const uint8_t* src, size_t src_pitch, int w, int h, int channels, bool rgb,
                        uint8_t* luma, size_t luma_pitch, cudaStream_t stream) {
-  return LaunchLumaPass<false, false, true>(src, src_pitch, w, h, channels, rgb, luma,
-                                            luma_pitch, nullptr, stream);
+  return LaunchLumaPass<false, false, true>(src, src_pitch, w, h, channels, rgb, luma, luma_pitch,
+                                            nullptr, stream);
 }
 
 cudaError_t LaunchHistogram(const uint8_t* luma, size_t pitch, int w, int h, FrameSums* sums,
                             cudaStream_t stream) {
-  return LaunchLumaPass<true, false, false>(luma, pitch, w, h, 1, false, nullptr, 0, sums,
-                                            stream);
+  return LaunchLumaPass<true, false, false>(luma, pitch, w, h, 1, false, nullptr, 0, sums, stream);
 }
 
 cudaError_t LaunchMeanStd(const uint8_t* luma, size_t pitch, int w, int h, FrameSums* sums,
                           cudaStream_t stream) {
-  return LaunchLumaPass<false, true, false>(luma, pitch, w, h, 1, false, nullptr, 0, sums,
-                                            stream);
+  return LaunchLumaPass<false, true, false>(luma, pitch, w, h, 1, false, nullptr, 0, sums, stream);
 }
 
 cudaError_t LaunchGradients(const uint8_t* luma, size_t pitch, int w, int h, FrameSums* sums,

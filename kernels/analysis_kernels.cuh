@@ -31,8 +31,8 @@ cudaError_t LaunchLuma(const uint8_t* src, size_t src_pitch, int width, int heig
                        bool rgb, uint8_t* luma, size_t luma_pitch, cudaStream_t stream);
 cudaError_t LaunchHistogram(const uint8_t* luma, size_t pitch, int width, int height,
                             FrameSums* sums, cudaStream_t stream);
-cudaError_t LaunchMeanStd(const uint8_t* luma, size_t pitch, int width, int height,
-                          FrameSums* sums, cudaStream_t stream);
+cudaError_t LaunchMeanStd(const uint8_t* luma, size_t pitch, int width, int height, FrameSums* sums,
+                          cudaStream_t stream);
 
 // 3x3 Laplacian sums (variance) and the Sobel threshold count over a luma plane; both read the
 // same neighbourhood, so one kernel computes them. Reflect-101 borders as OpenCV.

@@ -17,7 +17,8 @@ inline constexpr int kThumb = 64;
 inline constexpr int kEdgeThreshold2 = 64 * 64;
 
 // BT.601 luma in the fixed point of OpenCV's 8-bit BGR2GRAY (15-bit weights summing to
-// 2^15, verified equal to cv::cvtColor on all 2^24 colours): (3735 B + 19235 G + 9798 R + 2^14) >> 15.
+// 2^15, verified equal to cv::cvtColor on all 2^24 colours): (3735 B + 19235 G + 9798 R + 2^14)
+// >> 15.
 FP_HD uint32_t LumaOf(uint32_t b, uint32_t g, uint32_t r) {
   return (b * 3735u + g * 19235u + r * 9798u + 16384u) >> 15;
 }
@@ -55,7 +56,9 @@ FP_HD Gradient GradientAt(const uint8_t* luma, size_t pitch, int w, int h, int x
 // Thumbnail output pixel j (of 64) along an axis of n source pixels covers [j*n/64, (j+1)*n/64).
 // In units of 1/64 source pixel the bounds are the integers j*n and (j+1)*n, so the overlap of
 // source pixel i with it is an integer weight in [0, 64].
-FP_HD int ThumbFirst(int j, int n) { return static_cast<int>((static_cast<int64_t>(j) * n) / kThumb); }
+FP_HD int ThumbFirst(int j, int n) {
+  return static_cast<int>((static_cast<int64_t>(j) * n) / kThumb);
+}
 FP_HD int ThumbEnd(int j, int n) {  // exclusive
   return static_cast<int>((static_cast<int64_t>(j + 1) * n + kThumb - 1) / kThumb);
 }

@@ -81,9 +81,9 @@ std::vector<double> NaiveThumbnail(const cv::Mat& luma) {
 }
 
 void ExpectMatchesReference(const Image& img, bool parallel) {
-  SCOPED_TRACE(::testing::Message() << img.width() << "x" << img.height() << " "
-                                    << PixelFormatName(img.format())
-                                    << (parallel ? " banded" : ""));
+  SCOPED_TRACE(::testing::Message()
+               << img.width() << "x" << img.height() << " " << PixelFormatName(img.format())
+               << (parallel ? " banded" : ""));
   CpuAnalyzerOptions opt;
   opt.intra_frame_parallel = parallel;
   opt.parallel_min_pixels = 1;
@@ -114,9 +114,9 @@ void ExpectMatchesReference(const Image& img, bool parallel) {
 }
 
 TEST(CpuAnalyzerTest, MatchesOpenCvOnRandomImagesOfManySizes) {
-  const int sizes[][2] = {{1, 1},     {2, 3},    {3, 2},    {7, 1},    {1, 7},     {5, 5},
-                          {63, 64},   {64, 64},  {65, 63},  {127, 97}, {320, 240}, {641, 479},
-                          {1280, 720}, {333, 1000}};
+  const int sizes[][2] = {{1, 1},     {2, 3},     {3, 2},      {7, 1},     {1, 7},
+                          {5, 5},     {63, 64},   {64, 64},    {65, 63},   {127, 97},
+                          {320, 240}, {641, 479}, {1280, 720}, {333, 1000}};
   uint32_t seed = 1;
   for (auto& s : sizes) {
     for (PixelFormat f : {PixelFormat::kBgr8, PixelFormat::kRgb8, PixelFormat::kGray8}) {
@@ -134,7 +134,8 @@ TEST(CpuAnalyzerTest, ScalarReferenceLumaEqualsOpenCvOnAllColours) {
     for (int g = 0; g < 256; ++g) {
       for (int b = 0; b < 256; ++b) {
         uint8_t* p = img.mutable_row(g) + 3 * b;
-        p[0] = static_cast<uint8_t>(b), p[1] = static_cast<uint8_t>(g), p[2] = static_cast<uint8_t>(r);
+        p[0] = static_cast<uint8_t>(b), p[1] = static_cast<uint8_t>(g),
+        p[2] = static_cast<uint8_t>(r);
       }
     }
     cpu::Luma(img, 0, 256, &luma);
@@ -184,9 +185,8 @@ TEST(CpuAnalyzerTest, HandComputedFlatImages) {
 TEST(CpuAnalyzerTest, HandComputedCheckerboard) {
   // 1-pixel checkerboard of 0/255: the Laplacian is +-1020 everywhere (reflect-101 borders see
   // the opposite colour too), mean 0, so its variance is 1020^2; Sobel cancels to 0.
-  Image img = MakeImage(64, 48, PixelFormat::kGray8, [](int x, int y, uint8_t* p) {
-    *p = ((x + y) % 2) ? 255 : 0;
-  });
+  Image img = MakeImage(64, 48, PixelFormat::kGray8,
+                        [](int x, int y, uint8_t* p) { *p = ((x + y) % 2) ? 255 : 0; });
   Analysis a = AnalyzeCpu(img);
   EXPECT_DOUBLE_EQ(a.mean_luma, 127.5);
   EXPECT_DOUBLE_EQ(a.stddev_luma, 127.5);
@@ -199,9 +199,8 @@ TEST(CpuAnalyzerTest, HandComputedCheckerboard) {
 TEST(CpuAnalyzerTest, HandComputedRamp) {
   // luma = x on a 256-wide ramp: Laplacian 0 inside, +2 at x=0 and -2 at x=255 (reflect-101):
   // per row sum 0, sum of squares 8, so variance 8/256; Sobel gx = 8 < 64: no edges.
-  Image img = MakeImage(256, 10, PixelFormat::kGray8, [](int x, int, uint8_t* p) {
-    *p = static_cast<uint8_t>(x);
-  });
+  Image img = MakeImage(256, 10, PixelFormat::kGray8,
+                        [](int x, int, uint8_t* p) { *p = static_cast<uint8_t>(x); });
   Analysis a = AnalyzeCpu(img);
   EXPECT_DOUBLE_EQ(a.mean_luma, 127.5);
   EXPECT_DOUBLE_EQ(a.sharpness, 8.0 / 256.0);
@@ -214,9 +213,8 @@ TEST(CpuAnalyzerTest, HandComputedRamp) {
 TEST(CpuAnalyzerTest, HandComputedEdges) {
   // A vertical step from 0 to 255 at x=32: Sobel |gx| = 4*255 on the two columns beside the step,
   // so exactly 2 of 64 columns are edges.
-  Image img = MakeImage(64, 16, PixelFormat::kGray8, [](int x, int, uint8_t* p) {
-    *p = x < 32 ? 0 : 255;
-  });
+  Image img =
+      MakeImage(64, 16, PixelFormat::kGray8, [](int x, int, uint8_t* p) { *p = x < 32 ? 0 : 255; });
   Analysis a = AnalyzeCpu(img);
   EXPECT_DOUBLE_EQ(a.edge_density, 2.0 / 64.0);
 }

@@ -127,9 +127,8 @@ TEST(DecoderTest, DecodesJpegPngAndRaw) {
     EXPECT_EQ(cv::norm(AsMat(mine), theirs, cv::NORM_INF), 0.0) << "quality " << q;
   }
   // Gray PNG stays one channel.
-  Image gray = MakeImage(33, 17, PixelFormat::kGray8, [](int x, int y, uint8_t* p) {
-    *p = static_cast<uint8_t>(x * 7 + y);
-  });
+  Image gray = MakeImage(33, 17, PixelFormat::kGray8,
+                         [](int x, int y, uint8_t* p) { *p = static_cast<uint8_t>(x * 7 + y); });
   Image out;
   ASSERT_TRUE(DecodeFrame(Encoded(Encode(gray, Encoding::kPng)), {}, &out).ok());
   EXPECT_EQ(out.format(), PixelFormat::kGray8);

@@ -59,9 +59,8 @@ TEST(EnrichTest, DominantColourMatchesNaiveCount) {
 TEST(EnrichTest, FastCornersMatchOpenCv) {
   for (uint32_t seed : {1u, 2u}) {
     Image img = BlobImage(320, 240, seed);
-    Image luma = MakeImage(320, 240, PixelFormat::kGray8, [&](int x, int y, uint8_t* p) {
-      *p = img.row(y)[x * 3 + 1];
-    });
+    Image luma = MakeImage(320, 240, PixelFormat::kGray8,
+                           [&](int x, int y, uint8_t* p) { *p = img.row(y)[x * 3 + 1]; });
     std::vector<cv::KeyPoint> kps;
     cv::FAST(AsMat(luma), kps, 20, true);
     EXPECT_EQ(CountFastCorners(luma, 20), kps.size());

@@ -7,8 +7,8 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
-#include <thread>
 #include <random>
+#include <thread>
 #include <vector>
 
 #include "analysis/cpu/luma_ops.h"
@@ -18,9 +18,9 @@
 namespace framepipe {
 namespace {
 
-#define SKIP_WITHOUT_GPU()                                      \
-  do {                                                          \
-    std::string why;                                            \
+#define SKIP_WITHOUT_GPU()                                             \
+  do {                                                                 \
+    std::string why;                                                   \
     if (!CudaDeviceAvailable(&why)) GTEST_SKIP() << "no GPU: " << why; \
   } while (false)
 
@@ -40,13 +40,23 @@ Image Pattern(int w, int h, PixelFormat f, int kind) {
     for (int x = 0; x < w; ++x) {
       uint8_t v;
       switch (kind) {
-        case 0: v = 0; break;                                           // black
-        case 1: v = 255; break;                                         // white
-        case 2: v = 100; break;                                         // flat
-        case 3: v = ((x + y) & 1) ? 255 : 0; break;                     // checkerboard
-        default: v = static_cast<uint8_t>((x * 255) / std::max(1, w - 1));  // gradient
+        case 0:
+          v = 0;
+          break;  // black
+        case 1:
+          v = 255;
+          break;  // white
+        case 2:
+          v = 100;
+          break;  // flat
+        case 3:
+          v = ((x + y) & 1) ? 255 : 0;
+          break;  // checkerboard
+        default:
+          v = static_cast<uint8_t>((x * 255) / std::max(1, w - 1));  // gradient
       }
-      for (int k = 0; k < c; ++k) img.mutable_row(y)[x * c + k] = static_cast<uint8_t>(v + k * (kind == 4));
+      for (int k = 0; k < c; ++k)
+        img.mutable_row(y)[x * c + k] = static_cast<uint8_t>(v + k * (kind == 4));
     }
   }
   return img;
@@ -54,8 +64,9 @@ Image Pattern(int w, int h, PixelFormat f, int kind) {
 
 const std::vector<std::pair<int, int>>& Sizes() {
   static const std::vector<std::pair<int, int>> s = {
-      {1, 1}, {2, 1}, {1, 2}, {3, 3}, {7, 5}, {63, 64}, {64, 64}, {65, 63}, {127, 33},
-      {320, 240}, {641, 479}, {1280, 720}, {1921, 1081}, {1920, 1080}, {4096, 16}, {16, 4096}};
+      {1, 1},       {2, 1},       {1, 2},     {3, 3},     {7, 5},     {63, 64},
+      {64, 64},     {65, 63},     {127, 33},  {320, 240}, {641, 479}, {1280, 720},
+      {1921, 1081}, {1920, 1080}, {4096, 16}, {16, 4096}};
   return s;
 }
 
@@ -99,8 +110,8 @@ KernelOutputs RunKernels(const Image& img, size_t extra_pitch, bool fused) {
                                        luma_pitch, d_sums, nullptr),
               cudaSuccess);
   } else {
-    EXPECT_EQ(kernels::LaunchLuma(src.ptr, src.pitch, w, h, img.channels(), rgb, d_luma,
-                                  luma_pitch, nullptr),
+    EXPECT_EQ(kernels::LaunchLuma(src.ptr, src.pitch, w, h, img.channels(), rgb, d_luma, luma_pitch,
+                                  nullptr),
               cudaSuccess);
     EXPECT_EQ(kernels::LaunchHistogram(d_luma, luma_pitch, w, h, d_sums, nullptr), cudaSuccess);
     EXPECT_EQ(kernels::LaunchMeanStd(d_luma, luma_pitch, w, h, d_sums, nullptr), cudaSuccess);
@@ -121,9 +132,9 @@ KernelOutputs RunKernels(const Image& img, size_t extra_pitch, bool fused) {
 }
 
 void ExpectKernelsMatch(const Image& img, size_t extra_pitch, bool fused) {
-  SCOPED_TRACE(::testing::Message() << img.width() << "x" << img.height() << " "
-                                    << PixelFormatName(img.format()) << " pitch+" << extra_pitch
-                                    << (fused ? " fused" : " separate"));
+  SCOPED_TRACE(::testing::Message()
+               << img.width() << "x" << img.height() << " " << PixelFormatName(img.format())
+               << " pitch+" << extra_pitch << (fused ? " fused" : " separate"));
   const int w = img.width(), h = img.height();
   KernelOutputs got = RunKernels(img, extra_pitch, fused);
   Image luma = Image::Allocate(w, h, PixelFormat::kGray8);
@@ -184,8 +195,8 @@ TEST(GpuKernelsTest, HandMadeImages) {
 }
 
 void ExpectAnalyzerMatches(CudaAnalyzer& gpu, const Image& img) {
-  SCOPED_TRACE(::testing::Message() << img.width() << "x" << img.height() << " "
-                                    << PixelFormatName(img.format()));
+  SCOPED_TRACE(::testing::Message()
+               << img.width() << "x" << img.height() << " " << PixelFormatName(img.format()));
   Analysis a, ref;
   Image luma, ref_luma;
   ASSERT_TRUE(gpu.Analyze(img, &a, &luma).ok());
@@ -214,7 +225,8 @@ TEST(CudaAnalyzerTest, MatchesCpuReference) {
       ExpectAnalyzerMatches(**gpu, Random(w, h, f, seed++));
     }
   }
-  for (int kind = 0; kind < 5; ++kind) ExpectAnalyzerMatches(**gpu, Pattern(641, 479, PixelFormat::kBgr8, kind));
+  for (int kind = 0; kind < 5; ++kind)
+    ExpectAnalyzerMatches(**gpu, Pattern(641, 479, PixelFormat::kBgr8, kind));
 }
 
 TEST(CudaAnalyzerTest, BuffersAreReusedAndThreadsShareThePool) {

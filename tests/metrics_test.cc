@@ -62,8 +62,8 @@ TEST(MetricsTest, KnownWorkloadGivesExactCounts) {
   }
   EXPECT_NEAR(MetricValue(text, "framepipe_stage_seconds_sum{stage=\"decode\"}"),
               decode_sum_us / 1e6, 1e-6 * kGood);
-  EXPECT_NEAR(MetricValue(text, "framepipe_stage_seconds_sum{stage=\"total\"}"),
-              total_sum_us / 1e6, 1e-6 * (kGood + kBad));
+  EXPECT_NEAR(MetricValue(text, "framepipe_stage_seconds_sum{stage=\"total\"}"), total_sum_us / 1e6,
+              1e-6 * (kGood + kBad));
 }
 
 TEST(MetricsTest, ConcurrentScrapesDuringLoad) {

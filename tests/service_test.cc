@@ -431,51 +431,6 @@ TEST(ServiceTest, OversizedMessageIsResourceExhausted) {
   EXPECT_EQ(call.Finish().error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
 }
 
-TEST(ServiceTest, ThumbnailOnRequestAndReflectionListsTheService) {
-  auto server = StartTestServer({});
-  ASSERT_TRUE(server);
-  Call call(Channel(*server));
-  pb::ProcessRequest cfg = ConfigMsg(2);
-  cfg.mutable_config()->set_include_thumbnail(true);
-  ASSERT_TRUE(call.Write(cfg));
-  ASSERT_TRUE(call.Write(JpegFrame(1)));
-  call.WritesDone();
-  auto got = call.ReadAll();
-  ASSERT_TRUE(call.Finish().ok());
-  ASSERT_EQ(got.size(), 1u);
-  EXPECT_EQ(got[0].analysis().thumbnail().size(), 4096u);
-  // Server reflection: ServerReflectionInfo with list_services (field 7) names our service.
-  grpc::GenericStub stub(Channel(*server));
-  grpc::ClientContext ctx;
-  grpc::CompletionQueue cq;
-  auto rpc =
-      stub.PrepareCall(&ctx, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", &cq);
-  rpc->StartCall(reinterpret_cast<void*>(1));
-  void* tag;
-  bool ok;
-  ASSERT_TRUE(cq.Next(&tag, &ok) && ok);
-  std::string req("\x3a\x00", 2);  // list_services: ""
-  grpc::Slice slice(req);
-  grpc::ByteBuffer buf(&slice, 1);
-  rpc->Write(buf, reinterpret_cast<void*>(2));
-  ASSERT_TRUE(cq.Next(&tag, &ok) && ok);
-  grpc::ByteBuffer resp;
-  rpc->Read(&resp, reinterpret_cast<void*>(3));
-  ASSERT_TRUE(cq.Next(&tag, &ok) && ok);
-  std::vector<grpc::Slice> slices;
-  (void)resp.Dump(&slices);
-  std::string bytes;
-  for (auto& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
-  EXPECT_NE(bytes.find("framepipe.v1.FramePipeline"), std::string::npos);
-  EXPECT_NE(bytes.find("grpc.health.v1.Health"), std::string::npos);
-  ctx.TryCancel();
-  grpc::Status fin;
-  rpc->Finish(&fin, reinterpret_cast<void*>(4));
-  cq.Shutdown();
-  while (cq.Next(&tag, &ok)) {
-  }
-}
-
 // One ServerReflectionInfo exchange (v1alpha, what grpcurl speaks to gRPC 1.51), raw bytes.
 std::string ReflectionExchange(const Server& server, const std::string& request) {
   grpc::GenericStub stub(Channel(server));
@@ -508,6 +463,25 @@ std::string ReflectionExchange(const Server& server, const std::string& request)
   while (cq.Next(&tag, &ok)) {
   }
   return bytes;
+}
+
+TEST(ServiceTest, ThumbnailOnRequestAndReflectionListsTheService) {
+  auto server = StartTestServer({});
+  ASSERT_TRUE(server);
+  Call call(Channel(*server));
+  pb::ProcessRequest cfg = ConfigMsg(2);
+  cfg.mutable_config()->set_include_thumbnail(true);
+  ASSERT_TRUE(call.Write(cfg));
+  ASSERT_TRUE(call.Write(JpegFrame(1)));
+  call.WritesDone();
+  auto got = call.ReadAll();
+  ASSERT_TRUE(call.Finish().ok());
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].analysis().thumbnail().size(), 4096u);
+  // Server reflection: ServerReflectionInfo with list_services (field 7) names our service.
+  const std::string bytes = ReflectionExchange(*server, std::string("\x3a\x00", 2));
+  EXPECT_NE(bytes.find("framepipe.v1.FramePipeline"), std::string::npos);
+  EXPECT_NE(bytes.find("grpc.health.v1.Health"), std::string::npos);
 }
 
 // What `grpcurl -plaintext HOST:PORT framepipe.v1.FramePipeline/GetStats` does: learn the

@@ -74,8 +74,8 @@ inline pb::ProcessRequest JpegFrame(uint64_t seq, int64_t capture = 0) {
   return r;
 }
 
-inline pb::ProcessRequest ConfigMsg(uint32_t max_in_flight, pb::OverloadPolicy overload =
-                                                                pb::OVERLOAD_POLICY_BLOCK,
+inline pb::ProcessRequest ConfigMsg(uint32_t max_in_flight,
+                                    pb::OverloadPolicy overload = pb::OVERLOAD_POLICY_BLOCK,
                                     uint32_t timeout_ms = 0, const std::string& id = "test") {
   pb::ProcessRequest r;
   auto* c = r.mutable_config();
@@ -140,8 +140,8 @@ inline std::function<Stages(Stages)> WrapAnalyse(
       if (hook) hook(ctx);
       if (max_delay_us > 0) {
         std::mt19937 rng(static_cast<uint32_t>(ctx.input.seq * 2654435761u));
-        std::this_thread::sleep_for(std::chrono::microseconds(
-            std::uniform_int_distribution<int>(0, max_delay_us)(rng)));
+        std::this_thread::sleep_for(
+            std::chrono::microseconds(std::uniform_int_distribution<int>(0, max_delay_us)(rng)));
       }
       return inner(ctx);
     };

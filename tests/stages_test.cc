@@ -9,10 +9,10 @@
 #include "analysis/cpu/cpu_analyzer.h"
 #include "enrich/temporal_stage.h"
 #include "image_util.h"
-#include "test_util.h"
 #include "pipeline/pipeline.h"
 #include "pipeline/standard_stages.h"
 #include "service/synthetic_source.h"
+#include "test_util.h"
 
 namespace framepipe {
 namespace {
@@ -29,8 +29,8 @@ std::vector<FrameResult> RunFrames(std::vector<FrameInput> frames, DecodeLimits 
   so.limits = limits;
   PipelineOptions po;
   po.workers = 3;
-  auto p = std::move(
-      Pipeline::Create(po, MakeStandardStages(std::make_shared<CpuAnalyzer>(), so))).value();
+  auto p = std::move(Pipeline::Create(po, MakeStandardStages(std::make_shared<CpuAnalyzer>(), so)))
+               .value();
   Collected c;
   StreamOptions o;
   o.id = "stages";
@@ -182,8 +182,8 @@ TEST(StagesTest, SceneCutsAndMotionAreReal) {
   for (int i = 0; i < 12; ++i) {
     ASSERT_EQ(got[i].status, FrameStatus::kOk);
     const bool cut = i == 5 || i == 10;
-    EXPECT_EQ(got[i].enrichment.scene_cut, cut) << "frame " << i << " change "
-                                                << got[i].enrichment.scene_change;
+    EXPECT_EQ(got[i].enrichment.scene_cut, cut)
+        << "frame " << i << " change " << got[i].enrichment.scene_change;
     if (i > 0 && !cut) {
       EXPECT_GT(got[i].enrichment.motion, 0.0) << "shapes move every frame";
       EXPECT_LT(got[i].enrichment.scene_change, 0.2);

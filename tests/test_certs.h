@@ -22,9 +22,11 @@ inline TestCerts MakeTestCerts() {
   c.dir = tmpl;
   const std::string d = c.dir;
   const std::string script =
-      "set -e; cd " + d + "; exec >log.txt 2>&1\n"
+      "set -e; cd " + d +
+      "; exec >log.txt 2>&1\n"
       "key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:prime256v1 -out $1; }\n"
-      "ca() { key $1.key; openssl req -x509 -new -key $1.key -out $1.pem -days 2 -subj \"/CN=$1\"; }\n"
+      "ca() { key $1.key; openssl req -x509 -new -key $1.key -out $1.pem -days 2 -subj \"/CN=$1\"; "
+      "}\n"
       "leaf() {  # name ca ext\n"
       "  key $1.key; openssl req -new -key $1.key -out $1.csr -subj \"/CN=$1\"\n"
       "  printf '%s\\n' \"$3\" > $1.ext\n"

@@ -42,8 +42,7 @@ absl::StatusOr<BackendChoice> CreateAnalyzer(const BackendOptions& options) {
     return choice;
   }
   if (b == "cuda") {
-    return absl::FailedPreconditionError(
-        absl::StrCat("--backend cuda: ", cuda.status().message()));
+    return absl::FailedPreconditionError(absl::StrCat("--backend cuda: ", cuda.status().message()));
   }
   choice.detail = std::string(cuda.status().message());
 #else

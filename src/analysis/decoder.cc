@@ -96,8 +96,7 @@ absl::Status ParseJpeg(std::string_view b, ImageHeader* h) {
   return absl::OkStatus();
 }
 
-absl::Status CheckDimensions(uint32_t w, uint32_t h, const DecodeLimits& limits,
-                             const char* what) {
+absl::Status CheckDimensions(uint32_t w, uint32_t h, const DecodeLimits& limits, const char* what) {
   if (w == 0 || h == 0) {
     return absl::InvalidArgumentError(absl::StrCat(what, " has zero size ", w, "x", h));
   }
@@ -136,8 +135,8 @@ absl::Status DecodeJpegTurbo(const std::string& bytes, Image* out) {
   }
   const bool gray = colorspace == TJCS_GRAY;
   Image img = Image::Allocate(w, h, gray ? PixelFormat::kGray8 : PixelFormat::kBgr8);
-  if (tjDecompress2(tj.handle, src, size, img.mutable_data(), w, static_cast<int>(img.stride()),
-                    h, gray ? TJPF_GRAY : TJPF_BGR, TJFLAG_STOPONWARNING) != 0) {
+  if (tjDecompress2(tj.handle, src, size, img.mutable_data(), w, static_cast<int>(img.stride()), h,
+                    gray ? TJPF_GRAY : TJPF_BGR, TJFLAG_STOPONWARNING) != 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("corrupt JPEG data: ", tjGetErrorStr2(tj.handle)));
   }
@@ -161,17 +160,17 @@ absl::Status DecodeRaw(const FrameInput& frame, const DecodeLimits& limits, Imag
       return absl::InvalidArgumentError(
           "raw frame has no pixel format (PIXEL_FORMAT_UNSPECIFIED); use GRAY8, BGR8 or RGB8");
     default:
-      return absl::InvalidArgumentError(absl::StrCat(
-          "raw frame has unknown pixel format value ", frame.raw_format_code,
-          " (expected 1=GRAY8, 2=BGR8, 3=RGB8)"));
+      return absl::InvalidArgumentError(absl::StrCat("raw frame has unknown pixel format value ",
+                                                     frame.raw_format_code,
+                                                     " (expected 1=GRAY8, 2=BGR8, 3=RGB8)"));
   }
   FP_RETURN_IF_ERROR(CheckDimensions(frame.raw_width, frame.raw_height, limits, "raw frame"));
   const uint64_t expected =
       uint64_t{frame.raw_width} * frame.raw_height * static_cast<uint64_t>(Channels(fmt));
   if (frame.data.size() != expected) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "raw ", PixelFormatName(fmt), " frame of ", frame.raw_width, "x", frame.raw_height,
-        " needs ", expected, " bytes, got ", frame.data.size()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("raw ", PixelFormatName(fmt), " frame of ", frame.raw_width, "x",
+                     frame.raw_height, " needs ", expected, " bytes, got ", frame.data.size()));
   }
   *out = Image::Borrow(reinterpret_cast<const uint8_t*>(frame.data.data()),
                        static_cast<int>(frame.raw_width), static_cast<int>(frame.raw_height),
@@ -190,9 +189,8 @@ absl::Status ParseImageHeader(std::string_view b, ImageHeader* h) {
     return absl::InvalidArgumentError(
         absl::StrCat("encoded payload of ", b.size(), " bytes is too short to be JPEG or PNG"));
   }
-  return absl::InvalidArgumentError(
-      absl::StrCat("encoded payload is neither JPEG nor PNG (first bytes: ", FirstBytesHex(b),
-                   ")"));
+  return absl::InvalidArgumentError(absl::StrCat(
+      "encoded payload is neither JPEG nor PNG (first bytes: ", FirstBytesHex(b), ")"));
 }
 
 absl::Status DecodeFrame(const FrameInput& frame, const DecodeLimits& limits, Image* out) {
@@ -230,12 +228,10 @@ absl::Status DecodeFrame(const FrameInput& frame, const DecodeLimits& limits, Im
   }
   if (mat->empty()) return absl::InvalidArgumentError(absl::StrCat("corrupt ", name, " data"));
   if (mat->depth() != CV_8U || (mat->channels() != 1 && mat->channels() != 3)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(name, " decoded to an unsupported pixel type (", mat->channels(),
-                     " channels)"));
+    return absl::InvalidArgumentError(absl::StrCat(name, " decoded to an unsupported pixel type (",
+                                                   mat->channels(), " channels)"));
   }
-  if (static_cast<uint32_t>(mat->cols) != h.width ||
-      static_cast<uint32_t>(mat->rows) != h.height) {
+  if (static_cast<uint32_t>(mat->cols) != h.width || static_cast<uint32_t>(mat->rows) != h.height) {
     return absl::InvalidArgumentError(absl::StrCat(name, " header says ", h.width, "x", h.height,
                                                    " but the data decoded to ", mat->cols, "x",
                                                    mat->rows));

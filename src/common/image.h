@@ -31,8 +31,8 @@ class Image {
   // Allocates width*height*channels bytes (uninitialised), tightly packed.
   static Image Allocate(int width, int height, PixelFormat format);
   // Borrows `data`; `owner` (may be null) is kept alive as long as any copy of the Image.
-  static Image Borrow(const uint8_t* data, int width, int height, size_t stride,
-                      PixelFormat format, std::shared_ptr<const void> owner);
+  static Image Borrow(const uint8_t* data, int width, int height, size_t stride, PixelFormat format,
+                      std::shared_ptr<const void> owner);
 
   bool empty() const { return data_ == nullptr || width_ <= 0 || height_ <= 0; }
   int width() const { return width_; }

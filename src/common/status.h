@@ -9,10 +9,10 @@
 #define FP_STATUS_CONCAT_(a, b) FP_STATUS_CONCAT_INNER_(a, b)
 
 // Returns from the enclosing function when `expr` (an absl::Status) is not OK.
-#define FP_RETURN_IF_ERROR(expr)                  \
-  do {                                            \
-    ::absl::Status fp_status_ = (expr);           \
-    if (!fp_status_.ok()) return fp_status_;      \
+#define FP_RETURN_IF_ERROR(expr)             \
+  do {                                       \
+    ::absl::Status fp_status_ = (expr);      \
+    if (!fp_status_.ok()) return fp_status_; \
   } while (false)
 
 // `FP_ASSIGN_OR_RETURN(auto x, MakeX());` binds the value or returns the error.

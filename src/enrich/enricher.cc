@@ -9,7 +9,8 @@
 namespace framepipe {
 namespace {
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && \
+    !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
 #define FP_MULTIVERSION __attribute__((target_clones("avx2", "default")))
 #else
 #define FP_MULTIVERSION
@@ -70,13 +71,13 @@ std::array<float, 3> DominantBgr(const Image& frame) {
     if (total[i] > total[best]) best = i;
   }
   return {static_cast<float>(((best >> 6) & 7) * 32 + 16),
-          static_cast<float>(((best >> 3) & 7) * 32 + 16), static_cast<float>((best & 7) * 32 + 16)};
+          static_cast<float>(((best >> 3) & 7) * 32 + 16),
+          static_cast<float>((best & 7) * 32 + 16)};
 }
 
 uint32_t CountFastCorners(const Image& luma, int threshold) {
   if (luma.width() < 7 || luma.height() < 7) return 0;
-  cv::Mat m(luma.height(), luma.width(), CV_8UC1, const_cast<uint8_t*>(luma.data()),
-            luma.stride());
+  cv::Mat m(luma.height(), luma.width(), CV_8UC1, const_cast<uint8_t*>(luma.data()), luma.stride());
   std::vector<cv::KeyPoint> kps;
   cv::FAST(m, kps, threshold, /*nonmaxSuppression=*/true, cv::FastFeatureDetector::TYPE_9_16);
   return static_cast<uint32_t>(kps.size());

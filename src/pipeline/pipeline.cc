@@ -31,7 +31,7 @@ Pipeline::Pipeline(std::shared_ptr<internal::Core> core) : core_(std::move(core)
 Pipeline::~Pipeline() { core_->Stop(std::chrono::seconds(5)); }
 
 absl::StatusOr<std::unique_ptr<Pipeline>> Pipeline::Create(const PipelineOptions& options,
-                                                          Stages stages) {
+                                                           Stages stages) {
   auto core = std::make_shared<internal::Core>(options, std::move(stages));
   absl::Status st = core->Start();
   if (!st.ok()) return st;

@@ -41,12 +41,12 @@ class PipelineObserver {
 };
 
 struct PipelineOptions {
-  int workers = 0;                        // 0 = hardware threads
-  uint32_t global_max_in_flight = 1024;   // credits across all streams
-  uint64_t global_max_bytes = 0;          // 0 = no byte budget
+  int workers = 0;                       // 0 = hardware threads
+  uint32_t global_max_in_flight = 1024;  // credits across all streams
+  uint64_t global_max_bytes = 0;         // 0 = no byte budget
   bool ordered = true;  // false: results leave in completion order (benchmarks only; no
                         // resequencer, no temporal stage, no deadlines, no DROP_OLDEST)
-  PipelineObserver* observer = nullptr;   // not owned; outlives the pipeline
+  PipelineObserver* observer = nullptr;  // not owned; outlives the pipeline
 };
 
 struct PipelineCounters {
@@ -57,7 +57,7 @@ struct PipelineCounters {
   uint64_t bytes_in_flight = 0;
   uint64_t peak_bytes_in_flight = 0;
   uint32_t active_streams = 0;
-  uint32_t reorder_depth = 0;   // results waiting in reorder buffers
+  uint32_t reorder_depth = 0;  // results waiting in reorder buffers
   uint64_t by_status[kFrameStatusCount] = {};
 };
 

@@ -39,9 +39,7 @@ Stages MakeStandardStages(std::shared_ptr<Analyzer> analyzer, const StandardStag
   Stages s;
   const DecodeLimits limits = options.limits;
   const EnrichConfig enrich = options.enrich;
-  s.decode = [limits](FrameContext& ctx) {
-    return DecodeFrame(ctx.input, limits, &ctx.image);
-  };
+  s.decode = [limits](FrameContext& ctx) { return DecodeFrame(ctx.input, limits, &ctx.image); };
   s.analyse = [analyzer](FrameContext& ctx) -> absl::Status {
     Analysis& a = ctx.result->analysis;
     absl::Status st = analyzer->Analyze(ctx.image, &a, &ctx.luma);
@@ -50,9 +48,8 @@ Stages MakeStandardStages(std::shared_ptr<Analyzer> analyzer, const StandardStag
     }
     st = ValidateAnalysis(ctx.image, a, ctx.luma);
     if (!st.ok()) {
-      return absl::InternalError(
-          absl::StrCat(analyzer->name(), " backend returned an inconsistent result: ",
-                       st.message()));
+      return absl::InternalError(absl::StrCat(
+          analyzer->name(), " backend returned an inconsistent result: ", st.message()));
     }
     return absl::OkStatus();
   };

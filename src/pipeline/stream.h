@@ -58,7 +58,7 @@ struct StreamCounters {
   uint64_t admitted = 0;
   uint64_t delivered = 0;
   uint64_t dropped = 0;
-  uint32_t outstanding = 0;      // admitted, credit not yet returned
+  uint32_t outstanding = 0;  // admitted, credit not yet returned
   uint32_t peak_outstanding = 0;
 };
 

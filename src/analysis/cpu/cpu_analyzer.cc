@@ -6,10 +6,10 @@
 #include "absl/strings/str_cat.h"
 #include "analysis/cpu/luma_ops.h"
 #include "oneapi/tbb/blocked_range.h"
-#include "opencv2/core.hpp"
-#include "opencv2/imgproc.hpp"
 #include "oneapi/tbb/combinable.h"
 #include "oneapi/tbb/parallel_for.h"
+#include "opencv2/core.hpp"
+#include "opencv2/imgproc.hpp"
 
 namespace framepipe {
 namespace {
@@ -54,16 +54,15 @@ absl::Status CpuAnalyzer::Analyze(const Image& frame, Analysis* out, Image* luma
   } else {
     using Hist = std::array<uint32_t, 256>;
     oneapi::tbb::combinable<Hist> hists([] { return Hist{}; });
-    oneapi::tbb::parallel_for(
-        oneapi::tbb::blocked_range<int>(0, h, kBandRows),
-        [&](const oneapi::tbb::blocked_range<int>& r) {
-          Hist& hist = hists.local();
-          if (gray) {
-            cpu::Histogram(frame, r.begin(), r.end(), hist.data());
-          } else {
-            LumaAndHistogram(frame, r.begin(), r.end(), luma, hist.data());
-          }
-        });
+    oneapi::tbb::parallel_for(oneapi::tbb::blocked_range<int>(0, h, kBandRows),
+                              [&](const oneapi::tbb::blocked_range<int>& r) {
+                                Hist& hist = hists.local();
+                                if (gray) {
+                                  cpu::Histogram(frame, r.begin(), r.end(), hist.data());
+                                } else {
+                                  LumaAndHistogram(frame, r.begin(), r.end(), luma, hist.data());
+                                }
+                              });
     hists.combine_each([&](const Hist& hist) {
       for (int i = 0; i < 256; ++i) out->histogram[i] += hist[i];
     });

@@ -5,7 +5,6 @@
 #include <cstring>
 #include <vector>
 
-
 namespace framepipe::cpu {
 namespace {
 
@@ -40,7 +39,8 @@ void MergeHist(uint32_t h[4][256], uint32_t out[256]) {
 
 // Hot loops are compiled twice, for AVX2 and for the x86-64 baseline, and picked at run time
 // (GCC function multi-versioning): one binary for every x86-64 host.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && \
+    !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
 #define FP_MULTIVERSION __attribute__((target_clones("avx2", "default")))
 #else
 #define FP_MULTIVERSION
@@ -48,8 +48,8 @@ void MergeHist(uint32_t h[4][256], uint32_t out[256]) {
 
 // Sums for one interior run x in [1, w-1) of a row; all arithmetic in 32-bit lanes so the
 // compiler vectorises it. Chunks of <= 4096 pixels keep the squared sum inside uint32.
-FP_MULTIVERSION void InteriorRun(const uint8_t* up, const uint8_t* c, const uint8_t* dn, int x0, int x1,
-                        GradientSums* s) {
+FP_MULTIVERSION void InteriorRun(const uint8_t* up, const uint8_t* c, const uint8_t* dn, int x0,
+                                 int x1, GradientSums* s) {
   for (int base = x0; base < x1; base += 4096) {
     const int end = std::min(x1, base + 4096);
     int32_t sum = 0;

@@ -1,8 +1,7 @@
 // The CPU reference of the analysis contract, as exact integer arithmetic:
-//   luma      BT.601 in OpenCV's 8-bit BGR2GRAY fixed point: (3735 B + 19235 G + 9798 R + 2^14) >> 15
-//   histogram 256 bins of luma
-//   sharpness population variance of the 4-neighbour Laplacian, border reflect-101
-//   edges     pixels with 3x3 Sobel gx^2 + gy^2 > 64^2, border reflect-101
+//   luma      BT.601 in OpenCV's 8-bit BGR2GRAY fixed point: (3735 B + 19235 G + 9798 R + 2^14) >>
+//   15 histogram 256 bins of luma sharpness population variance of the 4-neighbour Laplacian,
+//   border reflect-101 edges     pixels with 3x3 Sobel gx^2 + gy^2 > 64^2, border reflect-101
 //   thumbnail 64x64 area average: each output pixel is the overlap-weighted mean of the source
 //             pixels under it, computed exactly in integers and rounded half up
 // Every function works on a band of rows so a frame can be split across cores; the CUDA

@@ -18,9 +18,9 @@ absl::Status CudaError(const char* what, cudaError_t e) {
       absl::StrCat(what, ": ", cudaGetErrorName(e), " (", cudaGetErrorString(e), ")"));
 }
 
-#define FP_CUDA_RETURN_IF_ERROR(what, expr)       \
-  do {                                            \
-    cudaError_t fp_cuda_err_ = (expr);            \
+#define FP_CUDA_RETURN_IF_ERROR(what, expr)                                \
+  do {                                                                     \
+    cudaError_t fp_cuda_err_ = (expr);                                     \
     if (fp_cuda_err_ != cudaSuccess) return CudaError(what, fp_cuda_err_); \
   } while (false)
 
@@ -115,8 +115,8 @@ absl::StatusOr<std::unique_ptr<CudaAnalyzer>> CudaAnalyzer::Create(
   }
   if (n == 0) return absl::FailedPreconditionError("no usable CUDA device (0 devices)");
   if (options.device < 0 || options.device >= n) {
-    return absl::FailedPreconditionError(absl::StrCat("CUDA device ", options.device,
-                                                      " does not exist (", n, " device(s))"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("CUDA device ", options.device, " does not exist (", n, " device(s))"));
   }
   FP_CUDA_RETURN_IF_ERROR("cudaSetDevice", cudaSetDevice(options.device));
   cudaDeviceProp prop;
@@ -188,9 +188,9 @@ absl::Status CudaAnalyzer::Analyze(const Image& frame, Analysis* out, Image* lum
   // memory.
   for (int y = 0; y < h; ++y) std::memcpy(slot->h_src + row * y, frame.row(y), row);
   cudaStream_t s = slot->stream;
-  FP_CUDA_RETURN_IF_ERROR("H2D frame", cudaMemcpy2DAsync(slot->d_src, slot->d_src_pitch,
-                                                         slot->h_src, row, row, h,
-                                                         cudaMemcpyHostToDevice, s));
+  FP_CUDA_RETURN_IF_ERROR(
+      "H2D frame", cudaMemcpy2DAsync(slot->d_src, slot->d_src_pitch, slot->h_src, row, row, h,
+                                     cudaMemcpyHostToDevice, s));
   FP_CUDA_RETURN_IF_ERROR("memset sums",
                           cudaMemsetAsync(slot->d_sums, 0, sizeof(kernels::FrameSums), s));
   FP_CUDA_RETURN_IF_ERROR(
@@ -198,22 +198,22 @@ absl::Status CudaAnalyzer::Analyze(const Image& frame, Analysis* out, Image* lum
       kernels::LaunchLumaStats(slot->d_src, slot->d_src_pitch, w, h, c,
                                frame.format() == PixelFormat::kRgb8, slot->d_luma,
                                slot->d_luma_pitch, slot->d_sums, s));
-  FP_CUDA_RETURN_IF_ERROR("gradients kernel",
-                          kernels::LaunchGradients(slot->d_luma, slot->d_luma_pitch, w, h,
-                                                   slot->d_sums, s));
-  FP_CUDA_RETURN_IF_ERROR("thumbnail kernel",
-                          kernels::LaunchThumbnail(slot->d_luma, slot->d_luma_pitch, w, h,
-                                                   slot->d_thumb, s));
-  FP_CUDA_RETURN_IF_ERROR("D2H sums", cudaMemcpyAsync(slot->h_sums, slot->d_sums,
-                                                      sizeof(kernels::FrameSums),
-                                                      cudaMemcpyDeviceToHost, s));
-  FP_CUDA_RETURN_IF_ERROR("D2H thumbnail", cudaMemcpyAsync(slot->h_thumb, slot->d_thumb,
-                                                           kThumbnailBytes,
-                                                           cudaMemcpyDeviceToHost, s));
-  FP_CUDA_RETURN_IF_ERROR("D2H luma",
-                          cudaMemcpy2DAsync(slot->h_luma, static_cast<size_t>(w), slot->d_luma,
-                                            slot->d_luma_pitch, static_cast<size_t>(w), h,
-                                            cudaMemcpyDeviceToHost, s));
+  FP_CUDA_RETURN_IF_ERROR(
+      "gradients kernel",
+      kernels::LaunchGradients(slot->d_luma, slot->d_luma_pitch, w, h, slot->d_sums, s));
+  FP_CUDA_RETURN_IF_ERROR(
+      "thumbnail kernel",
+      kernels::LaunchThumbnail(slot->d_luma, slot->d_luma_pitch, w, h, slot->d_thumb, s));
+  FP_CUDA_RETURN_IF_ERROR("D2H sums",
+                          cudaMemcpyAsync(slot->h_sums, slot->d_sums, sizeof(kernels::FrameSums),
+                                          cudaMemcpyDeviceToHost, s));
+  FP_CUDA_RETURN_IF_ERROR(
+      "D2H thumbnail",
+      cudaMemcpyAsync(slot->h_thumb, slot->d_thumb, kThumbnailBytes, cudaMemcpyDeviceToHost, s));
+  FP_CUDA_RETURN_IF_ERROR(
+      "D2H luma",
+      cudaMemcpy2DAsync(slot->h_luma, static_cast<size_t>(w), slot->d_luma, slot->d_luma_pitch,
+                        static_cast<size_t>(w), h, cudaMemcpyDeviceToHost, s));
   FP_CUDA_RETURN_IF_ERROR("stream synchronize", cudaStreamSynchronize(s));
 
   const kernels::FrameSums& sums = *slot->h_sums;
@@ -228,8 +228,8 @@ absl::Status CudaAnalyzer::Analyze(const Image& frame, Analysis* out, Image* lum
     hist_total += sums.histogram[i];
   }
   if (hist_total != n) {
-    return absl::InternalError(absl::StrCat("GPU histogram counts ", hist_total,
-                                            " pixels for a frame of ", n));
+    return absl::InternalError(
+        absl::StrCat("GPU histogram counts ", hist_total, " pixels for a frame of ", n));
   }
   // One-pass sums (exact integers): mean and population stddev.
   out->mean_luma = static_cast<double>(sums.luma_sum) / static_cast<double>(n);

@@ -54,13 +54,13 @@ class Graph {
       }
       // The last stage hands the frame straight to its stream's resequencer on the same worker
       // (no extra node hop: the ordered delivery is a short critical section).
-      last_ = std::make_unique<flow::function_node<Job*>>(
-          *graph_, static_cast<size_t>(workers), [core](Job* job) {
-            FP_TSAN_ACQUIRE(job);
-            core->RunStage(*job, 2);
-            core->Finish(*job);
-            return flow::continue_msg();
-          });
+      last_ = std::make_unique<flow::function_node<Job*>>(*graph_, static_cast<size_t>(workers),
+                                                          [core](Job* job) {
+                                                            FP_TSAN_ACQUIRE(job);
+                                                            core->RunStage(*job, 2);
+                                                            core->Finish(*job);
+                                                            return flow::continue_msg();
+                                                          });
       flow::make_edge(*stages_[0], *stages_[1]);
       flow::make_edge(*stages_[1], *last_);
     });
@@ -91,13 +91,13 @@ class Graph {
   std::shared_mutex mu_;
   std::unique_ptr<flow::graph> graph_;
   std::unique_ptr<flow::function_node<Job*, Job*>> stages_[2];  // decode, analyse
-  std::unique_ptr<flow::function_node<Job*>> last_;              // enrich + in-order delivery
+  std::unique_ptr<flow::function_node<Job*>> last_;             // enrich + in-order delivery
 };
 
 Core::Core(const PipelineOptions& options, Stages stages)
     : options_(options), stages_(std::move(stages)) {
-  workers_ = options_.workers > 0 ? options_.workers
-                                  : std::max(1u, std::thread::hardware_concurrency());
+  workers_ =
+      options_.workers > 0 ? options_.workers : std::max(1u, std::thread::hardware_concurrency());
 }
 
 Core::~Core() {
@@ -140,8 +140,8 @@ absl::StatusOr<std::shared_ptr<StreamState>> Core::OpenStream(StreamOptions opti
   if (options_.ordered && stages_.ordered) ordered = stages_.ordered();
   std::lock_guard<std::mutex> lock(registry_mu_);
   if (stopping()) return absl::FailedPreconditionError("pipeline is stopping");
-  auto state = std::make_shared<StreamState>(shared_from_this(), std::move(options),
-                                             std::move(ordered));
+  auto state =
+      std::make_shared<StreamState>(shared_from_this(), std::move(options), std::move(ordered));
   streams_.emplace(state.get(), state);
   if (state->has_timeout()) ++timed_streams_;
   return state;

@@ -51,8 +51,8 @@ void RunCallback(const char* what, const std::string& stream_id, Fn&& fn) {
   try {
     fn();
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "framepipe: stream '%s': %s callback threw: %s\n", stream_id.c_str(),
-                 what, e.what());
+    std::fprintf(stderr, "framepipe: stream '%s': %s callback threw: %s\n", stream_id.c_str(), what,
+                 e.what());
   } catch (...) {
     std::fprintf(stderr, "framepipe: stream '%s': %s callback threw\n", stream_id.c_str(), what);
   }
@@ -142,9 +142,8 @@ absl::Status StreamState::Submit(FrameInput frame, uint64_t cost_bytes) {
     AdmitOutcome out = TryAdmit(frame, cost_bytes, &gen);
     if (out == AdmitOutcome::kAdmitted) return absl::OkStatus();
     if (out == AdmitOutcome::kClosed) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("stream '", options_.id, "' is closed; frame seq=", frame.seq,
-                       " was not admitted"));
+      return absl::FailedPreconditionError(absl::StrCat(
+          "stream '", options_.id, "' is closed; frame seq=", frame.seq, " was not admitted"));
     }
     std::unique_lock<std::mutex> lock(mu_);
     if (options_.overload == OverloadPolicy::kBlock && !last_refusal_global_) {
@@ -244,11 +243,11 @@ void StreamState::OnJobExpired(Job& job, const char* stage) {
   {
     std::unique_lock<std::mutex> lock(mu_);
     if (cancelled_) return;
-    FinaliseOverrideLocked(slot(job.index), job.index, FrameStatus::kDeadlineExceeded,
-                           absl::StrCat("frame seq=", job.ctx.input.seq,
-                                        " missed its deadline of ", options_.frame_timeout.count(),
-                                        " ms before the ", stage, " stage"),
-                           &bytes);
+    FinaliseOverrideLocked(
+        slot(job.index), job.index, FrameStatus::kDeadlineExceeded,
+        absl::StrCat("frame seq=", job.ctx.input.seq, " missed its deadline of ",
+                     options_.frame_timeout.count(), " ms before the ", stage, " stage"),
+        &bytes);
     if (job.index == next_out_) DrainLocked(lock);
   }
   if (bytes > 0) core_->ReleaseGlobal(0, bytes);
@@ -271,11 +270,11 @@ TimePoint StreamState::CheckDeadlines(TimePoint now) {
       int was = TryFinalise(*s.job, kExpired);
       if (was < 0) continue;  // the worker finished it; it arrives as late on its own
       const char* where = was == kQueued ? "still queued" : "still in processing";
-      FinaliseOverrideLocked(s, i, FrameStatus::kDeadlineExceeded,
-                             absl::StrCat("frame seq=", s.job->ctx.input.seq,
-                                          " missed its deadline of ",
-                                          options_.frame_timeout.count(), " ms (", where, ")"),
-                             &bytes);
+      FinaliseOverrideLocked(
+          s, i, FrameStatus::kDeadlineExceeded,
+          absl::StrCat("frame seq=", s.job->ctx.input.seq, " missed its deadline of ",
+                       options_.frame_timeout.count(), " ms (", where, ")"),
+          &bytes);
       if (was == kQueued) FreePayload(*s.job);
       expired_any = true;
     }

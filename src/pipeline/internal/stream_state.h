@@ -95,8 +95,8 @@ class StreamState : public std::enable_shared_from_this<StreamState> {
   std::condition_variable callbacks_cv_;  // Cancel(): active callbacks dropped
   bool cancel_waiting_ = false;
   std::vector<Slot> ring_;
-  uint64_t next_index_ = 0;  // next frame to admit
-  uint64_t next_out_ = 0;    // next frame to deliver
+  uint64_t next_index_ = 0;    // next frame to admit
+  uint64_t next_out_ = 0;      // next frame to deliver
   uint32_t payload_used_ = 0;  // admitted and not yet delivered or dropped
   uint32_t outstanding_ = 0;   // admitted and credit not yet returned
   uint32_t ready_count_ = 0;   // results waiting in the ring
