@@ -10,7 +10,6 @@
 #include <cstdio>
 #include <fstream>
 #include <random>
-#include <regex>
 #include <set>
 
 #include "absl/strings/str_cat.h"
@@ -22,6 +21,16 @@
 
 namespace framepipe {
 namespace {
+
+// Resident memory is a meaningful bound only in a normal build: under AddressSanitizer the
+// allocator's quarantine (freed blocks held back, 256 MiB by default), redzones and shadow
+// memory inflate it. The asan preset still runs these workloads for memory errors and leaks;
+// the RSS bounds are asserted by the default build.
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kRssIsMeaningful = false;
+#else
+constexpr bool kRssIsMeaningful = true;
+#endif
 
 using namespace framepipe::testing;  // NOLINT
 using framepipe::ChildProcess;
@@ -218,8 +227,10 @@ TEST(ReliabilityTest, AThousandMisbehavingClientsLeakNothing) {
   const uint64_t after = server.RssBytes();
   const double growth_mib = (static_cast<double>(after) - static_cast<double>(warm)) / 1048576.0;
   RecordProperty("rss_growth_mib", std::to_string(growth_mib));
-  EXPECT_LT(growth_mib, 24.0) << "RSS " << warm / 1048576 << " MiB after warm-up, "
-                              << after / 1048576 << " MiB after 1,000 misbehaving clients";
+  if (kRssIsMeaningful) {
+    EXPECT_LT(growth_mib, 24.0) << "RSS " << warm / 1048576 << " MiB after warm-up, "
+                                << after / 1048576 << " MiB after 1,000 misbehaving clients";
+  }
   const pb::Stats st = StatsOf(port);
   EXPECT_EQ(st.in_flight(), 0u);
   EXPECT_EQ(st.active_streams(), 0u);
@@ -311,8 +322,10 @@ TEST(ReliabilityTest, MemoryCeilingHoldsWithFiftyClientsSending1080pRaw) {
   EXPECT_TRUE(r->ok()) << FormatReport(*r, 0);
   const double growth_mib = (static_cast<double>(peak) - static_cast<double>(base)) / 1048576.0;
   RecordProperty("rss_growth_mib", std::to_string(growth_mib));
-  EXPECT_LT(growth_mib, kMaxMemoryMb)
-      << "peak RSS " << peak / 1048576 << " MiB, started at " << base / 1048576 << " MiB";
+  if (kRssIsMeaningful) {
+    EXPECT_LT(growth_mib, kMaxMemoryMb)
+        << "peak RSS " << peak / 1048576 << " MiB, started at " << base / 1048576 << " MiB";
+  }
   const pb::Stats st = StatsOf(port);
   EXPECT_LE(st.peak_bytes_in_flight(), static_cast<uint64_t>(kMaxMemoryMb) * 3 / 4 << 20)
       << "frames in flight stay within 3/4 of the budget";
@@ -451,11 +464,12 @@ TEST(ReliabilityTest, StreamsSpreadOverServersAndFailOverWhenOneDies) {
   {
     std::ifstream in(tmpl);
     std::string line;
-    const std::regex re("\"stream\":(\\d+),\"seq\":(\\d+)");
-    std::smatch m;
     while (std::getline(in, line)) {
-      ASSERT_TRUE(std::regex_search(line, m, re)) << line;
-      received[std::stoul(m[1])].push_back(std::stoull(m[2]));
+      unsigned stream = 0;
+      unsigned long long seq = 0;  // NOLINT(runtime/int): sscanf's %llu
+      ASSERT_EQ(std::sscanf(line.c_str(), "{\"stream\":%u,\"seq\":%llu", &stream, &seq), 2) << line;
+      ASSERT_LT(stream, received.size());
+      received[stream].push_back(seq);
     }
   }
   std::remove(tmpl);

@@ -3,7 +3,6 @@
 // errors, config rules, cancel, slow readers, DROP_OLDEST, deadlines, health, limits, drain.
 #include <gtest/gtest.h>
 
-#include <condition_variable>
 #include <set>
 
 #include "google/protobuf/descriptor.h"
@@ -533,20 +532,17 @@ TEST(ServiceTest, ReflectionServesTheContractSoGrpcurlCanCallIt) {
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
   grpc::Slice slice(request->SerializeAsString());
   grpc::ByteBuffer in(&slice, 1), out;
-  std::mutex mu;
-  std::condition_variable cv;
-  bool done = false;
+  // Completion-queue API: the call completes on this thread (cq.Next), as grpcurl's does.
+  grpc::CompletionQueue cq;
   grpc::Status status;
-  stub.UnaryCall(&ctx, "/framepipe.v1.FramePipeline/GetStats", grpc::StubOptions(), &in, &out,
-                 [&](grpc::Status s) {
-                   std::lock_guard<std::mutex> l(mu);
-                   status = std::move(s);
-                   done = true;
-                   cv.notify_all();
-                 });
-  {
-    std::unique_lock<std::mutex> l(mu);
-    cv.wait(l, [&] { return done; });
+  auto unary = stub.PrepareUnaryCall(&ctx, "/framepipe.v1.FramePipeline/GetStats", in, &cq);
+  unary->StartCall();
+  unary->Finish(&out, &status, reinterpret_cast<void*>(1));
+  void* tag = nullptr;
+  bool ok = false;
+  ASSERT_TRUE(cq.Next(&tag, &ok) && ok);
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
   }
   ASSERT_TRUE(status.ok()) << status.error_message();
   std::vector<grpc::Slice> slices;
