@@ -47,16 +47,34 @@ double Median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
-// Runs each measurement `repeats` times, interleaved (A B C A B C ...), and returns the medians:
-// drift on a shared machine then hits every configuration alike.
-std::vector<double> Interleaved(int repeats, const std::vector<std::function<double()>>& runs) {
-  std::vector<std::vector<double>> samples(runs.size());
-  for (int r = 0; r < repeats; ++r) {
-    for (size_t i = 0; i < runs.size(); ++i) samples[i].push_back(runs[i]());
+// Runs each measurement `repeats` times, interleaved (A B C, B C A, C A B, ...: each round starts
+// one configuration later, so none always runs first or right after a given other). The figures
+// are medians over rounds; a ratio is the median over rounds of the two configurations' ratio in
+// the same round, measured seconds apart, so drift of the shared machine between rounds (other
+// guests, frequency) cancels instead of landing on whichever configuration it happened to hit.
+struct Samples {
+  std::vector<std::vector<double>> runs;  // [configuration][round]
+  double Median(size_t i) const { return bench::Median(runs[i]); }
+  double Ratio(size_t a, size_t b) const {
+    std::vector<double> r;
+    for (size_t k = 0; k < runs[a].size(); ++k) {
+      if (runs[b][k] > 0) r.push_back(runs[a][k] / runs[b][k]);
+    }
+    return bench::Median(std::move(r));
   }
-  std::vector<double> out;
-  for (auto& s : samples) out.push_back(Median(std::move(s)));
-  return out;
+  int rounds() const { return runs.empty() ? 0 : static_cast<int>(runs[0].size()); }
+};
+
+Samples Interleaved(int repeats, const std::vector<std::function<double()>>& runs) {
+  Samples s;
+  s.runs.resize(runs.size());
+  for (int r = 0; r < repeats; ++r) {
+    for (size_t j = 0; j < runs.size(); ++j) {
+      const size_t i = (j + static_cast<size_t>(r)) % runs.size();
+      s.runs[i].push_back(runs[i]());
+    }
+  }
+  return s;
 }
 
 struct Ctx {
@@ -85,7 +103,7 @@ void ComputeAndPipeline(Ctx& c, const FrameSet& set, bool main_size) {
   pc.max_in_flight = static_cast<uint32_t>(4 * c.workers);
   PipelineConfig uc = pc;
   uc.ordered = false;
-  const std::vector<double> m = Interleaved(
+  const Samples m = Interleaved(
       c.repeats, {[&] {
                     return RunThreads(c.workers, c.secs, [&](int t, int64_t i) {
                       OurChain(set.frames[static_cast<size_t>(t * 7 + i) % set.frames.size()],
@@ -106,10 +124,12 @@ void ComputeAndPipeline(Ctx& c, const FrameSet& set, bool main_size) {
                   [&] { return RunPipeline(set, pc).frames_per_second; },
                   [&] { return RunPipeline(set, uc).frames_per_second; },
                   [&] { return RunNaiveResequencer(set, c.workers, pc.frames, false); }});
-  const double ideal = m[0], stock = m[1], naive = m[4];
+  const double ideal = m.Median(0), stock = m.Median(1), naive = m.Median(4);
   PipelineRun ordered, unordered;
-  ordered.frames_per_second = m[2];
-  unordered.frames_per_second = m[3];
+  ordered.frames_per_second = m.Median(2);
+  unordered.frames_per_second = m.Median(3);
+  const std::string paired =
+      absl::StrFormat(" (medians; ratio: median of %d paired rounds)", m.rounds());
   c.report.Add(sec, "ideal: our decode+analysis+enrichment on plain threads", ideal, "frames/s");
   c.report.Add(sec, "stock ceiling: the same definitions as stock OpenCV calls", stock, "frames/s");
   c.report.Add(sec, "pipeline, ordered (resequencer on)", ordered.frames_per_second, "frames/s");
@@ -117,24 +137,20 @@ void ComputeAndPipeline(Ctx& c, const FrameSet& set, bool main_size) {
                "frames/s");
   c.report.Add(sec, "naive C++ (bounded queue -> threads -> std::map resequencer)", naive,
                "frames/s");
-  c.report.Add(sec, "ordered / ideal", ordered.frames_per_second / ideal, "x");
-  c.report.Add(sec, "ordered / stock ceiling", ordered.frames_per_second / stock, "x");
+  c.report.Add(sec, "ordered / ideal", m.Ratio(2, 0), "x");
+  c.report.Add(sec, "ordered / stock ceiling", m.Ratio(2, 1), "x");
   if (main_size) {
-    c.report.AddTarget(
-        {"ordered pipeline >= 0.97 x our ideal (1280x720 JPEG)", ordered.frames_per_second / ideal,
-         0.97, false, absl::StrFormat("%.1f vs %.1f frames/s", ordered.frames_per_second, ideal)});
-    c.report.AddTarget(
-        {"ordered pipeline >= 1.2 x stock OpenCV ceiling (1280x720 JPEG)",
-         ordered.frames_per_second / stock, 1.2, false,
-         absl::StrFormat("%.1f vs %.1f frames/s", ordered.frames_per_second, stock)});
-    c.report.AddTarget({"ordered >= 0.98 x unordered (same graph, 1280x720 JPEG)",
-                        ordered.frames_per_second / unordered.frames_per_second, 0.98, false,
-                        absl::StrFormat("%.1f vs %.1f frames/s", ordered.frames_per_second,
-                                        unordered.frames_per_second)});
-    c.report.AddTarget(
-        {"in-process pipeline >= 1.0 x naive C++ baseline (1280x720 JPEG)",
-         ordered.frames_per_second / naive, 1.0, false,
-         absl::StrFormat("%.1f vs %.1f frames/s", ordered.frames_per_second, naive)});
+    auto vs = [&](double a, double b) {
+      return absl::StrFormat("%.1f vs %.1f frames/s", a, b) + paired;
+    };
+    c.report.AddTarget({"ordered pipeline >= 0.97 x our ideal (1280x720 JPEG)", m.Ratio(2, 0), 0.97,
+                        false, vs(ordered.frames_per_second, ideal)});
+    c.report.AddTarget({"ordered pipeline >= 1.2 x stock OpenCV ceiling (1280x720 JPEG)",
+                        m.Ratio(2, 1), 1.2, false, vs(ordered.frames_per_second, stock)});
+    c.report.AddTarget({"ordered >= 0.98 x unordered (same graph, 1280x720 JPEG)", m.Ratio(2, 3),
+                        0.98, false, vs(ordered.frames_per_second, unordered.frames_per_second)});
+    c.report.AddTarget({"in-process pipeline >= 1.0 x naive C++ baseline (1280x720 JPEG)",
+                        m.Ratio(2, 4), 1.0, false, vs(ordered.frames_per_second, naive)});
   }
 }
 
@@ -157,12 +173,13 @@ void GraphOverhead(Ctx& c) {
   PipelineConfig pc4 = pc;
   pc4.streams = 4;
   pc4.frames = n / 4;
-  const std::vector<double> m =
+  const Samples m =
       Interleaved(c.repeats + 2, {[&] { return RunPipeline(tiny, pc).frames_per_second; },
                                   [&] { return RunPipeline(tiny, pc4).frames_per_second; },
                                   [&] { return RunPlainTbbGraph(workers, n); },
                                   [&] { return RunNaiveResequencer(tiny, workers, n, true); }});
-  const double us1 = 1e6 / m[0], us4 = 1e6 / m[1], tbb = m[2], naive = m[3];
+  const double us1 = 1e6 / m.Median(0), us4 = 1e6 / m.Median(1), tbb = m.Median(2),
+               naive = m.Median(3);
   c.report.Add(
       sec, absl::StrCat("framepipe graph, 1 stream, ", workers, " worker(s) + 1 producer thread"),
       us1, "us/frame");
@@ -197,19 +214,19 @@ void MetricsCost(Ctx& c, const FrameSet& set) {
   tc.max_in_flight = 64;
   PipelineConfig tm = tc;
   tm.metrics = true;
-  const std::vector<double> m =
+  const Samples m =
       Interleaved(c.repeats, {[&] { return RunPipeline(set, pc).frames_per_second; },
                               [&] { return RunPipeline(set, pm).frames_per_second; },
                               [&] { return RunPipeline(tiny, tc).frames_per_second; },
                               [&] { return RunPipeline(tiny, tm).frames_per_second; }});
   PipelineRun off, on, toff, ton;
-  off.frames_per_second = m[0];
-  on.frames_per_second = m[1];
-  toff.frames_per_second = m[2];
-  ton.frames_per_second = m[3];
+  off.frames_per_second = m.Median(0);
+  on.frames_per_second = m.Median(1);
+  toff.frames_per_second = m.Median(2);
+  ton.frames_per_second = m.Median(3);
   c.report.Add(sec, "pipeline, metrics off", off.frames_per_second, "frames/s");
   c.report.Add(sec, "pipeline, metrics on", on.frames_per_second, "frames/s");
-  c.report.Add(sec, "metrics on / off", on.frames_per_second / off.frames_per_second, "x");
+  c.report.Add(sec, "metrics on / off", m.Ratio(1, 0), "x");
   c.report.Add(sec, "trivial bodies: metrics cost per frame",
                1e6 / ton.frames_per_second - 1e6 / toff.frames_per_second, "us/frame");
 }
@@ -276,7 +293,7 @@ void EndToEnd(Ctx& c) {
   pc.frames = n;
   pc.max_in_flight = static_cast<uint32_t>(4 * c.workers);
   ClientReport one, four;
-  const std::vector<double> m =
+  const Samples m =
       Interleaved(c.repeats, {[&] {
                                 ClientReport r = MustRun(ClientFor(port, jpeg, 1, n));
                                 if (r.frames_per_second >= one.frames_per_second) one = r;
@@ -290,9 +307,11 @@ void EndToEnd(Ctx& c) {
                               },
                               [&] { return RunPipeline(jpeg, pc).frames_per_second; },
                               [&] { return RunNaiveResequencer(jpeg, c.workers, n, false); }});
-  one.frames_per_second = m[0];
-  four.frames_per_second = m[1];
-  const double inproc = m[2], naive = m[3];
+  one.frames_per_second = m.Median(0);
+  four.frames_per_second = m.Median(1);
+  const double inproc = m.Median(2), naive = m.Median(3);
+  const std::string paired =
+      absl::StrFormat(" (medians; ratio: median of %d paired rounds)", m.rounds());
   c.report.Add(sec, "1280x720 JPEG, 1 stream, max throughput", one.frames_per_second, "frames/s");
   c.report.Add(sec, "1280x720 JPEG, 4 streams, max throughput", four.frames_per_second, "frames/s");
   c.report.Add(sec, "  4 streams: latency p50", four.p50_ms, "ms");
@@ -323,18 +342,20 @@ void EndToEnd(Ctx& c) {
                       absl::StrFormat("p99 %.2f ms vs %.2f ms", at50.p99_ms, unloaded.p50_ms)});
   c.report.Add(sec, "in-process pipeline, same frames", inproc, "frames/s");
   c.report.Add(sec, "naive C++ baseline in-process, same frames", naive, "frames/s");
-  c.report.AddTarget({"end-to-end gRPC, 4 streams >= 0.85 x in-process pipeline (1280x720 JPEG)",
-                      four.frames_per_second / inproc, 0.85, false,
-                      absl::StrFormat("%.1f vs %.1f frames/s", four.frames_per_second, inproc)});
+  c.report.AddTarget(
+      {"end-to-end gRPC, 4 streams >= 0.85 x in-process pipeline (1280x720 JPEG)", m.Ratio(1, 2),
+       0.85, false,
+       absl::StrFormat("%.1f vs %.1f frames/s", four.frames_per_second, inproc) + paired});
   c.report.Add("gRPC peers", "framepipe, 1280x720 JPEG, 4 streams", four.frames_per_second,
                "frames/s");
   FrameSet small = MakeFrameSet(320, 240, Encoding::kRaw, 16);
   const ClientReport small_fp = MustRun(ClientFor(port, small, 4, c.o->quick ? 400 : 1500));
   c.report.Add("gRPC peers", "framepipe, 320x240 raw, 4 streams", small_fp.frames_per_second,
                "frames/s");
-  c.report.AddTarget({"end-to-end gRPC >= 1.0 x naive C++ baseline (in-process!, 1280x720 JPEG)",
-                      four.frames_per_second / naive, 1.0, false,
-                      absl::StrFormat("%.1f vs %.1f frames/s", four.frames_per_second, naive)});
+  c.report.AddTarget(
+      {"end-to-end gRPC >= 1.0 x naive C++ baseline (in-process!, 1280x720 JPEG)", m.Ratio(1, 3),
+       1.0, false,
+       absl::StrFormat("%.1f vs %.1f frames/s", four.frames_per_second, naive) + paired});
   (*server)->Shutdown();
 }
 
@@ -414,7 +435,7 @@ void Gpu(Ctx& c) {
 #ifdef FRAMEPIPE_BENCH_HAVE_CUDA
   std::string why;
   if (!CudaDeviceAvailable(&why)) {
-    c.report.Add("GPU (skipped: " + why + ")", "-", 0, "");
+    c.report.Add("GPU", "skipped: " + why, 0, "");
     return;
   }
   auto gpu = CudaAnalyzer::Create({0, c.workers});
@@ -434,18 +455,19 @@ void Gpu(Ctx& c) {
       pc.frames = std::max<int64_t>(40, c.FramesFor(set) * c.workers / 8);
       PipelineConfig cpu = pc;
       pc.analyzer = a;
-      const auto fps =
+      const Samples fps =
           Interleaved(c.repeats, {[&] { return RunPipeline(set, pc).frames_per_second; },
                                   [&] { return RunPipeline(set, cpu).frames_per_second; }});
-      c.report.Add(sec, set.name + ": CUDA backend, ordered pipeline, 4 streams", fps[0],
+      c.report.Add(sec, set.name + ": CUDA backend, ordered pipeline, 4 streams", fps.Median(0),
                    "frames/s");
-      c.report.Add(sec, set.name + ": CPU backend, same host", fps[1], "frames/s");
-      c.report.Add(sec, set.name + ": CPU backend per worker", fps[1] / c.workers, "frames/s");
-      c.report.Add(sec, set.name + ": CUDA / CPU", fps[1] > 0 ? fps[0] / fps[1] : 0, "x");
+      c.report.Add(sec, set.name + ": CPU backend, same host", fps.Median(1), "frames/s");
+      c.report.Add(sec, set.name + ": CPU backend per worker", fps.Median(1) / c.workers,
+                   "frames/s");
+      c.report.Add(sec, set.name + ": CUDA / CPU", fps.Ratio(0, 1), "x");
     }
   }
 #else
-  c.report.Add("GPU (skipped: built without the CUDA backend)", "-", 0, "");
+  c.report.Add("GPU", "skipped: built without the CUDA backend", 0, "");
 #endif
 }
 
@@ -511,6 +533,7 @@ int RunBench(const BenchOptions& o) {
     std::ofstream(o.json_path) << c.report.Json(machine);
     std::printf("wrote %s\n", o.json_path.c_str());
   }
+  std::fflush(stdout);  // before the plot script's output, when stdout is a file
   if (!o.plot_dir.empty()) {
     std::string json = o.json_path;
     if (json.empty()) {

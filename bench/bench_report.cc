@@ -51,7 +51,11 @@ std::string Report::Table() const {
       section = f.section;
       absl::StrAppend(&out, "\n", section, "\n");
     }
-    absl::StrAppend(&out, absl::StrFormat("  %-62s %12.2f %s\n", f.name, f.value, f.unit));
+    if (f.unit.empty()) {  // a note, not a figure
+      absl::StrAppend(&out, "  ", f.name, "\n");
+    } else {
+      absl::StrAppend(&out, absl::StrFormat("  %-62s %12.2f %s\n", f.name, f.value, f.unit));
+    }
   }
   if (!targets_.empty()) {
     absl::StrAppend(&out, "\nTargets (measured / target)\n");

@@ -1,7 +1,9 @@
 // Enrichment and the temporal stage against naive computations and hand-made frames.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <map>
+#include <random>
 #include <vector>
 
 #include "enrich/enricher.h"
@@ -126,6 +128,30 @@ TEST(TemporalStageTest, ComparesWithPreviousOkFrame) {
   t.Apply(half);
   EXPECT_DOUBLE_EQ(half.enrichment.scene_change, 0.5);
   EXPECT_FALSE(half.enrichment.scene_cut);
+}
+
+// Motion = mean |a - b| / 255 over the thumbnail, against a plain double loop: random
+// thumbnails, and the extremes (0 vs 255 everywhere: the largest sum, 1.0 exactly).
+TEST(TemporalStageTest, MotionIsTheMeanAbsoluteThumbnailDifference) {
+  std::mt19937 rng(7);
+  std::uniform_int_distribution<int> byte(0, 255);
+  for (int trial = 0; trial < 50; ++trial) {
+    std::array<uint8_t, kThumbnailBytes> a{}, b{};
+    for (int i = 0; i < kThumbnailBytes; ++i) {
+      a[i] = static_cast<uint8_t>(byte(rng));
+      b[i] = static_cast<uint8_t>(trial % 5 == 0 ? a[i] : byte(rng));
+    }
+    double naive = 0;
+    for (int i = 0; i < kThumbnailBytes; ++i) naive += std::abs(double(a[i]) - double(b[i]));
+    naive /= 255.0 * kThumbnailBytes;
+    EXPECT_DOUBLE_EQ(TemporalStage::Motion(a, b), naive) << "trial " << trial;
+    EXPECT_DOUBLE_EQ(TemporalStage::Motion(a, b), TemporalStage::Motion(b, a));
+  }
+  std::array<uint8_t, kThumbnailBytes> black{}, white{};
+  white.fill(255);
+  EXPECT_EQ(TemporalStage::Motion(black, white), 1.0);
+  EXPECT_EQ(TemporalStage::Motion(white, black), 1.0);
+  EXPECT_EQ(TemporalStage::Motion(white, white), 0.0);
 }
 
 TEST(TemporalStageTest, NormalisesHistogramsOfDifferentSizes) {

@@ -18,8 +18,13 @@ double TemporalStage::SceneChange(const std::array<uint32_t, kHistogramBins>& a,
 
 double TemporalStage::Motion(const std::array<uint8_t, kThumbnailBytes>& a,
                              const std::array<uint8_t, kThumbnailBytes>& b) {
-  uint64_t sum = 0;
-  for (int i = 0; i < kThumbnailBytes; ++i) sum += static_cast<uint64_t>(std::abs(a[i] - b[i]));
+  // A 32-bit sum cannot overflow (4096 x 255), and this is the form compilers turn into psadbw:
+  // it runs once per frame in the serial ordered stage, so it must stay a few dozen cycles.
+  static_assert(255ull * kThumbnailBytes <= 0xffffffffull);
+  uint32_t sum = 0;
+  for (int i = 0; i < kThumbnailBytes; ++i) {
+    sum += static_cast<uint32_t>(std::abs(static_cast<int>(a[i]) - static_cast<int>(b[i])));
+  }
   return static_cast<double>(sum) / (255.0 * kThumbnailBytes);
 }
 
