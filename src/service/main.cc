@@ -11,6 +11,7 @@
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "grpcpp/grpcpp.h"
 #include "service/cli_util.h"
 #include "service/health_probe.h"
@@ -119,6 +120,11 @@ int RunStream(StreamClientOptions o, const std::string& size, const std::string&
 
 int main(int argc, char** argv) {
   using namespace framepipe;
+  // Debian builds Abseil without NDEBUG, which leaves absl::Mutex's debug-only deadlock detector
+  // on: every lock taken while holding another (gRPC's internals, all the time) goes through a
+  // process-wide graph under a global lock, ~6x the cost of the lock pair, and a lock-order cycle
+  // it believes it saw aborts the process. Abseil's release builds run without it; so do we.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   CLI::App app{"framepipe: ordered, bounded analysis of live video frames over gRPC"};
   app.require_subcommand(1);
 

@@ -224,9 +224,16 @@ bool Server::Shutdown() {
   }
   impl_->service->BeginDrain();
   const bool drained = impl_->service->WaitForStreams(deadline);
-  // Every stream finished (or the drain timeout passed): cancel whatever is left at once, so
-  // idle client connections do not hold the exit up.
-  impl_->grpc_server->Shutdown(std::chrono::system_clock::now());
+  // Every stream has finished. gRPC now sends GOAWAY and waits until the clients have closed their
+  // connections, or until the deadline, then cuts what is left. Give them up to a second (never
+  // past the drain timeout; none if it ran out): a client that was still sending frames when its
+  // call ended must first read the status, and a connection cut with its frames unread in the
+  // server's socket answers its next write with a reset that can overtake that status ("Broken
+  // pipe" instead of "...answered (N frames)"). Idle gRPC clients close at once on GOAWAY.
+  const TimePoint grace = drained ? std::min(deadline, Now() + std::chrono::seconds(1)) : Now();
+  impl_->grpc_server->Shutdown(std::chrono::system_clock::now() +
+                               std::chrono::duration_cast<std::chrono::system_clock::duration>(
+                                   std::max(grace - Now(), Clock::duration::zero())));
   impl_->grpc_server->Wait();
   if (impl_->health_server) {
     impl_->health_server->Shutdown(std::chrono::system_clock::now());
