@@ -158,9 +158,11 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   serve
       ->add_option("--max-memory-mb", so.max_memory_mb,
-                   "Memory budget: 3/4 for frames in flight (payload + decoded pixels + luma), "
-                   "1/4 for messages being received; when either is used up, streams stop "
-                   "reading (flow control pushes back); 0 = count limits only")
+                   "Memory budget for the whole process' growth under load: 5/8 for frames in "
+                   "flight (payload + decoded pixels + luma), 1/4 for messages being received, "
+                   "1/8 for connections, results and threads; when frames or reads use up "
+                   "theirs, streams stop reading (flow control pushes back); 0 = count limits "
+                   "only")
       ->capture_default_str();
   serve
       ->add_option("--backend", so.backend,
