@@ -63,6 +63,11 @@ struct Samples {
     return bench::Median(std::move(r));
   }
   int rounds() const { return runs.empty() ? 0 : static_cast<int>(runs[0].size()); }
+  // How a target compared a with b, for its report line.
+  std::string Versus(size_t a, size_t b) const {
+    return absl::StrFormat("%.1f vs %.1f frames/s (medians; ratio: median of %d paired rounds)",
+                           Median(a), Median(b), rounds());
+  }
 };
 
 Samples Interleaved(int repeats, const std::vector<std::function<double()>>& runs) {
@@ -128,8 +133,6 @@ void ComputeAndPipeline(Ctx& c, const FrameSet& set, bool main_size) {
   PipelineRun ordered, unordered;
   ordered.frames_per_second = m.Median(2);
   unordered.frames_per_second = m.Median(3);
-  const std::string paired =
-      absl::StrFormat(" (medians; ratio: median of %d paired rounds)", m.rounds());
   c.report.Add(sec, "ideal: our decode+analysis+enrichment on plain threads", ideal, "frames/s");
   c.report.Add(sec, "stock ceiling: the same definitions as stock OpenCV calls", stock, "frames/s");
   c.report.Add(sec, "pipeline, ordered (resequencer on)", ordered.frames_per_second, "frames/s");
@@ -140,17 +143,14 @@ void ComputeAndPipeline(Ctx& c, const FrameSet& set, bool main_size) {
   c.report.Add(sec, "ordered / ideal", m.Ratio(2, 0), "x");
   c.report.Add(sec, "ordered / stock ceiling", m.Ratio(2, 1), "x");
   if (main_size) {
-    auto vs = [&](double a, double b) {
-      return absl::StrFormat("%.1f vs %.1f frames/s", a, b) + paired;
-    };
     c.report.AddTarget({"ordered pipeline >= 0.97 x our ideal (1280x720 JPEG)", m.Ratio(2, 0), 0.97,
-                        false, vs(ordered.frames_per_second, ideal)});
+                        false, m.Versus(2, 0)});
     c.report.AddTarget({"ordered pipeline >= 1.2 x stock OpenCV ceiling (1280x720 JPEG)",
-                        m.Ratio(2, 1), 1.2, false, vs(ordered.frames_per_second, stock)});
+                        m.Ratio(2, 1), 1.2, false, m.Versus(2, 1)});
     c.report.AddTarget({"ordered >= 0.98 x unordered (same graph, 1280x720 JPEG)", m.Ratio(2, 3),
-                        0.98, false, vs(ordered.frames_per_second, unordered.frames_per_second)});
+                        0.98, false, m.Versus(2, 3)});
     c.report.AddTarget({"in-process pipeline >= 1.0 x naive C++ baseline (1280x720 JPEG)",
-                        m.Ratio(2, 4), 1.0, false, vs(ordered.frames_per_second, naive)});
+                        m.Ratio(2, 4), 1.0, false, m.Versus(2, 4)});
   }
 }
 
@@ -310,8 +310,6 @@ void EndToEnd(Ctx& c) {
   one.frames_per_second = m.Median(0);
   four.frames_per_second = m.Median(1);
   const double inproc = m.Median(2), naive = m.Median(3);
-  const std::string paired =
-      absl::StrFormat(" (medians; ratio: median of %d paired rounds)", m.rounds());
   c.report.Add(sec, "1280x720 JPEG, 1 stream, max throughput", one.frames_per_second, "frames/s");
   c.report.Add(sec, "1280x720 JPEG, 4 streams, max throughput", four.frames_per_second, "frames/s");
   c.report.Add(sec, "  4 streams: latency p50", four.p50_ms, "ms");
@@ -342,20 +340,16 @@ void EndToEnd(Ctx& c) {
                       absl::StrFormat("p99 %.2f ms vs %.2f ms", at50.p99_ms, unloaded.p50_ms)});
   c.report.Add(sec, "in-process pipeline, same frames", inproc, "frames/s");
   c.report.Add(sec, "naive C++ baseline in-process, same frames", naive, "frames/s");
-  c.report.AddTarget(
-      {"end-to-end gRPC, 4 streams >= 0.85 x in-process pipeline (1280x720 JPEG)", m.Ratio(1, 2),
-       0.85, false,
-       absl::StrFormat("%.1f vs %.1f frames/s", four.frames_per_second, inproc) + paired});
+  c.report.AddTarget({"end-to-end gRPC, 4 streams >= 0.85 x in-process pipeline (1280x720 JPEG)",
+                      m.Ratio(1, 2), 0.85, false, m.Versus(1, 2)});
   c.report.Add("gRPC peers", "framepipe, 1280x720 JPEG, 4 streams", four.frames_per_second,
                "frames/s");
   FrameSet small = MakeFrameSet(320, 240, Encoding::kRaw, 16);
   const ClientReport small_fp = MustRun(ClientFor(port, small, 4, c.o->quick ? 400 : 1500));
   c.report.Add("gRPC peers", "framepipe, 320x240 raw, 4 streams", small_fp.frames_per_second,
                "frames/s");
-  c.report.AddTarget(
-      {"end-to-end gRPC >= 1.0 x naive C++ baseline (in-process!, 1280x720 JPEG)", m.Ratio(1, 3),
-       1.0, false,
-       absl::StrFormat("%.1f vs %.1f frames/s", four.frames_per_second, naive) + paired});
+  c.report.AddTarget({"end-to-end gRPC >= 1.0 x naive C++ baseline (in-process!, 1280x720 JPEG)",
+                      m.Ratio(1, 3), 1.0, false, m.Versus(1, 3)});
   (*server)->Shutdown();
 }
 
@@ -400,30 +394,21 @@ void SlowReader(Ctx& c) {
     std::fprintf(stderr, "bench: server did not start: %s\n", server.output().c_str());
     return;
   }
-  const uint64_t base = server.RssBytes();
-  std::atomic<bool> done{false};
-  std::atomic<uint64_t> peak{base};
-  std::thread sampler([&] {
-    while (!done) {
-      peak = std::max<uint64_t>(peak, server.RssBytes());
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-  });
+  PeakRss rss(server, std::chrono::milliseconds(20));
   FrameSet set = MakeFrameSet(1280, 720, Encoding::kRaw, 2);
   StreamClientOptions o = ClientFor(port, set, 1, c.o->quick ? 80 : 200);
   o.max_in_flight = max_in_flight;
   o.read_delay_ms = 50;
   o.distinct_frames = 2;
   const ClientReport r = MustRun(o);
-  done = true;
-  sampler.join();
+  rss.Stop();
   server.Signal(SIGTERM);
   server.Wait();
   const double frame_bytes = 1280.0 * 720 * 3;
-  const double growth_mib = (static_cast<double>(peak) - static_cast<double>(base)) / 1048576.0;
+  const double growth_mib = rss.GrowthMiB();
   const double bound_mib = (1.5 * max_in_flight * frame_bytes) / 1048576.0 + 64;
-  c.report.Add(sec, "server RSS before", static_cast<double>(base) / 1048576.0, "MiB");
-  c.report.Add(sec, "server RSS peak", static_cast<double>(peak) / 1048576.0, "MiB");
+  c.report.Add(sec, "server RSS before", static_cast<double>(rss.base()) / 1048576.0, "MiB");
+  c.report.Add(sec, "server RSS peak", static_cast<double>(rss.peak()) / 1048576.0, "MiB");
   c.report.Add(sec, "results received in order", static_cast<double>(r.results), "frames");
   c.report.AddTarget({"slow-reader RSS growth <= 1.5 x max_in_flight x frame bytes + 64 MiB",
                       growth_mib, bound_mib, true,

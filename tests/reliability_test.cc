@@ -300,15 +300,7 @@ TEST(ReliabilityTest, MemoryCeilingHoldsWithFiftyClientsSending1080pRaw) {
                        "--max-message-bytes", "8000000"});
   const int port = server.WaitForPort();
   ASSERT_GT(port, 0) << server.output();
-  const uint64_t base = server.RssBytes();
-  std::atomic<bool> done{false};
-  std::atomic<uint64_t> peak{base};
-  std::thread sampler([&] {
-    while (!done) {
-      peak = std::max<uint64_t>(peak, server.RssBytes());
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-  });
+  PeakRss rss(server, std::chrono::milliseconds(10));
   StreamClientOptions o = SmallStreams(port, 50, 4);
   o.width = 1920;
   o.height = 1080;
@@ -316,15 +308,14 @@ TEST(ReliabilityTest, MemoryCeilingHoldsWithFiftyClientsSending1080pRaw) {
   o.distinct_frames = 1;
   o.max_in_flight = 8;  // per stream the window would allow 50 x 8 frames: the budget decides
   auto r = RunStreamClient(o);
-  done = true;
-  sampler.join();
+  rss.Stop();
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_TRUE(r->ok()) << FormatReport(*r, 0);
-  const double growth_mib = (static_cast<double>(peak) - static_cast<double>(base)) / 1048576.0;
+  const double growth_mib = rss.GrowthMiB();
   RecordProperty("rss_growth_mib", std::to_string(growth_mib));
   if (kRssIsMeaningful) {
-    EXPECT_LT(growth_mib, kMaxMemoryMb)
-        << "peak RSS " << peak / 1048576 << " MiB, started at " << base / 1048576 << " MiB";
+    EXPECT_LT(growth_mib, kMaxMemoryMb) << "peak RSS " << rss.peak() / 1048576
+                                        << " MiB, started at " << rss.base() / 1048576 << " MiB";
   }
   const pb::Stats st = StatsOf(port);
   EXPECT_LE(st.peak_bytes_in_flight(), static_cast<uint64_t>(kMaxMemoryMb) * 5 / 8 << 20)

@@ -8,6 +8,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
@@ -109,6 +111,36 @@ class ChildProcess {
   std::condition_variable cv_;
   std::string out_;
   bool eof_ = false;
+};
+
+// Samples a child's resident memory every `period` on a thread of its own, from construction
+// until Stop(): the baseline and the peak, for the memory-bound tests and the benchmark.
+class PeakRss {
+ public:
+  PeakRss(const ChildProcess& child, std::chrono::milliseconds period)
+      : child_(child), base_(child.RssBytes()), peak_(base_), sampler_([this, period] {
+          while (!done_) {
+            peak_ = std::max<uint64_t>(peak_, child_.RssBytes());
+            std::this_thread::sleep_for(period);
+          }
+        }) {}
+  ~PeakRss() { Stop(); }
+  void Stop() {
+    done_ = true;
+    if (sampler_.joinable()) sampler_.join();
+  }
+  uint64_t base() const { return base_; }
+  uint64_t peak() const { return peak_; }
+  double GrowthMiB() const {
+    return (static_cast<double>(peak_) - static_cast<double>(base_)) / 1048576.0;
+  }
+
+ private:
+  const ChildProcess& child_;
+  const uint64_t base_;
+  std::atomic<uint64_t> peak_;
+  std::atomic<bool> done_{false};
+  std::thread sampler_;
 };
 
 }  // namespace framepipe

@@ -2,6 +2,7 @@
 
 #include <malloc.h>
 
+#include <algorithm>
 #include <condition_variable>
 #include <mutex>
 
@@ -234,10 +235,12 @@ bool Server::Shutdown() {
   // call ended must first read the status, and a connection cut with its frames unread in the
   // server's socket answers its next write with a reset that can overtake that status ("Broken
   // pipe" instead of "...answered (N frames)"). Idle gRPC clients close at once on GOAWAY.
-  const TimePoint grace = drained ? std::min(deadline, Now() + std::chrono::seconds(1)) : Now();
-  impl_->grpc_server->Shutdown(std::chrono::system_clock::now() +
-                               std::chrono::duration_cast<std::chrono::system_clock::duration>(
-                                   std::max(grace - Now(), Clock::duration::zero())));
+  const Clock::duration grace =
+      drained ? std::clamp<Clock::duration>(deadline - Now(), {}, std::chrono::seconds(1))
+              : Clock::duration::zero();
+  impl_->grpc_server->Shutdown(
+      std::chrono::system_clock::now() +
+      std::chrono::duration_cast<std::chrono::system_clock::duration>(grace));
   impl_->grpc_server->Wait();
   if (impl_->health_server) {
     impl_->health_server->Shutdown(std::chrono::system_clock::now());
