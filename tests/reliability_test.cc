@@ -254,6 +254,7 @@ StreamClientOptions SmallStreams(int port, int streams, int64_t frames) {
 TEST(ReliabilityTest, ManyConcurrentStreamsAndABurstOfShortOnes) {
   ServerOptions so;
   so.max_streams = 1024;
+  so.max_streams_per_peer = 1024;  // every client here is 127.0.0.1
   so.global_max_in_flight = 1024;
   auto server = StartTestServer(so);
   ASSERT_TRUE(server);
@@ -272,6 +273,7 @@ TEST(ReliabilityTest, ManyConcurrentStreamsAndABurstOfShortOnes) {
 TEST(ReliabilityTest, BeyondMaxStreamsIsResourceExhausted) {
   ServerOptions so;
   so.max_streams = 50;
+  so.max_streams_per_peer = 50;  // the server-wide limit, not the per-address one
   auto server = StartTestServer(so);
   ASSERT_TRUE(server);
   StreamClientOptions o = SmallStreams(server->port(), 80, 40);

@@ -395,6 +395,7 @@ TEST(ServiceTest, HealthGoesNotServingDuringDrainAndAdmittedFramesAreAnswered) {
 TEST(ServiceTest, StreamLimitIsResourceExhausted) {
   ServerOptions o;
   o.max_streams = 2;
+  o.max_streams_per_peer = 2;  // the server-wide limit, not the per-address one
   auto server = StartTestServer(o);
   ASSERT_TRUE(server);
   Call a(Channel(*server)), b(Channel(*server));

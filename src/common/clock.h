@@ -12,6 +12,17 @@ using TimePoint = Clock::time_point;
 
 inline TimePoint Now() { return Clock::now(); }
 
+// Where timeouts read "now" (first-frame and idle timeouts, drain, frame deadlines): the real
+// monotonic clock in production, a fake one in tests, so a test moves time instead of sleeping.
+// Implementations are thread-safe.
+class TimeSource {
+ public:
+  virtual ~TimeSource() = default;
+  virtual TimePoint Now() const = 0;
+  // The process-wide real clock (never null, never destroyed).
+  static const TimeSource* Real();
+};
+
 // Microseconds from `from` to `to`, clamped at 0.
 inline uint64_t MicrosBetween(TimePoint from, TimePoint to) {
   auto d = std::chrono::duration_cast<std::chrono::microseconds>(to - from).count();

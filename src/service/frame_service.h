@@ -1,8 +1,11 @@
-// FrameService: the framepipe.v1.FramePipeline gRPC service on the callback API. One
-// ProcessReactor per Process call: exactly one read and one write in flight, reads paused while
-// the stream has no credit (so a slow reader pushes back through HTTP/2 flow control), the next
-// write started from OnWriteDone, a frame's credit returned when its result's write completed,
-// Finish on every path. Reactions never block.
+// FrameService: the framepipe.v1.FramePipeline gRPC service on the callback API. Process calls
+// are served by ProcessReactor (process_reactor.h), one per call; this class is their registry:
+// it admits or refuses new streams (server-wide and per-peer caps, drain), shares the read budget
+// among them, ends streams that stop sending (first-frame and idle timeouts), and answers
+// GetStats.
+//
+// Process is registered as a raw method (ByteBuffer in and out): the reactor parses each message
+// itself, so a message that is not a ProcessRequest is told apart from the end of the stream.
 #pragma once
 
 #include <atomic>
@@ -10,58 +13,62 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
+#include <map>
+#include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "analysis/decoder.h"
 #include "common/clock.h"
 #include "framepipe/v1/framepipe.grpc.pb.h"
 #include "pipeline/pipeline.h"
+#include "service/peer_log.h"
+#include "service/service_observer.h"
 
 namespace framepipe {
-
-// Service-side metrics hooks (the pipeline has its own, PipelineObserver). Thread-safe, cheap.
-class ServiceObserver {
- public:
-  virtual ~ServiceObserver() = default;
-  virtual void OnStreamOpened() {}
-  virtual void OnStreamClosed() {}
-  virtual void OnStreamRejected() {}
-  virtual void OnFrameRead(size_t /*payload_bytes*/) {}
-  // A result's write completed: seconds from hand-off to completion, message bytes, and the
-  // frame's capture_time_us (0 when the client did not set it).
-  virtual void OnResultWritten(double /*write_seconds*/, size_t /*bytes*/,
-                               int64_t /*capture_time_us*/) {}
-  // Frames read but not admitted because the server was shutting down.
-  virtual void OnNotAdmitted(uint64_t /*frames*/) {}
-  // Results that could not be written because the client went away or cancelled.
-  virtual void OnResultsDiscarded(uint64_t /*results*/) {}
-};
 
 struct ServiceOptions {
   uint32_t default_max_in_flight = 8;    // when StreamConfig.max_in_flight is 0 or absent
   uint32_t max_stream_in_flight = 1024;  // largest max_in_flight a client may ask for
   uint32_t max_streams = 256;            // concurrent Process calls; beyond: RESOURCE_EXHAUSTED
+  uint32_t max_streams_per_peer = 64;    // concurrent Process calls from one IP address
   DecodeLimits limits;                   // for charging frames against the memory budget
-  std::chrono::milliseconds idle_timeout{0};  // end streams that send nothing this long (0=off)
+  // A stream whose first frame has not arrived this long after the call started is ended
+  // (DEADLINE_EXCEEDED); a StreamConfig alone does not count. 0 = off.
+  std::chrono::milliseconds first_frame_timeout{10000};
+  std::chrono::milliseconds idle_timeout{60000};  // no message for this long: ended (0 = off)
   // Bytes that messages being received (and read frames not yet admitted) may hold; a stream
   // reserves room for its next message before it reads it. 0 = no budget.
   uint64_t read_budget_bytes = 0;
   uint64_t first_read_bytes = 1 << 20;  // what a stream's first message is assumed to need
+  // Bearer tokens a call must present ("authorization: Bearer <token>"); empty = no check.
+  // Checked here when TLS ends in the server's own front door (gRPC then sees plaintext and
+  // cannot run its auth processor).
+  std::vector<std::string> auth_tokens;
+  // Maps gRPC's peer string to the client's address (the front door hands gRPC local sockets).
+  std::function<std::string(const std::string&)> resolve_peer;
+  const TimeSource* time = TimeSource::Real();
+  std::chrono::milliseconds watchdog_tick{250};  // how often timeouts are checked
+  PeerLogOptions peer_log;
   std::string backend = "cpu";
   std::string version;
 };
 
 class ProcessReactor;
 
-class FrameService final : public v1::FramePipeline::CallbackService {
+class FrameService final
+    : public v1::FramePipeline::WithRawCallbackMethod_Process<
+          v1::FramePipeline::WithCallbackMethod_GetStats<v1::FramePipeline::Service>> {
  public:
   FrameService(Pipeline* pipeline, ServiceOptions options, ServiceObserver* observer);
   ~FrameService() override;
 
-  grpc::ServerBidiReactor<v1::ProcessRequest, v1::FrameResult>* Process(
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* Process(
       grpc::CallbackServerContext* context) override;
   grpc::ServerUnaryReactor* GetStats(grpc::CallbackServerContext* context,
                                      const v1::GetStatsRequest* request,
@@ -74,24 +81,34 @@ class FrameService final : public v1::FramePipeline::CallbackService {
   bool WaitForStreams(TimePoint deadline);
   uint32_t active_streams() const;
   bool draining() const { return draining_.load(); }
+  // Checks every stream's first-frame and idle deadlines now (the watchdog does it every tick).
+  void CheckTimeouts();
 
  private:
   friend class ProcessReactor;
-  bool Admit(ProcessReactor* r, std::string* why_not);  // registers, or says why not
-  void Unregister(ProcessReactor* r);
-  void IdleLoop();
+
+  // Registers `r`, or returns why not.
+  std::optional<StreamRefusal> Register(ProcessReactor* r, std::string* why_not);
+  void Unregister(ProcessReactor* r);  // from OnDone; may delete r
+  // Runs `fn` on every registered reactor outside the lock, each kept alive meanwhile.
+  void ForEachReactor(const std::function<void(ProcessReactor*)>& fn);
+  void Release(ProcessReactor* r);  // drops a hold taken under mu_; may delete r
+  void WatchdogLoop();
   // Read budget: TryReserve counts `bytes` or queues `r` (FIFO) to be granted them later (by a
   // call to r->GrantRead from ReleaseReserved); Forget drops r from the queue.
   bool TryReserve(ProcessReactor* r, uint64_t bytes);
   void ReleaseReserved(uint64_t bytes);
   void ForgetReservation(ProcessReactor* r);
+  bool Authorized(const grpc::CallbackServerContext* ctx) const;
 
   Pipeline* const pipeline_;
   const ServiceOptions options_;
   ServiceObserver* const observer_;
+  const TimeSource* const time_;
   const TimePoint started_ = Now();
   const std::string instance_ = MakeInstanceId();
   static std::string MakeInstanceId();
+  PeerLog peer_log_;
 
   std::atomic<bool> draining_{false};
   std::atomic<uint64_t> streams_total_{0};
@@ -102,10 +119,11 @@ class FrameService final : public v1::FramePipeline::CallbackService {
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::set<ProcessReactor*> reactors_;
+  std::map<std::string, uint32_t> streams_by_peer_;
   uint64_t read_used_ = 0;
   std::deque<std::pair<ProcessReactor*, uint64_t>> read_waiters_;
-  bool idle_exit_ = false;
-  std::thread idle_thread_;
+  bool watchdog_exit_ = false;
+  std::thread watchdog_;
 };
 
 }  // namespace framepipe

@@ -32,7 +32,7 @@ int Fail(const std::string& what) {
 }
 
 int RunServe(ServerOptions o, const std::string& drain, const std::string& idle,
-             const std::string& log_format) {
+             const std::string& first_frame, const std::string& log_format) {
   SetLogFormat(log_format == "json" ? LogFormat::kJson : LogFormat::kText);
   auto d = ParseDuration(drain);
   if (!d.ok()) return Fail(std::string(d.status().message()));
@@ -40,6 +40,9 @@ int RunServe(ServerOptions o, const std::string& drain, const std::string& idle,
   auto it = ParseDuration(idle);
   if (!it.ok()) return Fail(std::string(it.status().message()));
   o.idle_timeout = *it;
+  auto ff = ParseDuration(first_frame);
+  if (!ff.ok()) return Fail(std::string(ff.status().message()));
+  o.first_frame_timeout = *ff;
   // Signals are taken by a dedicated thread (sigwait), so they are blocked everywhere else,
   // including every thread gRPC and oneTBB start from here on.
   sigset_t set;
@@ -130,7 +133,7 @@ int main(int argc, char** argv) {
 
   // ---- serve
   ServerOptions so;
-  std::string drain = "10s", idle = "0", log_format = "text";
+  std::string drain = "10s", idle = "60s", first_frame = "10s", log_format = "text";
   auto* serve = app.add_subcommand("serve", "Run the gRPC service");
   serve->add_option("--listen", so.listen, "Address to listen on (host:port; port 0 picks one)")
       ->capture_default_str();
@@ -191,7 +194,18 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   serve
       ->add_option("--idle-timeout", idle,
-                   "End streams that send nothing for this long (0 = never)")
+                   "End streams that send nothing for this long while the server waits for "
+                   "their next message (DEADLINE_EXCEEDED; 0 = never)")
+      ->capture_default_str();
+  serve
+      ->add_option("--first-frame-timeout", first_frame,
+                   "End calls whose first frame has not arrived this long after they started "
+                   "(a StreamConfig alone does not count; 0 = never)")
+      ->capture_default_str();
+  serve
+      ->add_option("--max-streams-per-peer", so.max_streams_per_peer,
+                   "Concurrent streams from one client IP address; more are refused with "
+                   "RESOURCE_EXHAUSTED (0 = a quarter of --max-streams)")
       ->capture_default_str();
   serve
       ->add_option("--transport-memory-mb", so.transport_memory_mb,
@@ -358,7 +372,7 @@ int main(int argc, char** argv) {
   }
 #endif
 
-  if (serve->parsed()) return RunServe(so, drain, idle, log_format);
+  if (serve->parsed()) return RunServe(so, drain, idle, first_frame, log_format);
   if (stream->parsed()) {
     co.progress = !no_progress && isatty(fileno(stderr));
     std::error_code ec;

@@ -196,7 +196,13 @@ void Metrics::OnStreamOpened() {
   streams_total_.fetch_add(1, std::memory_order_relaxed);
 }
 void Metrics::OnStreamClosed() { active_streams_.fetch_sub(1, std::memory_order_relaxed); }
-void Metrics::OnStreamRejected() { streams_rejected_.fetch_add(1, std::memory_order_relaxed); }
+void Metrics::OnStreamRejected(StreamRefusal why) {
+  streams_rejected_[static_cast<int>(why)].fetch_add(1, std::memory_order_relaxed);
+}
+void Metrics::OnStreamExpired(StreamExpiry why) {
+  streams_expired_[static_cast<int>(why)].fetch_add(1, std::memory_order_relaxed);
+}
+void Metrics::OnMalformedMessage() { malformed_messages_.fetch_add(1, std::memory_order_relaxed); }
 
 void Metrics::OnFrameRead(size_t bytes) {
   frames_read_.fetch_add(1, std::memory_order_relaxed);
@@ -274,9 +280,32 @@ std::vector<prometheus::MetricFamily> Metrics::Collect() const {
         static_cast<double>(active_streams_.load()));
   counter("framepipe_streams_total", "Process streams accepted since start.",
           static_cast<double>(streams_total_.load()));
-  counter("framepipe_streams_rejected_total",
-          "Process streams refused (at --max-streams, or while draining).",
-          static_cast<double>(streams_rejected_.load()));
+  {
+    auto f = Family("framepipe_streams_rejected_total",
+                    "Process streams refused, by reason: max_streams (--max-streams), peer_limit "
+                    "(--max-streams-per-peer), draining, unauthenticated.",
+                    MetricType::Counter);
+    for (int r = 0; r < static_cast<int>(StreamRefusal::kCount); ++r) {
+      f.metric.push_back(Value(static_cast<double>(streams_rejected_[r].load()),
+                               MetricType::Counter,
+                               {{"reason", StreamRefusalLabel(static_cast<StreamRefusal>(r))}}));
+    }
+    out.push_back(std::move(f));
+  }
+  {
+    auto f = Family("framepipe_streams_expired_total",
+                    "Streams the server ended because the client stopped sending: first_frame "
+                    "(--first-frame-timeout), idle (--idle-timeout).",
+                    MetricType::Counter);
+    for (int r = 0; r < static_cast<int>(StreamExpiry::kCount); ++r) {
+      f.metric.push_back(Value(static_cast<double>(streams_expired_[r].load()), MetricType::Counter,
+                               {{"reason", StreamExpiryLabel(static_cast<StreamExpiry>(r))}}));
+    }
+    out.push_back(std::move(f));
+  }
+  counter("framepipe_malformed_messages_total",
+          "Messages that were not a ProcessRequest (each ended its call with INVALID_ARGUMENT).",
+          static_cast<double>(malformed_messages_.load()));
   {
     auto f = Family("framepipe_dropped_total",
                     "Frames or results not processed or not delivered, by reason: drop_oldest "

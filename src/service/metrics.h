@@ -22,7 +22,7 @@
 #include "common/clock.h"
 #include "pipeline/pipeline.h"
 #include "prometheus/collectable.h"
-#include "service/frame_service.h"
+#include "service/service_observer.h"
 
 namespace prometheus {
 class Exposer;
@@ -74,7 +74,9 @@ class Metrics final : public prometheus::Collectable,
   // ServiceObserver
   void OnStreamOpened() override;
   void OnStreamClosed() override;
-  void OnStreamRejected() override;
+  void OnStreamRejected(StreamRefusal why) override;
+  void OnStreamExpired(StreamExpiry why) override;
+  void OnMalformedMessage() override;
   void OnFrameRead(size_t payload_bytes) override;
   void OnResultWritten(double write_seconds, size_t bytes, int64_t capture_time_us) override;
   void OnNotAdmitted(uint64_t frames) override;
@@ -104,7 +106,9 @@ class Metrics final : public prometheus::Collectable,
   std::atomic<int64_t> reorder_depth_{0};
   std::atomic<int64_t> active_streams_{0};
   std::atomic<uint64_t> streams_total_{0};
-  std::atomic<uint64_t> streams_rejected_{0};
+  std::array<std::atomic<uint64_t>, static_cast<int>(StreamRefusal::kCount)> streams_rejected_{};
+  std::array<std::atomic<uint64_t>, static_cast<int>(StreamExpiry::kCount)> streams_expired_{};
+  std::atomic<uint64_t> malformed_messages_{0};
   std::atomic<uint64_t> bytes_in_{0};
   std::atomic<uint64_t> bytes_out_{0};
   std::atomic<uint64_t> frames_read_{0};

@@ -109,6 +109,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   svc.max_stream_in_flight = std::max(options.max_stream_in_flight, options.max_in_flight);
   svc.max_streams = options.max_streams;
   svc.limits = options.limits;
+  svc.max_streams_per_peer = options.max_streams_per_peer > 0
+                                 ? options.max_streams_per_peer
+                                 : std::max<uint32_t>(1, options.max_streams / 4);
+  svc.first_frame_timeout = options.first_frame_timeout;
   svc.idle_timeout = options.idle_timeout;
   svc.read_budget_bytes = memory / 4;
   svc.first_read_bytes = std::min<uint64_t>(options.max_receive_message_bytes, memory / 16);

@@ -34,7 +34,9 @@ struct ServerOptions {
   size_t max_receive_message_bytes = 32u << 20;
   size_t transport_memory_mb = 512;       // gRPC ResourceQuota: buffers of all connections
   size_t stream_window_bytes = 1u << 20;  // HTTP/2 per-stream receive window (no BDP growth)
-  std::chrono::milliseconds idle_timeout{0};
+  uint32_t max_streams_per_peer = 0;      // streams from one IP address; 0 = max_streams / 4
+  std::chrono::milliseconds first_frame_timeout{10000};  // a call with no frame by then ends
+  std::chrono::milliseconds idle_timeout{60000};         // a stream silent this long ends (0=off)
   bool intra_frame_parallel = true;
   DecodeLimits limits;
   EnrichConfig enrich;

@@ -1,0 +1,17 @@
+#include "common/clock.h"
+
+namespace framepipe {
+
+namespace {
+class RealTimeSource final : public TimeSource {
+ public:
+  TimePoint Now() const override { return Clock::now(); }
+};
+}  // namespace
+
+const TimeSource* TimeSource::Real() {
+  static const RealTimeSource* real = new RealTimeSource;  // never destroyed: used at exit
+  return real;
+}
+
+}  // namespace framepipe

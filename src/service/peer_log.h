@@ -1,0 +1,67 @@
+// PeerLog: per-stream log lines that no peer can multiply. A stream's open/close lines are
+// written only while its peer (an IP address) and the whole server have log budget left (token
+// buckets); every other stream event - refusals always, opens and closes beyond the budget - is
+// counted instead and written as one `streams_summary` line per peer per interval. An attacker
+// opening and resetting thousands of streams a second costs a few lines, not one per stream.
+//
+// Thread-safe; the counting paths take one short lock (stream events, never frame events).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <string>
+
+#include "common/clock.h"
+
+namespace framepipe {
+
+struct PeerLogOptions {
+  double peer_lines_per_second = 2;  // stream lines one peer may write, sustained
+  double peer_burst = 20;
+  double global_lines_per_second = 20;  // all peers together
+  double global_burst = 100;
+  std::chrono::seconds interval{10};  // how often summaries are written
+  size_t max_peers = 1024;            // peers tracked at once; more are summed as "other"
+};
+
+class PeerLog {
+ public:
+  explicit PeerLog(PeerLogOptions options = {});
+
+  // A stream of `peer` opened: true if its open and close lines may be written.
+  bool AllowStream(const std::string& peer, TimePoint now);
+  // A stream of `peer` ended with `status` ("OK", "CANCELLED"...) without its lines written.
+  void CountClosed(const std::string& peer, const std::string& status);
+  // A stream of `peer` was refused (`reason`: "max_streams", "peer_limit", "draining", ...).
+  void CountRefused(const std::string& peer, const std::string& reason);
+  // Writes one summary line per peer with counts since the last one, once per interval.
+  void Flush(TimePoint now, bool force = false);
+
+ private:
+  struct Bucket {
+    double tokens = 0;
+    TimePoint last{};
+  };
+  struct Counts {
+    Bucket bucket;
+    uint64_t logged = 0;
+    uint64_t unlogged = 0;
+    std::map<std::string, uint64_t> closed;   // by status
+    std::map<std::string, uint64_t> refused;  // by reason
+    bool dirty = false;
+  };
+  static bool Take(Bucket* b, double rate, double burst, TimePoint now);
+  Counts& PeerLocked(const std::string& peer);
+
+  const PeerLogOptions options_;
+  std::mutex mu_;
+  Bucket global_;
+  std::map<std::string, Counts> peers_;
+  TimePoint last_flush_{};
+};
+
+// "ipv4:10.1.2.3:5678" -> "10.1.2.3", "ipv6:[::1]:5678" -> "::1"; anything else as it is.
+std::string PeerHost(const std::string& grpc_peer);
+
+}  // namespace framepipe
