@@ -235,27 +235,29 @@ TEST(ReactorLifecycleTest, RefusedCallCancelledAtOnceDoesNotFinishTwice) {
   RawCall::Script hold;
   hold.messages = {Serialized(ConfigMsg(4))};
   hold.half_close = false;
-  RawCall holder(ch, hold);
+  auto holder = std::make_unique<RawCall>(ch, hold);
   ASSERT_TRUE(WaitForStats(*server, [](const pb::Stats& s) { return s.active_streams() == 1; }));
   std::mt19937 rng(7);
   for (int i = 0; i < 100; ++i) {
     RawCall::Script s;
     s.half_close = false;
-    RawCall refused(ch, s);
+    // On the heap: gRPC's threads write the status into the call object, and a stack slot
+    // reused by the next iteration would look like a race to ThreadSanitizer.
+    auto refused = std::make_unique<RawCall>(ch, s);
     if (i % 2) {
       std::this_thread::sleep_for(
           std::chrono::microseconds(std::uniform_int_distribution<int>(0, 500)(rng)));
     }
-    refused.Cancel();
-    const grpc::Status st = refused.Await();
+    refused->Cancel();
+    const grpc::Status st = refused->Await();
     EXPECT_TRUE(st.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED ||
                 st.error_code() == grpc::StatusCode::CANCELLED)
         << st.error_code() << " " << st.error_message();
   }
   // The server is alive and the held stream still works.
   EXPECT_EQ(GetStats(*server).active_streams(), 1u);
-  holder.Cancel();
-  EXPECT_EQ(holder.Await().error_code(), grpc::StatusCode::CANCELLED);
+  holder->Cancel();
+  EXPECT_EQ(holder->Await().error_code(), grpc::StatusCode::CANCELLED);
   EXPECT_TRUE(WaitForStats(*server, [](const pb::Stats& s) { return s.active_streams() == 0; }));
 }
 
@@ -288,9 +290,9 @@ TEST(ReactorLifecycleTest, DrainWithClientsCancellingAndRetrying) {
       RawCall::Script s;
       s.messages = {Serialized(ConfigMsg(2))};
       s.half_close = false;
-      RawCall c(ch, s);
-      c.Cancel();
-      const grpc::StatusCode code = c.Await().error_code();
+      auto c = std::make_unique<RawCall>(ch, s);
+      c->Cancel();
+      const grpc::StatusCode code = c->Await().error_code();
       EXPECT_TRUE(code == grpc::StatusCode::CANCELLED || code == grpc::StatusCode::UNAVAILABLE)
           << code;
     }

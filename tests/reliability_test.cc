@@ -297,7 +297,7 @@ TEST(ReliabilityTest, BeyondMaxStreamsIsResourceExhausted) {
 TEST(ReliabilityTest, MemoryCeilingHoldsWithFiftyClientsSending1080pRaw) {
   constexpr int kMaxMemoryMb = 320;
   ChildProcess server({FRAMEPIPE_BINARY, "serve", "--listen", "127.0.0.1:0", "--metrics", "",
-                       "--workers", "2", "--backend", "cpu", "--max-memory-mb",
+                       "--workers", "1", "--backend", "cpu", "--max-memory-mb",
                        std::to_string(kMaxMemoryMb), "--global-max-in-flight", "1000",
                        "--max-message-bytes", "8000000"});
   const int port = server.WaitForPort();

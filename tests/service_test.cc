@@ -31,7 +31,12 @@ TEST(ServiceTest, ConcurrentStreamsWithRandomDelaysAreCompleteAndOrdered) {
   for (int k = 0; k < kStreams; ++k) {
     threads.emplace_back([&, k] {
       Call call(Channel(*server));
-      ASSERT_TRUE(call.Write(ConfigMsg(6, pb::OVERLOAD_POLICY_BLOCK, 0, "s" + std::to_string(k))));
+      if (!call.Write(ConfigMsg(6, pb::OVERLOAD_POLICY_BLOCK, 0, "s" + std::to_string(k)))) {
+        status[k] = call.Finish();
+        ADD_FAILURE() << "stream " << k << ": first write failed: " << status[k].error_code() << " "
+                      << status[k].error_message();
+        return;
+      }
       std::thread writer([&] {
         for (int i = 0; i < kFrames; ++i) {
           if (!call.Write(JpegFrame(10 + 7 * i, 1000 + i))) break;

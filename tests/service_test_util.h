@@ -24,12 +24,18 @@ namespace framepipe::testing {
 namespace pb = ::framepipe::v1;
 
 inline std::unique_ptr<Server> StartTestServer(ServerOptions o) {
+  PrimeProcessClocks();
   if (!std::getenv("FRAMEPIPE_TEST_LOGS")) SetLogEnabled(false);
   o.listen = "127.0.0.1:0";
   o.backend = "cpu";
   // Metrics off unless a test asks: the exposer takes ~2 s to shut down.
   if (o.metrics == "0.0.0.0:9464") o.metrics = "";
   if (o.workers == 0) o.workers = 2;
+  // FRAMEPIPE_TEST_GUARD=off runs a test with gRPC's own listener (to tell a front-door problem
+  // from a service one).
+  if (const char* g = std::getenv("FRAMEPIPE_TEST_GUARD"); g && std::string(g) == "off") {
+    o.guard = false;
+  }
   auto s = Server::Start(o);
   if (!s.ok()) {
     ADD_FAILURE() << s.status();

@@ -1,5 +1,7 @@
 #include "common/clock.h"
 
+#include "absl/base/internal/sysinfo.h"
+
 namespace framepipe {
 
 namespace {
@@ -13,5 +15,7 @@ const TimeSource* TimeSource::Real() {
   static const RealTimeSource* real = new RealTimeSource;  // never destroyed: used at exit
   return real;
 }
+
+void PrimeProcessClocks() { (void)absl::base_internal::NominalCPUFrequency(); }
 
 }  // namespace framepipe

@@ -34,6 +34,13 @@ inline double SecondsBetween(TimePoint from, TimePoint to) {
   return s > 0 ? s : 0.0;
 }
 
+// Computes, once, what Abseil computes lazily on first use: the CPU's cycle-clock frequency (it
+// reads /sys files that may not exist, leaving errno = ENOENT). gRPC 1.51's TCP connect reads
+// errno after calls that can be the first in the process to need it, so a connect made at that
+// moment fails with "No such file or directory". Every framepipe process (server, client, tests)
+// calls this before it starts gRPC. Idempotent and thread-safe.
+void PrimeProcessClocks();
+
 // Wall clock in microseconds since the Unix epoch (the unit of capture_time_us).
 inline int64_t WallMicros() {
   return std::chrono::duration_cast<std::chrono::microseconds>(

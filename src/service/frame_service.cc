@@ -34,7 +34,8 @@ FrameService::FrameService(Pipeline* pipeline, ServiceOptions options, ServiceOb
       options_(std::move(options)),
       observer_(observer),
       time_(options_.time ? options_.time : TimeSource::Real()),
-      peer_log_(options_.peer_log) {
+      own_peer_log_(options_.peer_log ? nullptr : std::make_unique<PeerLog>()),
+      peer_log_(options_.peer_log ? options_.peer_log : own_peer_log_.get()) {
   watchdog_ = std::thread([this] { WatchdogLoop(); });
 }
 
@@ -45,7 +46,7 @@ FrameService::~FrameService() {
   }
   cv_.notify_all();
   watchdog_.join();
-  peer_log_.Flush(time_->Now(), /*force=*/true);
+  peer_log_->Flush(time_->Now(), /*force=*/true);
 }
 
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* FrameService::Process(
@@ -55,23 +56,26 @@ grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* FrameService::Proce
   return r;
 }
 
-bool FrameService::Authorized(const grpc::CallbackServerContext* ctx) const {
-  if (options_.auth_tokens.empty()) return true;
+absl::Status FrameService::Authorize(const grpc::CallbackServerContext* ctx) const {
+  if (options_.auth_tokens.empty()) return absl::OkStatus();
   const auto& md = ctx->client_metadata();
   auto it = md.find("authorization");
-  if (it == md.end()) return false;
+  if (it == md.end()) {
+    return absl::UnauthenticatedError(
+        "missing credentials: send \"authorization: Bearer <token>\"");
+  }
   const std::string value(it->second.data(), it->second.size());
   constexpr std::string_view kPrefix = "Bearer ";
   const std::string token =
       value.rfind(kPrefix, 0) == 0 ? value.substr(kPrefix.size()) : std::string();
   bool ok = false;
   for (const auto& t : options_.auth_tokens) ok |= ConstantTimeEquals(token, t);  // no early exit
-  return ok;
+  return ok ? absl::OkStatus() : absl::UnauthenticatedError("invalid bearer token");
 }
 
 std::optional<StreamRefusal> FrameService::Register(ProcessReactor* r, std::string* why_not) {
-  if (!Authorized(r->ctx())) {
-    *why_not = "missing or invalid bearer token: send \"authorization: Bearer <token>\"";
+  if (absl::Status auth = Authorize(r->ctx()); !auth.ok()) {
+    *why_not = std::string(auth.message());
     return StreamRefusal::kUnauthenticated;
   }
   std::lock_guard<std::mutex> l(mu_);
@@ -184,7 +188,7 @@ void FrameService::ForgetReservation(ProcessReactor* r) {
 void FrameService::CheckTimeouts() {
   const TimePoint now = time_->Now();
   ForEachReactor([now](ProcessReactor* r) { r->CheckTimeouts(now); });
-  peer_log_.Flush(now);
+  peer_log_->Flush(now);
 }
 
 void FrameService::WatchdogLoop() {
@@ -202,9 +206,8 @@ grpc::ServerUnaryReactor* FrameService::GetStats(grpc::CallbackServerContext* co
                                                  const v1::GetStatsRequest* /*request*/,
                                                  v1::Stats* s) {
   auto* reactor = context->DefaultReactor();
-  if (!Authorized(context)) {
-    reactor->Finish(
-        grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "missing or invalid bearer token"));
+  if (absl::Status auth = Authorize(context); !auth.ok()) {
+    reactor->Finish(grpc::Status(grpc::StatusCode::UNAUTHENTICATED, std::string(auth.message())));
     return reactor;
   }
   PipelineCounters c = pipeline_->counters();

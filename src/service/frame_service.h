@@ -54,7 +54,7 @@ struct ServiceOptions {
   std::function<std::string(const std::string&)> resolve_peer;
   const TimeSource* time = TimeSource::Real();
   std::chrono::milliseconds watchdog_tick{250};  // how often timeouts are checked
-  PeerLogOptions peer_log;
+  PeerLog* peer_log = nullptr;  // shared aggregated log (not owned); null: the service has its own
   std::string backend = "cpu";
   std::string version;
 };
@@ -99,7 +99,8 @@ class FrameService final
   bool TryReserve(ProcessReactor* r, uint64_t bytes);
   void ReleaseReserved(uint64_t bytes);
   void ForgetReservation(ProcessReactor* r);
-  bool Authorized(const grpc::CallbackServerContext* ctx) const;
+  // OK, or UNAUTHENTICATED saying what is missing (with auth_tokens set).
+  absl::Status Authorize(const grpc::CallbackServerContext* ctx) const;
 
   Pipeline* const pipeline_;
   const ServiceOptions options_;
@@ -108,7 +109,8 @@ class FrameService final
   const TimePoint started_ = Now();
   const std::string instance_ = MakeInstanceId();
   static std::string MakeInstanceId();
-  PeerLog peer_log_;
+  std::unique_ptr<PeerLog> own_peer_log_;
+  PeerLog* const peer_log_;
 
   std::atomic<bool> draining_{false};
   std::atomic<uint64_t> streams_total_{0};

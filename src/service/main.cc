@@ -12,6 +12,7 @@
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "common/clock.h"
 #include "grpcpp/grpcpp.h"
 #include "service/cli_util.h"
 #include "service/health_probe.h"
@@ -32,7 +33,8 @@ int Fail(const std::string& what) {
 }
 
 int RunServe(ServerOptions o, const std::string& drain, const std::string& idle,
-             const std::string& first_frame, const std::string& log_format) {
+             const std::string& first_frame, const std::string& guard,
+             const std::string& log_format) {
   SetLogFormat(log_format == "json" ? LogFormat::kJson : LogFormat::kText);
   auto d = ParseDuration(drain);
   if (!d.ok()) return Fail(std::string(d.status().message()));
@@ -40,6 +42,7 @@ int RunServe(ServerOptions o, const std::string& drain, const std::string& idle,
   auto it = ParseDuration(idle);
   if (!it.ok()) return Fail(std::string(it.status().message()));
   o.idle_timeout = *it;
+  o.guard = guard == "on";
   auto ff = ParseDuration(first_frame);
   if (!ff.ok()) return Fail(std::string(ff.status().message()));
   o.first_frame_timeout = *ff;
@@ -128,6 +131,7 @@ int main(int argc, char** argv) {
   // process-wide graph under a global lock, ~6x the cost of the lock pair, and a lock-order cycle
   // it believes it saw aborts the process. Abseil's release builds run without it; so do we.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+  PrimeProcessClocks();
   CLI::App app{"framepipe: ordered, bounded analysis of live video frames over gRPC"};
   app.require_subcommand(1);
 
@@ -201,6 +205,38 @@ int main(int argc, char** argv) {
       ->add_option("--first-frame-timeout", first_frame,
                    "End calls whose first frame has not arrived this long after they started "
                    "(a StreamConfig alone does not count; 0 = never)")
+      ->capture_default_str();
+  std::string guard = "on";
+  serve
+      ->add_option("--guard", guard,
+                   "The front door: framepipe's own listener, relaying each connection to gRPC "
+                   "through an HTTP/2 guard (header floods, rapid reset, message size at the "
+                   "length prefix, connection caps, EMFILE recovery). off: gRPC listens itself "
+                   "(only behind a proxy that enforces the same)")
+      ->check(CLI::IsMember({"on", "off"}))
+      ->capture_default_str();
+  serve
+      ->add_option("--max-connections", so.max_connections,
+                   "Open client connections; more are refused with a GOAWAY saying why (0 = "
+                   "from the open-files limit, which is raised to its hard limit at start)")
+      ->capture_default_str();
+  serve
+      ->add_option("--max-connections-per-peer", so.max_connections_per_peer,
+                   "Open connections from one client IP address")
+      ->capture_default_str();
+  serve
+      ->add_option("--max-concurrent-streams", so.max_concurrent_streams,
+                   "HTTP/2 streams one connection may have open (SETTINGS_MAX_CONCURRENT_STREAMS)")
+      ->capture_default_str();
+  serve
+      ->add_option("--max-header-bytes", so.max_header_bytes,
+                   "Request metadata per call, decoded (a header block over 4x this, encoded, "
+                   "closes the connection)")
+      ->capture_default_str();
+  serve
+      ->add_option("--max-resets-per-second", so.http2.resets_per_second,
+                   "Stream resets (and refused streams) one connection may cause per second, "
+                   "sustained, before it is closed (HTTP/2 rapid reset)")
       ->capture_default_str();
   serve
       ->add_option("--max-streams-per-peer", so.max_streams_per_peer,
@@ -372,7 +408,7 @@ int main(int argc, char** argv) {
   }
 #endif
 
-  if (serve->parsed()) return RunServe(so, drain, idle, first_frame, log_format);
+  if (serve->parsed()) return RunServe(so, drain, idle, first_frame, guard, log_format);
   if (stream->parsed()) {
     co.progress = !no_progress && isatty(fileno(stderr));
     std::error_code ec;

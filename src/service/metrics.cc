@@ -128,7 +128,11 @@ Metrics::~Metrics() {
 
 absl::Status Metrics::Serve(const std::string& address) {
   try {
-    exposer_ = std::make_unique<prometheus::Exposer>(address, 2);
+    // A scrape must get through a slowloris: enough threads (civetweb serves one connection per
+    // thread) and short request / keep-alive timeouts so a half-sent request frees its thread.
+    exposer_ = std::make_unique<prometheus::Exposer>(std::vector<std::string>{
+        "listening_ports", address, "num_threads", "64", "request_timeout_ms", "2000",
+        "keep_alive_timeout_ms", "2000", "linger_timeout_ms", "0"});
   } catch (const std::exception& e) {
     return absl::UnavailableError(
         absl::StrCat("cannot serve metrics on ", address, ": ", e.what()));
@@ -346,7 +350,66 @@ std::vector<prometheus::MetricFamily> Metrics::Collect() const {
   }
   gauge("framepipe_uptime_seconds", "Seconds since the server started.",
         SecondsBetween(started_, Now()));
+  CollectFrontDoor(&out);
   return out;
+}
+
+void Metrics::SetFrontDoorSource(std::function<FrontDoorCounters()> source) {
+  front_door_ = std::move(source);
+}
+
+void Metrics::CollectFrontDoor(std::vector<prometheus::MetricFamily>* out) const {
+  if (!front_door_) return;
+  using prometheus::MetricType;
+  const FrontDoorCounters c = front_door_();
+  auto labelled = [&](const char* name, const char* help, const char* label, int n,
+                      const uint64_t* values, const char* (*names)(int)) {
+    auto f = Family(name, help, MetricType::Counter);
+    for (int i = 0; i < n; ++i) {
+      f.metric.push_back(
+          Value(static_cast<double>(values[i]), MetricType::Counter, {{label, names(i)}}));
+    }
+    out->push_back(std::move(f));
+  };
+  {
+    auto f =
+        Family("framepipe_connections", "Client connections open (front door).", MetricType::Gauge);
+    f.metric.push_back(Value(static_cast<double>(c.connections_active), MetricType::Gauge));
+    out->push_back(std::move(f));
+  }
+  {
+    auto f = Family("framepipe_connections_total", "Client connections accepted since start.",
+                    MetricType::Counter);
+    f.metric.push_back(Value(static_cast<double>(c.connections_total), MetricType::Counter));
+    out->push_back(std::move(f));
+  }
+  labelled("framepipe_connections_refused_total",
+           "Connections refused at accept, by reason: max_connections, peer_limit, peer_rate, "
+           "fd_limit.",
+           "reason", static_cast<int>(ConnectionRefusal::kCount), c.refused,
+           [](int i) { return ConnectionRefusalLabel(static_cast<ConnectionRefusal>(i)); });
+  // Index 0 of the violations is "none": skip it.
+  labelled("framepipe_http2_violations_total",
+           "Connections the HTTP/2 guard closed, by kind: bad_preface, frame_too_large, "
+           "header_block, header_frames, reset_flood, control_flood, too_many_streams, protocol.",
+           "kind", static_cast<int>(Http2Violation::kCount) - 1, c.violations + 1,
+           [](int i) { return Http2ViolationLabel(static_cast<Http2Violation>(i + 1)); });
+  labelled("framepipe_http2_streams_rejected_total",
+           "Streams the HTTP/2 guard ended at a message's length prefix, by reason: "
+           "message_too_large, compressed.",
+           "reason", static_cast<int>(StreamRejection::kCount), c.rejected_streams,
+           [](int i) { return StreamRejectionLabel(static_cast<StreamRejection>(i)); });
+  {
+    auto f = Family("framepipe_connections_closed_total",
+                    "Connections closed by the front door for being slow: handshake_timeout (no "
+                    "TLS handshake or HTTP/2 preface in time), tls_failed.",
+                    MetricType::Counter);
+    f.metric.push_back(Value(static_cast<double>(c.handshake_timeouts), MetricType::Counter,
+                             {{"reason", "handshake_timeout"}}));
+    f.metric.push_back(Value(static_cast<double>(c.tls_failures), MetricType::Counter,
+                             {{"reason", "tls_failed"}}));
+    out->push_back(std::move(f));
+  }
 }
 
 }  // namespace framepipe

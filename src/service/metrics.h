@@ -12,6 +12,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -22,6 +23,7 @@
 #include "common/clock.h"
 #include "pipeline/pipeline.h"
 #include "prometheus/collectable.h"
+#include "service/front_door.h"
 #include "service/service_observer.h"
 
 namespace prometheus {
@@ -64,6 +66,8 @@ class Metrics final : public prometheus::Collectable,
   int port() const { return port_; }
 
   std::vector<prometheus::MetricFamily> Collect() const override;
+  // The front door's counters, read at each scrape.
+  void SetFrontDoorSource(std::function<FrontDoorCounters()> source);
 
   // PipelineObserver
   void OnAdmitted(const StreamOptions& stream) override;
@@ -114,6 +118,9 @@ class Metrics final : public prometheus::Collectable,
   std::atomic<uint64_t> frames_read_{0};
   std::atomic<uint64_t> busy_nanos_{0};  // time inside stage bodies, all workers
   std::atomic<double> busy_ratio_{0};
+
+  std::function<FrontDoorCounters()> front_door_;
+  void CollectFrontDoor(std::vector<prometheus::MetricFamily>* out) const;
 
   // Non-owning handle to this object for the exposer's weak reference.
   std::shared_ptr<prometheus::Collectable> self_;

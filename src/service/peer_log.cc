@@ -54,6 +54,18 @@ void PeerLog::CountRefused(const std::string& peer, const std::string& reason) {
   c.dirty = true;
 }
 
+bool PeerLog::AllowEvent(const std::string& peer, const std::string& key, TimePoint now) {
+  std::lock_guard<std::mutex> l(mu_);
+  Counts& c = PeerLocked(peer);
+  if (Take(&c.bucket, options_.peer_lines_per_second, options_.peer_burst, now) &&
+      Take(&global_, options_.global_lines_per_second, options_.global_burst, now)) {
+    return true;
+  }
+  ++c.events[key];
+  c.dirty = true;
+  return false;
+}
+
 void PeerLog::Flush(TimePoint now, bool force) {
   std::map<std::string, Counts> out;
   double seconds;
@@ -70,6 +82,7 @@ void PeerLog::Flush(TimePoint now, bool force) {
         c.logged = c.unlogged = 0;
         c.closed.clear();
         c.refused.clear();
+        c.events.clear();
         c.dirty = false;
       }
       // A peer with a full bucket and nothing to report is forgotten (bounded memory).
@@ -80,11 +93,14 @@ void PeerLog::Flush(TimePoint now, bool force) {
     }
   }
   for (const auto& [peer, c] : out) {
-    LogLine line("streams_summary");
+    LogLine line("peer_summary");
     line.Add("peer", peer).Add("interval_s", seconds);
-    line.Add("streams_logged", c.logged).Add("streams_not_logged", c.unlogged);
+    if (c.logged + c.unlogged > 0) {
+      line.Add("streams_logged", c.logged).Add("streams_not_logged", c.unlogged);
+    }
     for (const auto& [status, n] : c.closed) line.Add(("closed_" + status).c_str(), n);
     for (const auto& [reason, n] : c.refused) line.Add(("refused_" + reason).c_str(), n);
+    for (const auto& [key, n] : c.events) line.Add(key.c_str(), n);
     line.Emit();
   }
 }

@@ -1,7 +1,7 @@
 // PeerLog: per-stream log lines that no peer can multiply. A stream's open/close lines are
 // written only while its peer (an IP address) and the whole server have log budget left (token
 // buckets); every other stream event - refusals always, opens and closes beyond the budget - is
-// counted instead and written as one `streams_summary` line per peer per interval. An attacker
+// counted instead and written as one `peer_summary` line per peer per interval. An attacker
 // opening and resetting thousands of streams a second costs a few lines, not one per stream.
 //
 // Thread-safe; the counting paths take one short lock (stream events, never frame events).
@@ -35,6 +35,9 @@ class PeerLog {
   void CountClosed(const std::string& peer, const std::string& status);
   // A stream of `peer` was refused (`reason`: "max_streams", "peer_limit", "draining", ...).
   void CountRefused(const std::string& peer, const std::string& reason);
+  // Any other event of `peer` (a connection refused or closed by the front door, say): true if
+  // a line of its own may be written now; false: it is counted under `key` in the summary.
+  bool AllowEvent(const std::string& peer, const std::string& key, TimePoint now);
   // Writes one summary line per peer with counts since the last one, once per interval.
   void Flush(TimePoint now, bool force = false);
 
@@ -49,6 +52,7 @@ class PeerLog {
     uint64_t unlogged = 0;
     std::map<std::string, uint64_t> closed;   // by status
     std::map<std::string, uint64_t> refused;  // by reason
+    std::map<std::string, uint64_t> events;   // AllowEvent's, not written, by key
     bool dirty = false;
   };
   static bool Take(Bucket* b, double rate, double burst, TimePoint now);

@@ -62,7 +62,7 @@ void ProcessReactor::Start() {
   std::string why;
   if (std::optional<StreamRefusal> refusal = svc_->Register(this, &why)) {
     svc_->streams_rejected_++;
-    svc_->peer_log_.CountRefused(peer_host_, StreamRefusalLabel(*refusal));
+    svc_->peer_log_->CountRefused(peer_host_, StreamRefusalLabel(*refusal));
     if (svc_->observer_) svc_->observer_->OnStreamRejected(*refusal);
     {
       std::lock_guard<std::mutex> l(mu_);
@@ -74,7 +74,7 @@ void ProcessReactor::Start() {
   svc_->streams_total_++;
   if (svc_->observer_) svc_->observer_->OnStreamOpened();
   const TimePoint now = svc_->time_->Now();
-  log_lines_ = svc_->peer_log_.AllowStream(peer_host_, now);
+  log_lines_ = svc_->peer_log_->AllowStream(peer_host_, now);
   {
     std::lock_guard<std::mutex> l(mu_);
     opened_ = last_activity_ = now;
@@ -339,11 +339,13 @@ void ProcessReactor::AdmitPending() {
     Stream* stream;
     {
       std::lock_guard<std::mutex> l(mu_);
-      if (!pending_) return;
       if (producer_busy_) {
+        // Another thread is inside TryAdmit (the frame is out of pending_ meanwhile): a credit
+        // that came back now must not be lost - that thread tries again.
         retry_admit_ = true;
         return;
       }
+      if (!pending_) return;
       if (phase_ != Phase::kOpen && phase_ != Phase::kClosing) {
         pending_.reset();  // the client is gone: nothing will be answered
         return;
@@ -663,7 +665,7 @@ void ProcessReactor::LogOpen(const std::string& id, uint32_t max_in_flight, cons
 void ProcessReactor::LogClose() {
   std::lock_guard<std::mutex> l(mu_);
   if (!log_lines_) {
-    svc_->peer_log_.CountClosed(peer_host_, LowerCode(final_.code()));
+    svc_->peer_log_->CountClosed(peer_host_, LowerCode(final_.code()));
     return;
   }
   LogLine line("stream_closed");

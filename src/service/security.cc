@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "common/status.h"
 #include "grpcpp/security/auth_metadata_processor.h"
 
 namespace framepipe {
@@ -47,7 +48,9 @@ class TokenAuthProcessor : public grpc::AuthMetadataProcessor {
   std::vector<std::string> tokens_;
 };
 
-absl::StatusOr<std::vector<std::string>> ReadTokens(const std::string& path) {
+}  // namespace
+
+absl::StatusOr<std::vector<std::string>> ReadAuthTokens(const std::string& path) {
   auto text = ReadFile(path, "auth token file");
   if (!text.ok()) return text.status();
   std::vector<std::string> tokens;
@@ -67,8 +70,6 @@ absl::StatusOr<std::vector<std::string>> ReadTokens(const std::string& path) {
   return tokens;
 }
 
-}  // namespace
-
 bool ConstantTimeEquals(const std::string& a, const std::string& b) {
   const size_t n = std::max(a.size(), b.size());
   unsigned char diff = static_cast<unsigned char>(a.size() != b.size());
@@ -86,6 +87,29 @@ absl::StatusOr<std::string> ReadFile(const std::string& path, const char* what) 
   std::stringstream ss;
   ss << in.rdbuf();
   return ss.str();
+}
+
+absl::Status ValidateServerSecurity(const ServerSecurityOptions& o) {
+  const bool tls = !o.tls_cert.empty() || !o.tls_key.empty();
+  if (!tls) {
+    if (!o.tls_client_ca.empty()) {
+      return absl::InvalidArgumentError("--tls-client-ca needs --tls-cert and --tls-key");
+    }
+    if (!o.auth_token_file.empty()) {
+      return absl::InvalidArgumentError(
+          "--auth-token-file needs TLS (--tls-cert, --tls-key): bearer tokens must not travel "
+          "in plaintext");
+    }
+    return absl::OkStatus();
+  }
+  if (o.tls_cert.empty() || o.tls_key.empty()) {
+    return absl::InvalidArgumentError("TLS needs both --tls-cert and --tls-key");
+  }
+  FP_RETURN_IF_ERROR(ReadFile(o.tls_cert, "TLS certificate").status());
+  FP_RETURN_IF_ERROR(ReadFile(o.tls_key, "TLS key").status());
+  if (!o.tls_client_ca.empty()) FP_RETURN_IF_ERROR(ReadFile(o.tls_client_ca, "client CA").status());
+  if (!o.auth_token_file.empty()) FP_RETURN_IF_ERROR(ReadAuthTokens(o.auth_token_file).status());
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
@@ -119,7 +143,7 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
   }
   std::shared_ptr<grpc::ServerCredentials> creds = grpc::SslServerCredentials(ssl);
   if (!o.auth_token_file.empty()) {
-    auto tokens = ReadTokens(o.auth_token_file);
+    auto tokens = ReadAuthTokens(o.auth_token_file);
     if (!tokens.ok()) return tokens.status();
     creds->SetAuthMetadataProcessor(
         std::make_shared<TokenAuthProcessor>(std::move(tokens).value()));
@@ -154,7 +178,7 @@ absl::StatusOr<ClientCredentials> MakeClientCredentials(const ClientSecurityOpti
   }
   out.channel = grpc::SslCredentials(ssl);
   if (!o.auth_token_file.empty()) {
-    auto tokens = ReadTokens(o.auth_token_file);
+    auto tokens = ReadAuthTokens(o.auth_token_file);
     if (!tokens.ok()) return tokens.status();
     out.channel = grpc::CompositeChannelCredentials(out.channel,
                                                     grpc::AccessTokenCredentials(tokens->front()));

@@ -37,6 +37,13 @@ struct ClientCredentials {
 };
 absl::StatusOr<ClientCredentials> MakeClientCredentials(const ClientSecurityOptions& options);
 
+// The bearer tokens of an auth token file (one per line, '#' comments, at least 16 characters).
+absl::StatusOr<std::vector<std::string>> ReadAuthTokens(const std::string& path);
+
+// Checks what MakeServerCredentials would, without building gRPC credentials: TLS needs both
+// cert and key, mTLS and tokens need TLS, and every file is readable.
+absl::Status ValidateServerSecurity(const ServerSecurityOptions& options);
+
 // Equal-length-independent, constant-time comparison of secrets.
 bool ConstantTimeEquals(const std::string& a, const std::string& b);
 

@@ -12,6 +12,7 @@
 #include "analysis/decoder.h"
 #include "enrich/enricher.h"
 #include "pipeline/stage.h"
+#include "service/front_door.h"
 #include "service/security.h"
 
 namespace framepipe {
@@ -32,6 +33,17 @@ struct ServerOptions {
   std::chrono::milliseconds drain_timeout{10000};
   uint32_t max_streams = 256;
   size_t max_receive_message_bytes = 32u << 20;
+  // The front door (front_door.h): the server's own listener relaying each connection to gRPC
+  // through an HTTP/2 guard. Off only behind a proxy that enforces the same limits.
+  bool guard = true;
+  uint32_t max_connections = 0;  // 0: from the file limit
+  uint32_t max_connections_per_peer = 256;
+  uint32_t max_concurrent_streams = 100;  // HTTP/2 streams per connection (SETTINGS)
+  uint32_t max_header_bytes = 16384;      // request metadata (gRPC's limit, decoded)
+  Http2Limits http2;                      // the guard's limits (max_message_bytes is set from
+                                          // max_receive_message_bytes)
+  std::chrono::milliseconds handshake_timeout{10000};
+  int io_threads = 0;                     // front-door relay threads; 0 = one per 8 workers
   size_t transport_memory_mb = 512;       // gRPC ResourceQuota: buffers of all connections
   size_t stream_window_bytes = 1u << 20;  // HTTP/2 per-stream receive window (no BDP growth)
   uint32_t max_streams_per_peer = 0;      // streams from one IP address; 0 = max_streams / 4
@@ -51,7 +63,9 @@ class Server {
   // Shuts down (without waiting for a drain) if Shutdown() was not called.
   ~Server();
 
-  int port() const;                            // the bound port (useful with --listen 127.0.0.1:0)
+  int port() const;  // the bound port (useful with --listen 127.0.0.1:0)
+  // The front door's counters (connections, refusals, guard violations); zero with guard off.
+  FrontDoorCounters front_door_counters() const;
   int metrics_port() const;                    // 0 when metrics are disabled
   const std::string& metrics_address() const;  // where /metrics is served ("" when disabled)
   int health_port() const;                     // the --health-listen port (0 when none)

@@ -629,6 +629,7 @@ double Percentile(std::vector<double> v, double p) {
 }
 
 absl::StatusOr<ClientReport> RunStreamClient(const StreamClientOptions& o) {
+  PrimeProcessClocks();
   if (o.streams < 1) return absl::InvalidArgumentError("--streams must be at least 1");
   SourceOptions so;
   so.input = o.input;

@@ -1,0 +1,163 @@
+// Http2Guard: inspects one HTTP/2 connection between a client and gRPC, frame by frame, and
+// stops what gRPC 1.51 cannot stop itself (Debian's gRPC predates upstream fixes for these):
+//
+//  * header floods: a header block (HEADERS + CONTINUATION) over max_header_block_bytes or
+//    max_header_frames frames closes the connection (GOAWAY ENHANCE_YOUR_CALM) before gRPC
+//    buffers or decodes it;
+//  * rapid reset: stream resets (the client's RST_STREAM, and streams gRPC had to refuse) beyond
+//    a token bucket close the connection; so do floods of PING/SETTINGS/PRIORITY frames;
+//  * message size at the length prefix: a gRPC message whose 5-byte prefix declares more than
+//    max_message_bytes (or is compressed while compression is off) ends its stream at once with
+//    RESOURCE_EXHAUSTED / INVALID_ARGUMENT trailers, without gRPC receiving (and buffering) the
+//    body - gRPC 1.51 checks the size only once the whole message has arrived;
+//  * protocol basics: the client preface, frames over the advertised maximum frame size.
+//
+// Pure logic: bytes in, bytes out, no sockets and no threads (the front door owns those), so
+// every rule is unit-tested with crafted frames. One instance per connection, used by one
+// thread at a time.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <set>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/clock.h"
+
+namespace framepipe {
+
+struct Http2Limits {
+  uint32_t max_frame_bytes = 16384;         // SETTINGS_MAX_FRAME_SIZE gRPC advertises
+  uint32_t max_header_block_bytes = 65536;  // one HEADERS + CONTINUATION block, encoded
+  uint32_t max_header_frames = 32;          // frames in one header block
+  uint32_t max_tracked_streams = 1024;      // client streams open at once (gRPC refuses more
+                                            // than its max_concurrent_streams; this bounds the
+                                            // guard's own table)
+  double resets_per_second = 100;           // client resets + refused streams, sustained
+  double reset_burst = 200;
+  double control_frames_per_second = 100;  // PING, SETTINGS, PRIORITY, sustained
+  double control_frame_burst = 500;
+  uint64_t max_message_bytes = 32u << 20;  // gRPC messages, checked at their length prefix
+  bool allow_compressed_messages = false;
+};
+
+// What ended a connection (or a stream) in the guard; labels for metrics and logs.
+enum class Http2Violation {
+  kNone,
+  kBadPreface,
+  kFrameTooLarge,
+  kHeaderBlockTooLarge,
+  kTooManyHeaderFrames,
+  kResetFlood,
+  kControlFlood,
+  kTooManyStreams,
+  kProtocol,
+  kCount
+};
+const char* Http2ViolationLabel(Http2Violation v);
+
+// A stream the guard ended at a message's length prefix.
+enum class StreamRejection { kMessageTooLarge, kCompressed, kCount };
+const char* StreamRejectionLabel(StreamRejection r);
+
+// What the guard passes on, in order: views into the caller's input (valid until the caller
+// reuses that buffer; adjacent ones are merged, so a read's worth of frames is usually one view
+// and reaches the socket with one writev, without a copy) and bytes of the guard's own.
+class Http2Out {
+ public:
+  void Pass(std::string_view v);
+  void Copy(std::string_view v) { Add(std::string(v)); }
+  void Add(std::string s);
+  const std::vector<std::string_view>& parts() const { return parts_; }
+  size_t size() const { return size_; }
+  bool empty() const { return size_ == 0; }
+  void Clear();
+
+ private:
+  std::vector<std::string_view> parts_;
+  std::deque<std::string> owned_;  // stable addresses for the views into them
+  size_t size_ = 0;
+};
+
+class Http2Guard {
+ public:
+  explicit Http2Guard(Http2Limits limits);
+
+  // Bytes from the client. What may reach gRPC is appended to *to_server, what the guard answers
+  // the client itself (GOAWAY, WINDOW_UPDATE, trailers of a stream it ended) to *to_client.
+  // Returns false when the connection must close (a GOAWAY saying why is in *to_client).
+  bool FromClient(std::string_view bytes, TimePoint now, Http2Out* to_server, Http2Out* to_client);
+  // Bytes from gRPC, passed on to *to_client, except data of streams the guard ended (their
+  // flow-control credit is handed back to gRPC through *to_server). Returns false when the
+  // connection must close (streams gRPC had to refuse count against the reset budget).
+  bool FromServer(std::string_view bytes, TimePoint now, Http2Out* to_server, Http2Out* to_client);
+
+  bool preface_received() const { return preface_done_; }
+  Http2Violation violation() const { return violation_; }
+  const std::string& violation_detail() const { return detail_; }
+  // Streams ended at their prefix since the last call (for metrics and logs), then reset.
+  uint64_t TakeRejections(StreamRejection r);
+
+  // The frames a refused connection gets before it is closed: the server preface and a GOAWAY
+  // with `reason` as debug data.
+  static std::string RefusalFrames(std::string_view reason);
+
+ private:
+  struct StreamIn {
+    uint32_t msg_remaining = 0;  // bytes of the current message still to come
+    uint8_t prefix[5] = {};
+    uint8_t prefix_have = 0;
+    bool server_headers = false;  // gRPC has sent this stream's response headers
+  };
+  struct Bucket {
+    double tokens;
+    TimePoint last{};
+  };
+
+  size_t UnitSize(std::string_view data) const;
+  bool ProcessUnit(std::string_view unit, TimePoint now, Http2Out* to_server, Http2Out* to_client);
+  bool CheckFrameSize(size_t unit, Http2Out* to_client);
+  bool HandleClientFrame(const uint8_t* h, const uint8_t* payload, TimePoint now,
+                         Http2Out* to_server, Http2Out* to_client);
+  // Scans a DATA payload for message prefixes; a rejection, or nullopt.
+  bool ScanData(StreamIn* s, const uint8_t* p, size_t n, StreamRejection* why, uint64_t* declared);
+  void RejectStream(uint32_t id, StreamIn* s, StreamRejection why, uint64_t declared);
+  bool Violation(Http2Violation v, std::string detail, Http2Out* to_client);
+  bool Take(Bucket* b, double rate, double burst, TimePoint now);
+  void FlushInjected(Http2Out* to_server, Http2Out* to_client);
+
+  const Http2Limits limits_;
+  // Client -> server.
+  std::string in_;             // an incomplete frame (or preface) carried over between reads
+  bool unit_is_copy_ = false;  // the unit being handled lives in in_: pass on a copy of it
+  bool preface_done_ = false;
+  bool settings_seen_ = false;
+  uint32_t header_stream_ = 0;  // != 0: a header block is open (CONTINUATION expected)
+  uint32_t header_bytes_ = 0;
+  uint32_t header_frames_ = 0;
+  bool header_end_stream_ = false;
+  uint32_t last_stream_ = 0;  // highest client stream id passed to gRPC
+  std::map<uint32_t, StreamIn> streams_;
+  std::set<uint32_t> rejected_;  // streams the guard ended (bounded, oldest dropped)
+  Bucket resets_;
+  Bucket control_;
+  Http2Violation violation_ = Http2Violation::kNone;
+  std::string detail_;
+  uint64_t rejections_[static_cast<int>(StreamRejection::kCount)] = {};
+  // Server -> client: a streaming parse (frames are passed on as their bytes arrive).
+  uint8_t s_header_[9] = {};
+  uint32_t s_header_have_ = 0;
+  uint32_t s_remaining_ = 0;  // payload bytes of the current server frame still to come
+  bool s_dropping_ = false;   // the current server frame is not passed on
+  bool s_first_frame_done_ = false;
+  bool s_in_header_block_ = false;
+  uint64_t s_dropped_data_ = 0;  // DATA bytes dropped, not yet credited back to gRPC
+  // Frames the guard injects, waiting for a frame boundary in their direction.
+  std::string inject_to_client_;
+  std::string inject_to_server_;
+};
+
+}  // namespace framepipe

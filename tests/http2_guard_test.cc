@@ -1,0 +1,317 @@
+// Http2Guard with crafted HTTP/2 bytes: what passes untouched, what closes a connection (header
+// floods, rapid reset, control floods, oversized frames, bad prefaces) and what ends a single
+// stream at a gRPC message's length prefix - and that the guard's own frames land only between
+// gRPC's.
+#include "service/http2_guard.h"
+
+#include <gtest/gtest.h>
+
+#include <string>
+
+namespace framepipe {
+namespace {
+
+constexpr std::string_view kPreface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+std::string Frame(uint8_t type, uint8_t flags, uint32_t stream, std::string_view payload) {
+  std::string f;
+  const uint32_t n = static_cast<uint32_t>(payload.size());
+  f.push_back(static_cast<char>(n >> 16));
+  f.push_back(static_cast<char>(n >> 8));
+  f.push_back(static_cast<char>(n));
+  f.push_back(static_cast<char>(type));
+  f.push_back(static_cast<char>(flags));
+  for (int s = 24; s >= 0; s -= 8) f.push_back(static_cast<char>(stream >> s));
+  f.append(payload);
+  return f;
+}
+std::string Be32(uint32_t v) {
+  return {static_cast<char>(v >> 24), static_cast<char>(v >> 16), static_cast<char>(v >> 8),
+          static_cast<char>(v)};
+}
+std::string Settings() { return Frame(4, 0, 0, ""); }
+std::string Headers(uint32_t id, uint8_t flags, size_t bytes = 20) {
+  return Frame(1, flags, id, std::string(bytes, 'h'));
+}
+std::string Continuation(uint32_t id, uint8_t flags, size_t bytes) {
+  return Frame(9, flags, id, std::string(bytes, 'c'));
+}
+std::string Rst(uint32_t id, uint32_t code) { return Frame(3, 0, id, Be32(code)); }
+std::string GrpcMessage(uint32_t length, uint8_t flag = 0, std::string body = "") {
+  return std::string(1, static_cast<char>(flag)) + Be32(length) + body;
+}
+std::string Data(uint32_t id, std::string_view payload, uint8_t flags = 0) {
+  return Frame(0, flags, id, payload);
+}
+std::string Join(const Http2Out& out) {
+  std::string s;
+  for (auto p : out.parts()) s.append(p);
+  return s;
+}
+
+constexpr uint8_t kEndStream = 1, kEndHeaders = 4;
+
+class GuardTest : public ::testing::Test {
+ protected:
+  explicit GuardTest(Http2Limits limits = {}) : guard_(limits) {}
+  // Feeds client bytes; returns false when the guard closes the connection.
+  bool Client(const std::string& bytes, double at_s = 0) {
+    Http2Out s, c;
+    const bool ok = guard_.FromClient(bytes, T(at_s), &s, &c);
+    to_server_ += Join(s);
+    to_client_ += Join(c);
+    return ok;
+  }
+  bool Server(const std::string& bytes, double at_s = 0) {
+    Http2Out s, c;
+    const bool ok = guard_.FromServer(bytes, T(at_s), &s, &c);
+    to_server_ += Join(s);
+    to_client_ += Join(c);
+    return ok;
+  }
+  static TimePoint T(double s) {
+    return TimePoint{} + std::chrono::hours(1) +
+           std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(s));
+  }
+  void Open() {
+    ASSERT_TRUE(Client(std::string(kPreface) + Settings()));
+    ASSERT_TRUE(Server(Settings()));  // gRPC's preface: after it the guard may inject frames
+    to_server_.clear();
+    to_client_.clear();
+  }
+
+  Http2Guard guard_;
+  std::string to_server_, to_client_;
+};
+
+TEST_F(GuardTest, HonestTrafficPassesByteForByteEvenOneByteAtATime) {
+  std::string all = std::string(kPreface) + Settings() + Headers(1, kEndHeaders) +
+                    Data(1, GrpcMessage(3, 0, "abc")) + Data(1, GrpcMessage(0), kEndStream) +
+                    Headers(3, kEndHeaders) + Frame(6, 0, 0, std::string(8, 'p')) +
+                    Data(3, GrpcMessage(5000, 0, std::string(5000, 'x')));
+  for (char ch : all) ASSERT_TRUE(Client(std::string(1, ch)));
+  EXPECT_EQ(to_server_, all);
+  EXPECT_TRUE(to_client_.empty());
+  EXPECT_EQ(guard_.violation(), Http2Violation::kNone);
+}
+
+TEST_F(GuardTest, NotHttp2IsRefused) {
+  EXPECT_FALSE(Client("GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
+  EXPECT_EQ(guard_.violation(), Http2Violation::kBadPreface);
+  EXPECT_TRUE(to_server_.empty());
+  EXPECT_NE(to_client_.find("not an HTTP/2 client preface"), std::string::npos);  // GOAWAY text
+}
+
+TEST_F(GuardTest, FirstFrameMustBeSettings) {
+  EXPECT_FALSE(Client(std::string(kPreface) + Headers(1, kEndHeaders)));
+  EXPECT_EQ(guard_.violation(), Http2Violation::kProtocol);
+}
+
+TEST_F(GuardTest, HeaderFloodClosesBeforeGrpcBuffersIt) {
+  Open();
+  ASSERT_TRUE(Client(Headers(1, 0, 16000)));
+  ASSERT_TRUE(Client(Continuation(1, 0, 16000)));
+  ASSERT_TRUE(Client(Continuation(1, 0, 16000)));
+  ASSERT_TRUE(Client(Continuation(1, 0, 16000)));  // 64,000 bytes: at the 65,536 limit
+  EXPECT_FALSE(Client(Continuation(1, 0, 16000)));
+  EXPECT_EQ(guard_.violation(), Http2Violation::kHeaderBlockTooLarge);
+  EXPECT_LE(to_server_.size(), 4 * (16000 + 9u)) << "the block over the limit never reaches gRPC";
+  EXPECT_NE(to_client_.find("header block over 65536 bytes"), std::string::npos);
+  EXPECT_FALSE(Client(Continuation(1, 0, 10))) << "nothing more is accepted";
+}
+
+TEST_F(GuardTest, ManyTinyContinuationsClose) {
+  Open();
+  ASSERT_TRUE(Client(Headers(1, 0, 1)));
+  bool ok = true;
+  for (int i = 0; i < 40 && ok; ++i) ok = Client(Continuation(1, 0, 0));
+  EXPECT_FALSE(ok);
+  EXPECT_EQ(guard_.violation(), Http2Violation::kTooManyHeaderFrames);
+}
+
+TEST_F(GuardTest, InterruptedHeaderBlockIsAProtocolError) {
+  Open();
+  ASSERT_TRUE(Client(Headers(1, 0, 10)));
+  EXPECT_FALSE(Client(Data(1, "x")));
+  EXPECT_EQ(guard_.violation(), Http2Violation::kProtocol);
+}
+
+TEST_F(GuardTest, RapidResetClosesTheConnection) {
+  Open();
+  bool ok = true;
+  int pairs = 0;
+  for (uint32_t id = 1; ok && id < 2000; id += 2, ++pairs) {
+    ok = Client(Headers(id, kEndHeaders) + Rst(id, 8), 0.001 * pairs);  // 1,000 a second
+  }
+  EXPECT_FALSE(ok);
+  EXPECT_EQ(guard_.violation(), Http2Violation::kResetFlood);
+  EXPECT_GT(pairs, 200);  // the burst
+  EXPECT_LT(pairs, 300);
+  EXPECT_NE(to_client_.find("rapid reset"), std::string::npos);
+}
+
+TEST_F(GuardTest, ResetsAtAnHonestRateAreFine) {
+  Open();
+  for (uint32_t i = 0; i < 1000; ++i) {
+    const uint32_t id = 1 + 2 * i;
+    ASSERT_TRUE(Client(Headers(id, kEndHeaders) + Rst(id, 8), 0.02 * i)) << i;  // 50 a second
+  }
+}
+
+TEST_F(GuardTest, StreamsTheServerRefusesCountAsResets) {
+  Open();
+  bool ok = true;
+  int n = 0;
+  for (uint32_t id = 1; ok && id < 2000; id += 2, ++n) {
+    ASSERT_TRUE(Client(Headers(id, kEndHeaders)));
+    ok = Server(Rst(id, 7));  // REFUSED_STREAM
+  }
+  EXPECT_FALSE(ok);
+  EXPECT_EQ(guard_.violation(), Http2Violation::kResetFlood);
+  EXPECT_GT(n, 200);
+}
+
+TEST_F(GuardTest, PingFloodCloses) {
+  Open();
+  bool ok = true;
+  int n = 0;
+  for (; ok && n < 2000; ++n) ok = Client(Frame(6, 0, 0, std::string(8, 'p')));
+  EXPECT_FALSE(ok);
+  EXPECT_EQ(guard_.violation(), Http2Violation::kControlFlood);
+  EXPECT_GE(n, 490);  // the burst (the SETTINGS frames took a token)
+  EXPECT_LE(n, 500);
+}
+
+TEST_F(GuardTest, FrameOverTheAdvertisedMaximumCloses) {
+  Open();
+  EXPECT_FALSE(Client(Data(1, std::string(16385, 'x')).substr(0, 9)));  // the header is enough
+  EXPECT_EQ(guard_.violation(), Http2Violation::kFrameTooLarge);
+}
+
+// Decodes the HPACK literals the guard writes (literal without indexing, no Huffman).
+std::string TrailerValue(const std::string& frames, const std::string& name) {
+  const size_t at = frames.find(name);
+  if (at == std::string::npos) return "";
+  const size_t len = static_cast<unsigned char>(frames[at + name.size()]);
+  if (len < 127) return frames.substr(at + name.size() + 1, len);
+  // Multi-byte length (7-bit prefix continued).
+  size_t v = 127, shift = 0, i = at + name.size() + 1;
+  unsigned char b;
+  do {
+    b = static_cast<unsigned char>(frames[++i]);
+    v += (b & 0x7f) << shift;
+    shift += 7;
+  } while (b & 0x80);
+  return frames.substr(i + 1, v);
+}
+
+TEST_F(GuardTest, OversizedMessageEndsItsStreamAtThePrefix) {
+  Open();
+  ASSERT_TRUE(Client(Headers(1, kEndHeaders)));
+  ASSERT_TRUE(Client(Headers(3, kEndHeaders)));
+  ASSERT_TRUE(Client(Data(3, GrpcMessage(2, 0, "ok"))));
+  to_server_.clear();
+  // Stream 1 declares 4 GiB - 1: ended at once, its data never reaches gRPC.
+  ASSERT_TRUE(Client(Data(1, GrpcMessage(0xffffffffu, 0, std::string(1000, 'z')))));
+  EXPECT_EQ(to_server_, Rst(1, 8)) << "gRPC only hears that the stream was cancelled";
+  EXPECT_NE(to_client_.find(Frame(8, 0, 0, Be32(1005))), std::string::npos)
+      << "the connection window the dropped frame used is given back";
+  EXPECT_EQ(TrailerValue(to_client_, "grpc-status"), "8");
+  EXPECT_NE(TrailerValue(to_client_, "grpc-message").find("message of 4294967295 bytes"),
+            std::string::npos)
+      << TrailerValue(to_client_, "grpc-message");
+  EXPECT_NE(to_client_.find(Rst(1, 0)), std::string::npos) << "and asked to stop sending";
+  EXPECT_NE(to_client_.find(std::string("\x88", 1)), std::string::npos) << ":status 200 first";
+  // More data on stream 1 is dropped (credited back); stream 3 goes on untouched.
+  to_server_.clear();
+  to_client_.clear();
+  ASSERT_TRUE(Client(Data(1, std::string(500, 'z'))));
+  EXPECT_TRUE(to_server_.empty());
+  EXPECT_EQ(to_client_, Frame(8, 0, 0, Be32(500)));
+  ASSERT_TRUE(Client(Data(3, GrpcMessage(1, 0, "!"))));
+  EXPECT_EQ(to_server_, Data(3, GrpcMessage(1, 0, "!")));
+  // gRPC's data for the ended stream is dropped too, its send window credited back to gRPC.
+  to_server_.clear();
+  to_client_.clear();
+  ASSERT_TRUE(Server(Data(1, "late result")));
+  EXPECT_TRUE(to_client_.empty());
+  EXPECT_EQ(to_server_, Frame(8, 0, 0, Be32(11)));
+  EXPECT_EQ(guard_.TakeRejections(StreamRejection::kMessageTooLarge), 1u);
+}
+
+TEST_F(GuardTest, PrefixSplitAcrossFramesIsStillSeen) {
+  Open();
+  ASSERT_TRUE(Client(Headers(1, kEndHeaders)));
+  const std::string prefix = GrpcMessage(40u << 20);  // 40 MiB, over the default 32 MiB
+  ASSERT_TRUE(Client(Data(1, prefix.substr(0, 2))));
+  EXPECT_EQ(guard_.TakeRejections(StreamRejection::kMessageTooLarge), 0u);
+  ASSERT_TRUE(Client(Data(1, prefix.substr(2))));
+  EXPECT_EQ(guard_.TakeRejections(StreamRejection::kMessageTooLarge), 1u);
+}
+
+TEST_F(GuardTest, MessagesAfterEachOtherAreEachChecked) {
+  Open();
+  ASSERT_TRUE(Client(Headers(1, kEndHeaders)));
+  // Two small messages and the prefix of a big one in one DATA frame.
+  ASSERT_TRUE(Client(Data(1, GrpcMessage(1, 0, "a") + GrpcMessage(2, 0, "bc"))));
+  ASSERT_TRUE(Client(Data(1, GrpcMessage(33u << 20))));
+  EXPECT_EQ(guard_.TakeRejections(StreamRejection::kMessageTooLarge), 1u);
+}
+
+TEST_F(GuardTest, CompressedMessageIsRejectedWhileCompressionIsOff) {
+  Open();
+  ASSERT_TRUE(Client(Headers(1, kEndHeaders)));
+  ASSERT_TRUE(Client(Data(1, GrpcMessage(10, 1, std::string(10, 'g')))));
+  EXPECT_EQ(guard_.TakeRejections(StreamRejection::kCompressed), 1u);
+  EXPECT_EQ(TrailerValue(to_client_, "grpc-status"), "3");
+  // Once gRPC already answered with headers, the guard sends trailers only.
+  ASSERT_TRUE(Client(Headers(3, kEndHeaders)));
+  ASSERT_TRUE(Server(Headers(3, kEndHeaders, 5)));
+  to_client_.clear();
+  ASSERT_TRUE(Client(Data(3, GrpcMessage(10, 1, std::string(10, 'g')))));
+  EXPECT_EQ(to_client_.find(std::string("\x88", 1)), std::string::npos) << "no second :status";
+  EXPECT_EQ(TrailerValue(to_client_, "grpc-status"), "3");
+}
+
+TEST_F(GuardTest, InjectedFramesWaitForABoundaryInGrpcsOutput) {
+  Open();
+  ASSERT_TRUE(Client(Headers(1, kEndHeaders)));
+  const std::string big = Data(5, std::string(1000, 'r'));
+  ASSERT_TRUE(Server(big.substr(0, 400)));  // gRPC is half-way through a frame
+  to_client_.clear();
+  ASSERT_TRUE(Client(Data(1, GrpcMessage(0xfffffff0u))));
+  EXPECT_EQ(to_client_.find("grpc-status"), std::string::npos) << "not inside gRPC's frame";
+  ASSERT_TRUE(Server(big.substr(400)));
+  const size_t rest = to_client_.find(big.substr(400));
+  const size_t trailers = to_client_.find("grpc-status");
+  ASSERT_NE(rest, std::string::npos);
+  ASSERT_NE(trailers, std::string::npos);
+  EXPECT_GT(trailers, rest) << "after the frame completed";
+}
+
+TEST_F(GuardTest, RefusalFramesAreSettingsThenGoAway) {
+  const std::string f = Http2Guard::RefusalFrames("too many");
+  EXPECT_EQ(f.substr(0, 9), Settings());
+  EXPECT_EQ(static_cast<uint8_t>(f[9 + 3]), 7);  // GOAWAY
+  EXPECT_NE(f.find("too many"), std::string::npos);
+}
+
+class SmallGuardTest : public GuardTest {
+ protected:
+  static Http2Limits Limits() {
+    Http2Limits l;
+    l.max_tracked_streams = 4;
+    return l;
+  }
+  SmallGuardTest() : GuardTest(Limits()) {}
+};
+
+TEST_F(SmallGuardTest, OpenStreamsAreBounded) {
+  Open();
+  for (uint32_t id = 1; id <= 7; id += 2) ASSERT_TRUE(Client(Headers(id, kEndHeaders)));
+  EXPECT_FALSE(Client(Headers(9, kEndHeaders)));
+  EXPECT_EQ(guard_.violation(), Http2Violation::kTooManyStreams);
+}
+
+}  // namespace
+}  // namespace framepipe
