@@ -353,6 +353,47 @@ void EndToEnd(Ctx& c) {
   (*server)->Shutdown();
 }
 
+// What the hostile-client limits cost honest clients: the same workload against two servers in
+// this process, side by side in interleaved rounds - the default (front door relaying through
+// the HTTP/2 guard, every limit on) and gRPC's own listener (--guard off).
+void LimitsCost(Ctx& c) {
+  const std::string sec = "Hostile-client limits: front door on vs off (same process, paired)";
+  std::unique_ptr<Server> servers[2];
+  for (int i = 0; i < 2; ++i) {
+    ServerOptions so;
+    so.listen = "127.0.0.1:0";
+    so.metrics = "";
+    so.workers = c.workers;
+    so.backend = "cpu";
+    so.intra_frame_parallel = false;
+    so.guard = i == 0;
+    so.max_receive_message_bytes = 64u << 20;
+    auto s = Server::Start(so);
+    if (!s.ok()) {
+      std::fprintf(stderr, "bench: %s\n", std::string(s.status().message()).c_str());
+      return;
+    }
+    servers[i] = std::move(s).value();
+  }
+  for (const FrameSet& set : {MakeFrameSet(1280, 720, Encoding::kJpeg, 16),
+                              MakeFrameSet(1920, 1080, Encoding::kRaw, 4)}) {
+    const int64_t n = std::max<int64_t>(c.FramesFor(set) / 4, 20);
+    const Samples m = Interleaved(
+        c.repeats,
+        {[&] { return MustRun(ClientFor(servers[0]->port(), set, 4, n)).frames_per_second; },
+         [&] { return MustRun(ClientFor(servers[1]->port(), set, 4, n)).frames_per_second; }});
+    const std::string what = absl::StrCat(set.name, ", 4 streams");
+    c.report.Add(sec, what + ": front door (default)", m.Median(0), "frames/s");
+    c.report.Add(sec, what + ": gRPC's listener (--guard off)", m.Median(1), "frames/s");
+    c.report.Add(sec, what + ": on/off", m.Ratio(0, 1), "x");
+    if (set.encoding == Encoding::kJpeg) {
+      c.report.AddTarget({"hostile-client limits cost <= 2% (front door on / off, 1280x720 JPEG)",
+                          m.Ratio(0, 1), 0.98, false, m.Versus(0, 1)});
+    }
+  }
+  for (auto& s : servers) s->Shutdown();
+}
+
 void PythonPeer(Ctx& c) {
   const std::string script = FRAMEPIPE_SOURCE_DIR "/bench/baselines/python_server.py";
   ChildProcess py({c.o->python, script, "--port", "0", "--workers", std::to_string(c.workers)},
@@ -502,6 +543,10 @@ int RunBench(const BenchOptions& o) {
     EndToEnd(c);
     step("Python peer");
     PythonPeer(c);
+  }
+  if (c.Want("limits")) {
+    step("limits cost");
+    LimitsCost(c);
   }
   if (c.Want("slow")) {
     step("slow reader");

@@ -10,7 +10,8 @@ BUILD_PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config ca-certificates
   libtbb-dev libgrpc++-dev libgrpc-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libopencv-core-dev libopencv-imgproc-dev libopencv-imgcodecs-dev libopencv-features2d-dev
-  libopencv-videoio-dev libturbojpeg0-dev prometheus-cpp-dev libcli11-dev
+  libopencv-videoio-dev libjpeg62-turbo-dev libpng-dev prometheus-cpp-dev libcli11-dev
+  libssl-dev
 )
 # Tests, sanitizers, fuzzing, tools, plots, the Python client, the demo and the benchmarks.
 DEV_PACKAGES=(

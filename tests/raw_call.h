@@ -41,13 +41,17 @@ class RawCall : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::ByteBuffe
 
   RawCall(const std::shared_ptr<grpc::Channel>& channel, Script script)
       : stub_(channel), script_(std::move(script)) {
-    Scope scope(this);
     ctx_.set_deadline(std::chrono::system_clock::now() + script_.deadline);
     stub_.PrepareBidiStreamingCall(&ctx_, "/framepipe.v1.FramePipeline/Process",
                                    grpc::StubOptions(), this);
+    // Every operation started from outside a reaction is started before StartCall: once the
+    // call runs, it may fail and finish (OnDone) on gRPC's thread before this constructor
+    // returns, and an operation started after that would touch a finished call. The later
+    // writes start from OnWriteDone.
     StartRead(&in_);
-    StartCall();
     NextWrite();
+    FP_TSAN_RELEASE(this);  // everything above happens before any reaction
+    StartCall();
   }
 
   void Cancel() { ctx_.TryCancel(); }

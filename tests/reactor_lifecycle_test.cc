@@ -299,8 +299,13 @@ TEST(ReactorLifecycleTest, DrainWithClientsCancellingAndRetrying) {
     shutdown.join();
     for (size_t i = 0; i < calls.size(); ++i) {
       const grpc::Status st = calls[i]->Await();
-      EXPECT_TRUE(st.ok() || st.error_code() == grpc::StatusCode::UNAVAILABLE)
-          << st.error_code() << " " << st.error_message();
+      // OK or UNAVAILABLE from the service; a call that reached gRPC after the drain began but
+      // before its connection closed is cancelled by gRPC itself (RST_STREAM CANCEL) before the
+      // service sees it: then nothing was answered.
+      const bool never_admitted =
+          st.error_code() == grpc::StatusCode::CANCELLED && calls[i]->results().empty();
+      EXPECT_TRUE(st.ok() || st.error_code() == grpc::StatusCode::UNAVAILABLE || never_admitted)
+          << "call " << i << ": " << st.error_code() << " " << st.error_message();
       ExpectOrderedPrefix(running[i], calls[i]->results(), st.ok(), "drain");
     }
   }

@@ -2,12 +2,13 @@
 
 #include <memory>
 
+#include "analysis/codecs.h"
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/status.h"
 #include "opencv2/core.hpp"
 #include "opencv2/imgcodecs.hpp"
-#include "turbojpeg.h"
 
 namespace framepipe {
 namespace {
@@ -108,42 +109,6 @@ absl::Status CheckDimensions(uint32_t w, uint32_t h, const DecodeLimits& limits,
   return absl::OkStatus();
 }
 
-// One TurboJPEG decompressor per thread, reused across frames.
-struct TurboJpeg {
-  tjhandle handle = tjInitDecompress();
-  ~TurboJpeg() {
-    if (handle) tjDestroy(handle);
-  }
-};
-
-// JPEG through libjpeg-turbo directly: it decodes straight into our buffer and, unlike
-// imdecode, reports libjpeg's recoverable errors (corrupt entropy data that libjpeg would
-// paper over with grey) so they fail the frame instead of yielding a silently damaged image.
-// Returns Unimplemented for colour spaces it cannot convert to BGR (CMYK/YCCK).
-absl::Status DecodeJpegTurbo(const std::string& bytes, Image* out) {
-  thread_local TurboJpeg tj;
-  if (!tj.handle) return absl::InternalError("tjInitDecompress failed");
-  auto* src = reinterpret_cast<const unsigned char*>(bytes.data());
-  const unsigned long size = static_cast<unsigned long>(bytes.size());
-  int w = 0, h = 0, subsamp = 0, colorspace = 0;
-  if (tjDecompressHeader3(tj.handle, src, size, &w, &h, &subsamp, &colorspace) != 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("corrupt JPEG header: ", tjGetErrorStr2(tj.handle)));
-  }
-  if (colorspace == TJCS_CMYK || colorspace == TJCS_YCCK) {
-    return absl::UnimplementedError("CMYK JPEG");
-  }
-  const bool gray = colorspace == TJCS_GRAY;
-  Image img = Image::Allocate(w, h, gray ? PixelFormat::kGray8 : PixelFormat::kBgr8);
-  if (tjDecompress2(tj.handle, src, size, img.mutable_data(), w, static_cast<int>(img.stride()), h,
-                    gray ? TJPF_GRAY : TJPF_BGR, TJFLAG_STOPONWARNING) != 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("corrupt JPEG data: ", tjGetErrorStr2(tj.handle)));
-  }
-  *out = std::move(img);
-  return absl::OkStatus();
-}
-
 absl::Status DecodeRaw(const FrameInput& frame, const DecodeLimits& limits, Image* out) {
   PixelFormat fmt;
   switch (frame.raw_format_code) {
@@ -207,17 +172,30 @@ absl::Status DecodeFrame(const FrameInput& frame, const DecodeLimits& limits, Im
   FP_RETURN_IF_ERROR(ParseImageHeader(frame.data, &h));
   const char* name = h.format == EncodedFormat::kJpeg ? "JPEG" : "PNG";
   FP_RETURN_IF_ERROR(CheckDimensions(h.width, h.height, limits, name));
-  if (h.format == EncodedFormat::kJpeg) {
-    absl::Status st = DecodeJpegTurbo(frame.data, out);
-    if (st.code() != absl::StatusCode::kUnimplemented) {
-      if (st.ok() && (static_cast<uint32_t>(out->width()) != h.width ||
-                      static_cast<uint32_t>(out->height()) != h.height)) {
-        return absl::InvalidArgumentError("JPEG decoded to a size other than its header's");
-      }
-      return st;
-    }
+  const uint64_t most = MaxEncodedBytes(h.width, h.height, h.channels);
+  if (frame.data.size() > most) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(name, " payload of ", frame.data.size(), " bytes is more than ", h.width, "x",
+                     h.height, " pixels can need (at most ", most, "): not decoded"));
   }
-
+  codecs::DecodeBudget budget;
+  if (limits.max_decode_ms > 0) {
+    budget.cpu_budget_ms = limits.max_decode_ms;
+    budget.cpu_deadline_ns = codecs::ThreadCpuNanos() + int64_t{limits.max_decode_ms} * 1000000;
+  }
+  budget.max_jpeg_scans = limits.max_jpeg_scans;
+  absl::Status st = h.format == EncodedFormat::kJpeg ? codecs::DecodeJpeg(frame.data, budget, out)
+                                                     : codecs::DecodePng(frame.data, budget, out);
+  if (st.code() != absl::StatusCode::kUnimplemented) {
+    if (st.ok() && (static_cast<uint32_t>(out->width()) != h.width ||
+                    static_cast<uint32_t>(out->height()) != h.height)) {
+      return absl::InvalidArgumentError(absl::StrCat(name, " header says ", h.width, "x", h.height,
+                                                     " but the data decoded to ", out->width(), "x",
+                                                     out->height()));
+    }
+    return st;
+  }
+  // CMYK/YCCK JPEG: OpenCV converts those (bounded by the size checks above).
   cv::Mat buf(1, static_cast<int>(frame.data.size()), CV_8UC1,
               const_cast<char*>(frame.data.data()));
   auto mat = std::make_shared<cv::Mat>();
@@ -227,14 +205,9 @@ absl::Status DecodeFrame(const FrameInput& frame, const DecodeLimits& limits, Im
     return absl::InvalidArgumentError(absl::StrCat("corrupt ", name, " data: ", e.what()));
   }
   if (mat->empty()) return absl::InvalidArgumentError(absl::StrCat("corrupt ", name, " data"));
-  if (mat->depth() != CV_8U || (mat->channels() != 1 && mat->channels() != 3)) {
-    return absl::InvalidArgumentError(absl::StrCat(name, " decoded to an unsupported pixel type (",
-                                                   mat->channels(), " channels)"));
-  }
-  if (static_cast<uint32_t>(mat->cols) != h.width || static_cast<uint32_t>(mat->rows) != h.height) {
-    return absl::InvalidArgumentError(absl::StrCat(name, " header says ", h.width, "x", h.height,
-                                                   " but the data decoded to ", mat->cols, "x",
-                                                   mat->rows));
+  if (mat->depth() != CV_8U || (mat->channels() != 1 && mat->channels() != 3) ||
+      static_cast<uint32_t>(mat->cols) != h.width || static_cast<uint32_t>(mat->rows) != h.height) {
+    return absl::InvalidArgumentError(absl::StrCat(name, " decoded to an unexpected image"));
   }
   const PixelFormat fmt = mat->channels() == 1 ? PixelFormat::kGray8 : PixelFormat::kBgr8;
   const uint8_t* data = mat->data;
@@ -242,6 +215,10 @@ absl::Status DecodeFrame(const FrameInput& frame, const DecodeLimits& limits, Im
   const int cols = mat->cols, rows = mat->rows;
   *out = Image::Borrow(data, cols, rows, stride, fmt, std::move(mat));
   return absl::OkStatus();
+}
+
+uint64_t MaxEncodedBytes(uint64_t width, uint64_t height, int channels) {
+  return 2 * width * height * static_cast<uint64_t>(std::max(channels, 1)) + (1u << 20);
 }
 
 uint64_t EstimateFrameBytes(const FrameInput& frame, const DecodeLimits& limits) {

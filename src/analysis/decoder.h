@@ -15,7 +15,16 @@ namespace framepipe {
 struct DecodeLimits {
   uint32_t max_width = 8192;
   uint32_t max_height = 8192;
+  // CPU time one decode may take (the decoding thread's own time, so a loaded machine does not
+  // fail honest frames); over it the frame gets INVALID_ARGUMENT. 0 = no limit.
+  uint32_t max_decode_ms = 2000;
+  int max_jpeg_scans = 100;  // progressive JPEG scans (each a pass over the whole image)
 };
+
+// The most an honest JPEG or PNG of width x height with `channels` can weigh: twice its raw
+// pixels (a PNG of noise stored uncompressed, a JPEG at quality 100 of noise stay below it) plus
+// 1 MiB for metadata (EXIF, ICC profiles). A bigger payload is refused before decoding.
+uint64_t MaxEncodedBytes(uint64_t width, uint64_t height, int channels);
 
 enum class EncodedFormat { kUnknown, kJpeg, kPng };
 

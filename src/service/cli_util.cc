@@ -1,6 +1,10 @@
 #include "service/cli_util.h"
 
+#include <unistd.h>
+
+#include <algorithm>
 #include <cstdlib>
+#include <fstream>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -37,6 +41,30 @@ absl::Status ParseSize(const std::string& text, int* width, int* height) {
     return absl::InvalidArgumentError(absl::StrCat("bad size '", text, "' (e.g. 1280x720)"));
   }
   return absl::OkStatus();
+}
+
+uint64_t AutoMemoryBudgetMb() {
+  uint64_t limit =
+      static_cast<uint64_t>(sysconf(_SC_PHYS_PAGES)) * static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  // A container's limit (cgroup v2, then v1); "max" or a huge v1 value means none.
+  for (const char* path :
+       {"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"}) {
+    std::ifstream in(path);
+    std::string text;
+    uint64_t v = 0;
+    if (in >> text && absl::SimpleAtoi(text, &v) && v > 0) limit = std::min(limit, v);
+  }
+  return std::clamp<uint64_t>((limit >> 20) / 2, 256, 16384);
+}
+
+absl::StatusOr<uint64_t> ParseMemoryBudgetMb(const std::string& text) {
+  if (text == "auto") return AutoMemoryBudgetMb();
+  uint64_t mb = 0;
+  if (!absl::SimpleAtoi(text, &mb)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("bad --max-memory-mb '", text, "' (a number of MiB, 0, or auto)"));
+  }
+  return mb;
 }
 
 }  // namespace framepipe

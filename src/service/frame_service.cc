@@ -114,8 +114,9 @@ void FrameService::Unregister(ProcessReactor* r) {
     }
     r->done = true;
     del = r->holds == 0;
+    // Under the lock: once the last stream is gone, the service may be destroyed at any moment.
+    cv_.notify_all();
   }
-  cv_.notify_all();
   if (del) delete r;
 }
 

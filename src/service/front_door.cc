@@ -8,7 +8,6 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <poll.h>
-#include <csignal>
 #include <pthread.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
@@ -17,6 +16,7 @@
 #include <sys/uio.h>
 #include <sys/un.h>
 #include <unistd.h>
+#include <csignal>
 
 #include <algorithm>
 #include <cerrno>
@@ -459,10 +459,15 @@ void FrontDoor::Start(grpc::Server* server) {
 
 void FrontDoor::StopAccepting() {
   Impl& m = *impl_;
-  if (!m.accepting.exchange(false)) return;
-  uint64_t one = 1;
-  (void)write(m.stop_fd, &one, sizeof(one));
-  if (m.acceptor.joinable()) m.acceptor.join();
+  if (m.accepting.exchange(false)) {
+    uint64_t one = 1;
+    (void)write(m.stop_fd, &one, sizeof(one));
+    if (m.acceptor.joinable()) m.acceptor.join();
+  }
+  // Closed, not just unattended: a new client is refused at once (and retries elsewhere) instead
+  // of completing a TCP handshake with a backlog nobody reads.
+  for (int fd : m.listen_fds) close(fd);
+  m.listen_fds.clear();
 }
 
 void FrontDoor::Stop() {

@@ -33,7 +33,7 @@ int Fail(const std::string& what) {
 }
 
 int RunServe(ServerOptions o, const std::string& drain, const std::string& idle,
-             const std::string& first_frame, const std::string& guard,
+             const std::string& first_frame, const std::string& guard, const std::string& memory,
              const std::string& log_format) {
   SetLogFormat(log_format == "json" ? LogFormat::kJson : LogFormat::kText);
   auto d = ParseDuration(drain);
@@ -43,6 +43,10 @@ int RunServe(ServerOptions o, const std::string& drain, const std::string& idle,
   if (!it.ok()) return Fail(std::string(it.status().message()));
   o.idle_timeout = *it;
   o.guard = guard == "on";
+  auto mb = ParseMemoryBudgetMb(memory);
+  if (!mb.ok()) return Fail(std::string(mb.status().message()));
+  o.max_memory_mb = *mb;
+  o.strict_memory = memory != "auto";
   auto ff = ParseDuration(first_frame);
   if (!ff.ok()) return Fail(std::string(ff.status().message()));
   o.first_frame_timeout = *ff;
@@ -163,13 +167,20 @@ int main(int argc, char** argv) {
                    "Frames in flight across all streams; when reached, streams stop reading "
                    "(flow control pushes back to the clients)")
       ->capture_default_str();
+  std::string memory = "auto";
   serve
-      ->add_option("--max-memory-mb", so.max_memory_mb,
+      ->add_option("--max-memory-mb", memory,
                    "Memory budget for the whole process' growth under load: 5/8 for frames in "
-                   "flight (payload + decoded pixels + luma), 1/4 for messages being received, "
-                   "1/8 for connections, results and threads; when frames or reads use up "
-                   "theirs, streams stop reading (flow control pushes back); 0 = count limits "
-                   "only")
+                   "flight (payload + decoded pixels + luma, charged from the image header "
+                   "before decoding), 1/4 for messages being received, 1/8 for connections, "
+                   "results and threads; when frames or reads use up theirs, streams stop "
+                   "reading (flow control pushes back). auto: half the memory of the machine or "
+                   "container (256 MiB..16 GiB); N: a hard ceiling of N MiB; 0: count limits only")
+      ->capture_default_str();
+  serve
+      ->add_option("--max-decode-ms", so.limits.max_decode_ms,
+                   "CPU time one frame's decode may take (decode bombs); over it the frame gets "
+                   "INVALID_ARGUMENT (0 = no limit)")
       ->capture_default_str();
   serve
       ->add_option("--backend", so.backend,
@@ -393,7 +404,7 @@ int main(int argc, char** argv) {
   bench_cmd->add_option("--workers", bo.workers, "Workers / threads (0 = hardware threads)");
   bench_cmd->add_option("--only", bo.only,
                         "Only sections whose name contains this: in-process, overhead, metrics, "
-                        "latency, grpc, slow, gpu");
+                        "latency, grpc, limits, slow, gpu");
   bench_cmd->add_option("--python", bo.python, "Interpreter for the Python peer")
       ->capture_default_str();
 #endif
@@ -408,7 +419,7 @@ int main(int argc, char** argv) {
   }
 #endif
 
-  if (serve->parsed()) return RunServe(so, drain, idle, first_frame, guard, log_format);
+  if (serve->parsed()) return RunServe(so, drain, idle, first_frame, guard, memory, log_format);
   if (stream->parsed()) {
     co.progress = !no_progress && isatty(fileno(stderr));
     std::error_code ec;

@@ -127,7 +127,17 @@ void ProcessReactor::GrantRead(uint64_t bytes) {
 void ProcessReactor::OnReadDone(bool ok) {
   TsanReactorScope tsan_scope(this);
   if (!ok) {
-    // The client half-closed (or the call broke: OnCancel says so).
+    // The client half-closed - or the call broke (reset, deadline), which is no half-close: the
+    // cancellation is handled as OnCancel would, whichever of the two gRPC runs first.
+    if (ctx_->IsCancelled()) {
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        read_in_flight_ = false;
+      }
+      ReleaseReservation();
+      OnCancel();
+      return;
+    }
     bool was_open;
     {
       std::lock_guard<std::mutex> l(mu_);
@@ -664,6 +674,9 @@ void ProcessReactor::LogOpen(const std::string& id, uint32_t max_in_flight, cons
 
 void ProcessReactor::LogClose() {
   std::lock_guard<std::mutex> l(mu_);
+  // A call the client reset after its last read may have been finished OK by us; what the
+  // client saw is a cancelled call, and the log says so.
+  if (final_.ok() && ctx_->IsCancelled()) final_ = absl::CancelledError("the client went away");
   if (!log_lines_) {
     svc_->peer_log_->CountClosed(peer_host_, LowerCode(final_.code()));
     return;

@@ -75,6 +75,7 @@ class TokenGateFactory final : public grpc::experimental::ServerInterceptorFacto
 // The HTTP/2 and gRPC limits every transport of this server gets (gRPC's own knobs; the front
 // door adds what gRPC 1.51 lacks).
 void ApplyTransportLimits(const ServerOptions& o, uint64_t memory, grpc::ServerBuilder* b) {
+  if (!o.strict_memory) memory = 0;  // the automatic budget keeps gRPC's windows as they are
   b->SetMaxReceiveMessageSize(static_cast<int>(o.max_receive_message_bytes));
   b->SetMaxSendMessageSize(4 << 20);
   // Frames are JPEG, PNG or raw pixels: compression gains nothing and a compressed message is a
@@ -168,7 +169,7 @@ absl::Status Server::Impl::StartPipeline(int workers, uint64_t memory) {
   // all of it given to frames, 50 clients of 1080p raw frames pushed resident memory to 0.9-1.0x
   // of the budget; the ceiling must hold for the process, not only for the frames.)
   po.global_max_bytes = memory - memory / 4 - memory / 8;
-  if (memory > 0) {
+  if (memory > 0 && options.strict_memory) {
     // Frame-sized buffers (over 1 MiB) are mapped and unmapped one by one, so freed frames go
     // back to the system at once instead of lingering in malloc's per-thread arenas: resident
     // memory then follows the budget. (glibc otherwise raises this threshold as it sees big
@@ -286,6 +287,7 @@ void Server::Impl::LogStarted(int workers) const {
       .Add("max_in_flight", options.max_in_flight)
       .Add("global_max_in_flight", options.global_max_in_flight)
       .Add("max_streams", options.max_streams)
+      .Add("max_memory_mb", options.max_memory_mb)
       .Add("version", kVersion)
       .Emit();
   if (metrics) {

@@ -27,7 +27,11 @@ struct ServerOptions {
   uint32_t max_in_flight = 8;  // default per-stream window
   uint32_t max_stream_in_flight = 1024;
   uint32_t global_max_in_flight = 256;
-  uint64_t max_memory_mb = 0;    // budget for frames in flight (0 = count limits only)
+  uint64_t max_memory_mb = 0;  // budget for frames in flight (0 = count limits only)
+  // The budget is a hard ceiling the operator chose (--max-memory-mb N): freed frames go back to
+  // the system at once and unread streams buffer 64 KiB. Off for the automatic default budget,
+  // which only bounds what frames may claim.
+  bool strict_memory = true;
   std::string backend = "auto";  // auto | cpu | cuda
   int device = 0;
   std::chrono::milliseconds drain_timeout{10000};

@@ -1,0 +1,34 @@
+// The JPEG and PNG decoders behind DecodeFrame, with bounded work: every decode runs against a
+// budget of the calling thread's CPU time (decode bombs: a progressive JPEG with thousands of
+// scans, a PNG whose compressed stream is far longer than its pixels) and stops at the first
+// error, with a message saying what was wrong. Internal to src/analysis.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/status.h"
+#include "common/image.h"
+
+namespace framepipe::codecs {
+
+struct DecodeBudget {
+  int64_t cpu_deadline_ns = 0;  // thread CPU time (CLOCK_THREAD_CPUTIME_ID) not to pass; 0 = none
+  int64_t cpu_budget_ms = 0;    // the budget it came from, for messages
+  int max_jpeg_scans = 0;       // 0 = no limit
+};
+
+// Thread CPU time in nanoseconds.
+int64_t ThreadCpuNanos();
+
+// JPEG through libjpeg-turbo's libjpeg API: straight into an Image (8-bit BGR or gray), with the
+// same settings as TurboJPEG's tjDecompress2 (accurate DCT, fancy upsampling, warnings are
+// errors), so it yields exactly OpenCV's pixels. Unimplemented for CMYK/YCCK.
+absl::Status DecodeJpeg(const std::string& bytes, const DecodeBudget& budget, Image* out);
+
+// PNG through libpng, row by row with the transforms OpenCV's imdecode(IMREAD_ANYCOLOR) applies
+// (16 -> 8 bits, palette -> BGR, alpha stripped): identical pixels. Reads only what the image
+// needs: data after the last row is never inflated.
+absl::Status DecodePng(const std::string& bytes, const DecodeBudget& budget, Image* out);
+
+}  // namespace framepipe::codecs

@@ -1,0 +1,140 @@
+"""Hostile clients at the HTTP/2 level: rapid reset, compression bombs, header floods."""
+from __future__ import annotations
+
+import re
+import threading
+import time
+
+from attack import (H2Client, Prober, config_msg, grpc_headers, grpc_message, gzip_bomb,
+                    header_flood_frames, honest_stream)
+
+
+def stream_log_lines(text: str) -> int:
+    return len(re.findall(r"event=(stream_opened|stream_closed)", text))
+
+
+# Item 2: open a stream and reset it, thousands of times a second, on one connection.
+def test_rapid_reset_closes_the_connection_and_logs_in_aggregate(make_server):
+    s = make_server()
+    prober = Prober(s.target)
+    c = H2Client(s.port)
+    sent = 0
+    t0 = time.time()
+    while not c.closed and time.time() - t0 < 5:
+        sent += c.open_and_reset(100)
+        c.pump(0.001)
+    c.pump(1)
+    results = prober.stop()
+    assert s.alive(), s.text()[-2000:]
+    g = c.goaway()
+    assert g is not None, f"{sent} open+reset pairs and no GOAWAY"
+    assert g.error_code == 11, g  # ENHANCE_YOUR_CALM
+    assert b"rapid reset" in (g.additional_data or b""), g
+    assert sent < 5000, f"{sent} resets before the server closed the connection"
+    assert all(ok for ok, _, _ in results), [r for r in results if not r[0]]
+    # The log: no line per stream; the attack shows up as a handful of lines.
+    time.sleep(0.1)
+    assert stream_log_lines(s.text()) <= 40, stream_log_lines(s.text())
+    ok, why = honest_stream(s.target)
+    assert ok, why
+    assert s.stop() == 0
+    assert "event=peer_summary" in s.text()  # the rest was counted, not dropped
+
+
+# Item 2, across connections: reconnecting to reset again is bounded by the connect rate too.
+def test_rapid_reset_from_many_connections_keeps_the_server_serving(make_server):
+    s = make_server()
+    prober = Prober(s.target)
+    stop = time.time() + 3
+    conns = 0
+    while time.time() < stop:
+        try:
+            c = H2Client(s.port, timeout=2)
+        except OSError:
+            continue
+        conns += 1
+        while not c.closed:
+            c.open_and_reset(100)
+            c.pump(0.001)
+        c.close()
+    results = prober.stop()
+    assert s.alive()
+    assert all(ok for ok, _, _ in results), [r for r in results if not r[0]]
+    ok, why = honest_stream(s.target)
+    assert ok, why
+    assert stream_log_lines(s.text()) <= 120
+    assert s.stop() == 0
+
+
+# Item 3: 1 MiB of gzip that inflates to 1 GiB.
+def test_gzip_bomb_is_refused_without_inflating(make_server):
+    s = make_server()
+    bomb = gzip_bomb(1 << 30)
+    assert len(bomb) < 2 << 20
+    s.reset_peak()
+    base = s.rss_mib()
+    # (a) declared with grpc-encoding: gzip - refused at the headers.
+    c = H2Client(s.port)
+    c.conn.send_headers(1, grpc_headers(extra=[("grpc-encoding", "gzip")]))
+    c.conn.send_data(1, grpc_message(config_msg()))
+    c.flush()
+    c.pump(2, until=lambda: c.trailers(1) is not None)
+    t = c.trailers(1)
+    assert t is not None and t["grpc-status"] == "12", t  # UNIMPLEMENTED: gzip is off
+    assert "gzip" in t.get("grpc-message", ""), t
+    # (b) the compressed flag on a message without declaring it - refused at its prefix.
+    c2 = H2Client(s.port)
+    c2.conn.send_headers(1, grpc_headers())
+    c2.conn.send_data(1, grpc_message(config_msg()))
+    c2.send_data(1, grpc_message(bomb, compressed=True))
+    c2.pump(3, until=lambda: c2.trailers(1) is not None)
+    t2 = c2.trailers(1)
+    assert t2 is not None and t2["grpc-status"] == "3", t2  # INVALID_ARGUMENT
+    assert "compressed message" in t2["grpc-message"], t2
+    grew = s.peak_rss_mib() - base
+    assert grew < 64, f"peak RSS grew {grew:.0f} MiB"
+    assert s.stop() == 0
+    # Neither call is logged as OK.
+    closed = re.findall(r"event=stream_closed .*?status=(\w+)", s.text())
+    assert "OK" not in closed, closed
+
+
+# Item 4: header blocks of tens of MB over a few dozen connections at once.
+def test_header_flood_keeps_health_answered_and_memory_bounded(make_server):
+    s = make_server()
+    s.reset_peak()
+    base = s.rss_mib()
+    prober = Prober(s.target, period=0.2)
+    flood = header_flood_frames(1, 20 << 20)
+    stop = threading.Event()
+    sent_bytes = [0]
+
+    def flooder():
+        while not stop.is_set():
+            try:
+                c = H2Client(s.port, timeout=5)
+                for off in range(0, len(flood), 1 << 20):
+                    c.send_raw(flood[off:off + (1 << 20)])
+                    sent_bytes[0] += 1 << 20
+                c.close()
+            except OSError:
+                pass  # closed by the server mid-flood: reconnect and go again
+
+    threads = [threading.Thread(target=flooder) for _ in range(32)]
+    for t in threads:
+        t.start()
+    time.sleep(4)
+    stop.set()
+    for t in threads:
+        t.join()
+    results = prober.stop()
+    peak = s.peak_rss_mib()
+    assert s.alive()
+    failed = [r for r in results if not r[0] or r[1] > 3]
+    assert not failed, f"{len(failed)} of {len(results)} health checks failed or took > 3 s: " \
+                       f"{failed[:5]}"
+    assert peak < 512, f"peak RSS {peak:.0f} MiB (from {base:.0f})"
+    ok, why = honest_stream(s.target)
+    assert ok, why
+    assert "header_block" in s.text() or "closed_header_block" in s.text()
+    assert s.stop() == 0

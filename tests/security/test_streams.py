@@ -1,0 +1,182 @@
+"""Hostile clients at the gRPC-stream level: refused streams cancelled at once (remote crash),
+stalled streams hoarding the stream limit, malformed messages in the middle of a stream."""
+from __future__ import annotations
+
+import re
+import threading
+import time
+
+import grpc
+import pytest
+
+from attack import (H2Client, config_msg, grpc_headers, grpc_message, honest_stream,
+                    raw_frame_msg)
+from framepipe.v1 import framepipe_pb2 as pb
+
+
+# Item 1: a refused call cancelled right away made gRPC see Finish twice: SIGABRT.
+def test_refused_stream_cancelled_at_once_does_not_crash(make_server):
+    s = make_server("--max-streams", "1")
+    holder = H2Client(s.port)
+    holder.conn.send_headers(1, grpc_headers())
+    holder.conn.send_data(1, grpc_message(config_msg()))
+    holder.flush()
+    holder.pump(0.3)
+    for i in range(100):
+        c = H2Client(s.port)
+        c.conn.send_headers(1, grpc_headers())
+        c.conn.reset_stream(1)
+        c.flush()
+        c.pump(0.01)
+        c.close()
+        assert s.alive(), f"server died after {i + 1} refused+cancelled calls:\n{s.text()[-2000:]}"
+    # Still serving: the held stream finishes cleanly, a new call after it works.
+    holder.conn.end_stream(1)
+    holder.flush()
+    holder.pump(2, until=lambda: holder.trailers(1) is not None)
+    assert holder.trailers(1) and holder.trailers(1)["grpc-status"] == "0"
+    ok, why = honest_stream(s.target)
+    assert ok, why
+    assert s.stop() == 0
+
+
+# Item 1, during a drain: refused (draining) calls cancelled and retried at once. A client that
+# stops reading keeps the drain going (up to --drain-timeout) while others hammer.
+def test_drain_with_clients_cancelling_and_retrying_exits_zero(make_server):
+    for _ in range(2):
+        s = make_server("--drain-timeout", "3s")
+        slow = H2Client(s.port)
+        slow.conn.send_headers(1, grpc_headers())
+        body = grpc_message(config_msg(max_in_flight=64, thumbnails=True))
+        for seq in range(1, 41):
+            body += grpc_message(raw_frame_msg(seq))
+        # 40 small frames, and never a read: their results (4 KiB thumbnails each) outgrow the
+        # client's 64 KiB window, so the stream cannot finish and the drain lasts its timeout.
+        assert slow.send_data(1, body) == len(body)
+        time.sleep(0.3)
+        stop = threading.Event()
+        refused = [0]
+
+        def hammer():
+            while not stop.is_set():
+                try:
+                    c = H2Client(s.port, timeout=2)
+                    for sid in (1, 3, 5):  # refused (draining), and cancelled right away
+                        c.conn.send_headers(sid, grpc_headers())
+                        c.conn.send_data(sid, grpc_message(config_msg()))
+                        c.conn.reset_stream(sid)
+                    c.flush()
+                    c.pump(0.01)
+                    c.close()
+                    refused[0] += 1
+                except (OSError, Exception):
+                    time.sleep(0.005)  # refused while the server goes away: try again
+
+        threads = [threading.Thread(target=hammer) for _ in range(3)]
+        for t in threads:
+            t.start()
+        time.sleep(0.2)
+        s.proc.send_signal(15)  # SIGTERM: the drain starts; the hammering goes on during it
+        try:
+            code = s.proc.wait(timeout=30)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+        slow.close()
+        assert code == 0, f"exit {code}:\n{s.text()[-2000:]}"
+
+
+# Item 6: one peer opening ~300 calls that never send a frame.
+def test_stalled_streams_from_one_peer_do_not_lock_out_others(make_server):
+    s = make_server("--first-frame-timeout", "2s")
+    attackers = []
+    refused = 0
+    for conn in range(3):  # 3 connections x 100 streams from 127.0.0.2
+        c = H2Client(s.port, source="127.0.0.2")
+        for k in range(100):
+            c.conn.send_headers(1 + 2 * k, grpc_headers())
+        c.flush()
+        attackers.append(c)
+    for c in attackers:
+        c.pump(1.0)
+        refused += sum(1 for k in range(100)
+                       if (c.trailers(1 + 2 * k) or {}).get("grpc-status") == "8")
+    # The per-address cap (max-streams / 4 = 64) refused the rest; everyone else gets in.
+    assert refused >= 300 - 64, f"only {refused} of 300 stalled calls were refused"
+    ok, why = honest_stream(s.target)
+    assert ok, f"an honest client was locked out: {why}"
+    # The stalled calls that were admitted are ended by the first-frame timeout.
+    for c in attackers:
+        c.pump(4.0, until=lambda c=c: all(c.trailers(1 + 2 * k) for k in range(100)))
+    ended = [c.trailers(1 + 2 * k) for c in attackers for k in range(100)]
+    assert all(ended), "some stalled calls were never ended"
+    deadline = [t for t in ended if t["grpc-status"] == "4"]
+    assert len(deadline) == 300 - refused
+    assert all("--first-frame-timeout" in t.get("grpc-message", "") for t in deadline)
+    assert s.stop() == 0
+
+
+# Item 6, defaults: streams that send a config and then nothing are ended by the idle timeout,
+# and the first-frame timeout is on by default (10 s) - checked from --help, not by waiting.
+def test_stall_timeouts_are_on_by_default(make_server):
+    import subprocess
+
+    from framepipe_testing import framepipe_binary
+    help_text = subprocess.run([framepipe_binary(), "serve", "--help"], capture_output=True,
+                               text=True).stdout
+    assert re.search(r"--first-frame-timeout TEXT=10s", help_text), help_text
+    assert re.search(r"--idle-timeout TEXT=60s", help_text)
+    assert re.search(r"--max-streams-per-peer UINT=0", help_text)
+
+
+# Item 8: a message that is not a ProcessRequest in the middle of a stream.
+def test_malformed_message_ends_the_call_with_invalid_argument_after_earlier_results(make_server):
+    s = make_server()
+    c = H2Client(s.port)
+    c.conn.send_headers(1, grpc_headers())
+    body = grpc_message(config_msg())
+    for seq in (1, 2, 3):
+        body += grpc_message(raw_frame_msg(seq))
+    body += grpc_message(b"\xff\xff\xff\xff\x0f")       # message 5: garbage
+    for seq in (4, 5):
+        body += grpc_message(raw_frame_msg(seq))         # never answered
+    assert c.send_data(1, body, end_stream=True) == len(body)
+    c.pump(10, until=lambda: c.trailers(1) is not None)
+    t = c.trailers(1)
+    assert t is not None, "the call never ended"
+    assert t["grpc-status"] == "3", t                   # INVALID_ARGUMENT, never OK
+    assert "message 5 of the stream" in t["grpc-message"], t
+    assert "after frame seq=3" in t["grpc-message"], t
+    results = [pb.FrameResult.FromString(m) for m in c.messages(1)]
+    assert [(r.seq, r.status) for r in results] == [(q, pb.FRAME_STATUS_OK) for q in (1, 2, 3)]
+    assert "status=OK" not in s.text()
+    assert s.stop() == 0
+
+
+# Item 8: a length prefix of 4 GB.
+def test_length_prefix_of_4_gib_is_refused_at_the_prefix(make_server):
+    s = make_server()
+    base = s.rss_mib()
+    c = H2Client(s.port)
+    c.conn.send_headers(1, grpc_headers())
+    c.conn.send_data(1, grpc_message(config_msg()))
+    c.flush()
+    s.reset_peak()
+    # A prefix declaring 4 GiB - 1, then as much "message" as flow control lets through, for a
+    # second: the server must answer at the prefix instead of taking it in.
+    lie = grpc_message(b"\0" * (8 << 20), declared=0xFFFFFFFF)
+    end = time.time() + 1.0
+    off = 0
+    while time.time() < end and c.trailers(1) is None and not c.closed and off < len(lie):
+        off += c.send_data(1, lie[off:])
+        c.pump(0.02)
+    c.pump(3, until=lambda: c.trailers(1) is not None)
+    t = c.trailers(1)
+    assert t is not None and t["grpc-status"] == "8", t   # RESOURCE_EXHAUSTED
+    assert "4294967295" in t["grpc-message"], t
+    grew = s.peak_rss_mib() - base
+    assert grew < 64, f"the server took {grew:.0f} MiB for a message it was going to refuse"
+    ok, why = honest_stream(s.target)
+    assert ok, why
+    assert s.stop() == 0
