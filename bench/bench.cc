@@ -15,12 +15,12 @@
 #include "analysis/cpu/cpu_analyzer.h"
 #include "bench/bench_report.h"
 #include "bench/workloads.h"
+#include "child_process.h"
+#include "client/stream_client.h"
 #include "common/clock.h"
+#include "common/log.h"
 #include "opencv2/core.hpp"
-#include "service/child_process.h"
-#include "service/log.h"
-#include "service/server.h"
-#include "service/stream_client.h"
+#include "server/server.h"
 
 #ifdef FRAMEPIPE_BENCH_HAVE_CUDA
 #include "analysis/cuda/cuda_analyzer.h"

@@ -25,7 +25,7 @@
 #include "pipeline/pipeline.h"
 #include "pipeline/standard_stages.h"
 #ifndef FRAMEPIPE_WORKLOADS_NO_METRICS
-#include "service/metrics.h"
+#include "server/metrics.h"
 #endif
 
 namespace framepipe::bench {

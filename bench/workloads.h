@@ -10,7 +10,7 @@
 
 #include "analysis/analyzer.h"
 #include "common/frame.h"
-#include "service/synthetic_source.h"
+#include "media/synthetic_source.h"
 
 namespace framepipe::bench {
 

@@ -7,5 +7,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/build.sh default --target framepipe framepipe_py_proto >/dev/null
 export PYTHONPATH="$PWD/build/default/python${PYTHONPATH:+:$PYTHONPATH}"
-export FRAMEPIPE_BINARY="$PWD/build/default/src/service/framepipe"
+export FRAMEPIPE_BINARY="$PWD/build/default/bin/framepipe"
 exec /usr/bin/python3 scripts/attack_soak.py "$@"

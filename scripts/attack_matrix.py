@@ -301,7 +301,7 @@ def main():
     ap.add_argument("--old", default="", help="another framepipe binary to measure too")
     ap.add_argument("--only", default="", help="measures whose name contains this")
     args = ap.parse_args()
-    binary = os.environ.get("FRAMEPIPE_BINARY") or str(ROOT / "build/default/src/service/framepipe")
+    binary = os.environ.get("FRAMEPIPE_BINARY") or str(ROOT / "build/default/bin/framepipe")
     configs = []
     if args.old:
         configs.append(("old", args.old, []))

@@ -9,7 +9,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 build=$1
 out=$2
-exe="$build/src/service/framepipe"
+exe="$build/bin/framepipe"
 [ -x "$exe" ] || { echo "bundle-runtime: no $exe (build the framepipe target first)" >&2; exit 1; }
 rm -rf "$out"
 mkdir -p "$out/bin" "$out/lib"

@@ -9,7 +9,7 @@ frames=${1:-300}
 streams=${2:-1}
 scripts/setup.sh
 scripts/build.sh default --target framepipe
-bin=build/default/src/service/framepipe
+bin=build/default/bin/framepipe
 log=$(mktemp)
 trap 'kill $server 2>/dev/null || true; rm -f "$log"' EXIT
 

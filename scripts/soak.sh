@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/build.sh default --target framepipe
-exec /usr/bin/python3 scripts/soak.py --framepipe build/default/src/service/framepipe "$@"
+exec /usr/bin/python3 scripts/soak.py --framepipe build/default/bin/framepipe "$@"

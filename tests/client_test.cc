@@ -17,12 +17,12 @@
 #include <thread>
 #include <vector>
 
+#include "child_process.h"
+#include "client/stream_client.h"
 #include "opencv2/core.hpp"
 #include "opencv2/imgproc.hpp"
 #include "opencv2/videoio.hpp"
-#include "service/child_process.h"
-#include "service/stream_client.h"
-#include "service_test_util.h"
+#include "test_server.h"
 
 namespace framepipe {
 namespace {

@@ -7,8 +7,8 @@
 #include <vector>
 
 #include "image_util.h"
+#include "media/synthetic_source.h"
 #include "opencv2/imgcodecs.hpp"
-#include "service/synthetic_source.h"
 
 namespace framepipe {
 namespace {

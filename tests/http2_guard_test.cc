@@ -2,7 +2,7 @@
 // floods, rapid reset, control floods, oversized frames, bad prefaces) and what ends a single
 // stream at a gRPC message's length prefix - and that the guard's own frames land only between
 // gRPC's.
-#include "service/http2_guard.h"
+#include "server/http2_guard.h"
 
 #include <gtest/gtest.h>
 

@@ -5,8 +5,8 @@
 #include <atomic>
 
 #include "http_get.h"
-#include "service/metrics.h"
-#include "service_test_util.h"
+#include "server/metrics.h"
+#include "test_server.h"
 
 namespace framepipe {
 namespace {

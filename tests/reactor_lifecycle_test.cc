@@ -10,7 +10,7 @@
 #include <thread>
 
 #include "raw_call.h"
-#include "service_test_util.h"
+#include "test_server.h"
 
 namespace framepipe {
 namespace {

@@ -14,10 +14,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "analysis/cpu/cpu_analyzer.h"
+#include "child_process.h"
+#include "client/stream_client.h"
 #include "pipeline/standard_stages.h"
-#include "service/child_process.h"
-#include "service/stream_client.h"
-#include "service_test_util.h"
+#include "test_server.h"
 
 namespace framepipe {
 namespace {

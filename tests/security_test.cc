@@ -2,11 +2,12 @@
 // generated at test time.
 #include <gtest/gtest.h>
 
-#include "service/health_probe.h"
-#include "service/security.h"
-#include "service/stream_client.h"
-#include "service_test_util.h"
+#include "client/health_probe.h"
+#include "client/stream_client.h"
+#include "common/secrets.h"
+#include "server/security.h"
 #include "test_certs.h"
+#include "test_server.h"
 
 namespace framepipe {
 namespace {

@@ -5,13 +5,13 @@
 
 #include <set>
 
+#include "client/health_probe.h"
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/descriptor.pb.h"
 #include "google/protobuf/dynamic_message.h"
 #include "google/protobuf/unknown_field_set.h"
 #include "grpcpp/generic/generic_stub.h"
-#include "service/health_probe.h"
-#include "service_test_util.h"
+#include "test_server.h"
 
 namespace framepipe {
 namespace {

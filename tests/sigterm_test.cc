@@ -4,8 +4,8 @@
 
 #include <regex>
 
-#include "service/child_process.h"
-#include "service_test_util.h"
+#include "child_process.h"
+#include "test_server.h"
 
 namespace framepipe {
 namespace {

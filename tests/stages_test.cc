@@ -9,9 +9,9 @@
 #include "analysis/cpu/cpu_analyzer.h"
 #include "enrich/temporal_stage.h"
 #include "image_util.h"
+#include "media/synthetic_source.h"
 #include "pipeline/pipeline.h"
 #include "pipeline/standard_stages.h"
-#include "service/synthetic_source.h"
 #include "test_util.h"
 
 namespace framepipe {

@@ -191,7 +191,7 @@ def run_stream(binary: str, port: int, frames: int = 20) -> subprocess.Completed
 # ---------------------------------------------------------------- fixtures
 @pytest.fixture(scope="session")
 def binary() -> str:
-    b = os.environ.get("FRAMEPIPE_BINARY", str(REPO / "build/default/src/service/framepipe"))
+    b = os.environ.get("FRAMEPIPE_BINARY", str(REPO / "build/default/bin/framepipe"))
     assert os.access(b, os.X_OK), b
     return b
 

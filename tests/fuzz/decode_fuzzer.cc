@@ -11,7 +11,7 @@
 #include "analysis/decoder.h"
 #include "enrich/enricher.h"
 #include "google/protobuf/stubs/logging.h"
-#include "service/proto_convert.h"
+#include "server/proto_convert.h"
 
 namespace {
 

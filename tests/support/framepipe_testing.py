@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def framepipe_binary() -> str:
-    path = os.environ.get("FRAMEPIPE_BINARY") or str(REPO / "build/default/src/service/framepipe")
+    path = os.environ.get("FRAMEPIPE_BINARY") or str(REPO / "build/default/bin/framepipe")
     if not os.access(path, os.X_OK):
         raise RuntimeError(f"framepipe binary not found at {path}: build it or set FRAMEPIPE_BINARY")
     return path

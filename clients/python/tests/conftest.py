@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[3]
 
 
 def framepipe_binary() -> str:
-    path = os.environ.get("FRAMEPIPE_BINARY") or str(REPO / "build/default/src/service/framepipe")
+    path = os.environ.get("FRAMEPIPE_BINARY") or str(REPO / "build/default/bin/framepipe")
     if not os.access(path, os.X_OK):
         pytest.fail(f"framepipe binary not found at {path}: build it or set FRAMEPIPE_BINARY")
     return path

@@ -1,0 +1,101 @@
+// FrontDoor: the server's own listener, in front of gRPC. It accepts TCP connections itself,
+// hands each to gRPC over a local socket pair (grpc::AddInsecureChannelFromFd) and relays the
+// bytes through an Http2Guard, which stops the HTTP/2 attacks gRPC 1.51 has no defence for
+// (header floods, rapid reset, oversized messages at their length prefix). Owning accept() also
+// fixes what 1.51's listener gets wrong: after EMFILE it never accepts again; here the process'
+// file limit is raised to its hard limit at start, connections are capped below it (total and
+// per client address, plus a per-address connect rate), a refused connection gets an HTTP/2
+// GOAWAY saying why, and accepting resumes as soon as descriptors free up.
+//
+// With TLS configured, the front door terminates TLS (OpenSSL) before the guard, so every
+// defence applies to TLS connections too; gRPC then sees plaintext on the socket pair, and the
+// service checks bearer tokens itself.
+//
+// Threads: one acceptor, `io_threads` relay threads (epoll), each connection owned by one of
+// them. All public methods are thread-safe.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/clock.h"
+#include "server/http2_guard.h"
+
+namespace grpc {
+class Server;
+}
+
+namespace framepipe {
+
+class PeerLog;
+
+struct FrontDoorTls {
+  std::string cert_file;       // PEM chain; TLS on when set
+  std::string key_file;        // PEM key
+  std::string client_ca_file;  // PEM roots: require and verify client certificates (mTLS)
+};
+
+struct FrontDoorOptions {
+  std::string listen;  // host:port, [v6]:port, unix:/path; port 0 picks one
+  Http2Limits http2;
+  uint32_t max_connections = 0;             // 0: from the file limit (see FrontDoor::Bind)
+  uint32_t max_connections_per_peer = 256;  // open connections from one client address
+  double peer_connects_per_second = 200;    // new connections one address may open, sustained
+  double peer_connect_burst = 1000;
+  std::chrono::milliseconds handshake_timeout{10000};  // TLS + HTTP/2 preface and SETTINGS
+  int io_threads = 1;
+  size_t buffer_bytes = 256 * 1024;  // per direction per connection, before reading pauses
+  FrontDoorTls tls;
+  PeerLog* peer_log = nullptr;  // aggregated logging of refusals and violations (not owned)
+  const TimeSource* time = TimeSource::Real();
+};
+
+// Why a connection was refused at accept.
+enum class ConnectionRefusal { kMaxConnections, kPeerLimit, kPeerRate, kFdLimit, kCount };
+const char* ConnectionRefusalLabel(ConnectionRefusal r);
+
+struct FrontDoorCounters {
+  uint64_t connections_active = 0;
+  uint64_t connections_total = 0;
+  uint64_t refused[static_cast<int>(ConnectionRefusal::kCount)] = {};
+  uint64_t violations[static_cast<int>(Http2Violation::kCount)] = {};
+  uint64_t rejected_streams[static_cast<int>(StreamRejection::kCount)] = {};
+  uint64_t handshake_timeouts = 0;
+  uint64_t tls_failures = 0;
+  uint32_t max_connections = 0;
+};
+
+class FrontDoor {
+ public:
+  // Binds and listens (so the port is known before gRPC starts). Raises RLIMIT_NOFILE's soft
+  // limit to the hard limit; max_connections 0 becomes (limit - 256) / 3 (a relayed connection
+  // holds three descriptors), at most 16384.
+  static absl::StatusOr<std::unique_ptr<FrontDoor>> Bind(FrontDoorOptions options);
+  ~FrontDoor();
+
+  // Starts accepting; each connection is handed to `server` (started, no listening ports).
+  void Start(grpc::Server* server);
+  // Closes the listener (a drain). Open connections keep flowing.
+  void StopAccepting();
+  // Closes every connection and joins the threads. Idempotent.
+  void Stop();
+
+  int port() const;
+  const std::string& address() const;
+  // gRPC's peer string for a relayed connection ("fd:17") -> the client's ("ipv4:1.2.3.4:5").
+  std::string ResolvePeer(const std::string& grpc_peer) const;
+  FrontDoorCounters counters() const;
+
+  struct Impl;
+
+ private:
+  explicit FrontDoor(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace framepipe

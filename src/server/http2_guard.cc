@@ -1,0 +1,548 @@
+#include "server/http2_guard.h"
+
+#include <algorithm>
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+
+namespace framepipe {
+
+namespace {
+
+constexpr std::string_view kPreface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+enum FrameType : uint8_t {
+  kData = 0,
+  kHeaders = 1,
+  kPriority = 2,
+  kRstStream = 3,
+  kSettings = 4,
+  kPushPromise = 5,
+  kPing = 6,
+  kGoAway = 7,
+  kWindowUpdate = 8,
+  kContinuation = 9,
+};
+constexpr uint8_t kEndStream = 0x1;
+constexpr uint8_t kEndHeaders = 0x4;
+constexpr uint8_t kPadded = 0x8;
+
+constexpr uint32_t kNoError = 0x0;
+constexpr uint32_t kProtocolError = 0x1;
+constexpr uint32_t kRefusedStream = 0x7;
+constexpr uint32_t kCancel = 0x8;
+constexpr uint32_t kEnhanceYourCalm = 0xb;
+
+constexpr size_t kMaxRejectedTracked = 256;
+
+uint32_t Be24(const uint8_t* p) { return (uint32_t{p[0]} << 16) | (uint32_t{p[1]} << 8) | p[2]; }
+uint32_t Be32(const uint8_t* p) {
+  return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | p[3];
+}
+void PutBe32(std::string* out, uint32_t v) {
+  out->push_back(static_cast<char>(v >> 24));
+  out->push_back(static_cast<char>(v >> 16));
+  out->push_back(static_cast<char>(v >> 8));
+  out->push_back(static_cast<char>(v));
+}
+
+void AppendFrame(std::string* out, uint8_t type, uint8_t flags, uint32_t stream,
+                 std::string_view payload) {
+  const uint32_t n = static_cast<uint32_t>(payload.size());
+  out->push_back(static_cast<char>(n >> 16));
+  out->push_back(static_cast<char>(n >> 8));
+  out->push_back(static_cast<char>(n));
+  out->push_back(static_cast<char>(type));
+  out->push_back(static_cast<char>(flags));
+  PutBe32(out, stream & 0x7fffffffu);
+  out->append(payload);
+}
+
+void AppendRst(std::string* out, uint32_t stream, uint32_t code) {
+  std::string p;
+  PutBe32(&p, code);
+  AppendFrame(out, kRstStream, 0, stream, p);
+}
+
+void AppendWindowUpdate(std::string* out, uint32_t stream, uint64_t increment) {
+  while (increment > 0) {
+    const uint32_t step = static_cast<uint32_t>(std::min<uint64_t>(increment, 0x7fffffffu));
+    std::string p;
+    PutBe32(&p, step);
+    AppendFrame(out, kWindowUpdate, 0, stream, p);
+    increment -= step;
+  }
+}
+
+void AppendGoAway(std::string* out, uint32_t last_stream, uint32_t code, std::string_view debug) {
+  std::string p;
+  PutBe32(&p, last_stream & 0x7fffffffu);
+  PutBe32(&p, code);
+  p.append(debug.substr(0, 1024));
+  AppendFrame(out, kGoAway, 0, 0, p);
+}
+
+// HPACK (RFC 7541) integer with an N-bit prefix.
+void HpackInt(std::string* out, uint8_t first_bits, int prefix_bits, uint32_t v) {
+  const uint32_t max = (1u << prefix_bits) - 1;
+  if (v < max) {
+    out->push_back(static_cast<char>(first_bits | v));
+    return;
+  }
+  out->push_back(static_cast<char>(first_bits | max));
+  v -= max;
+  while (v >= 128) {
+    out->push_back(static_cast<char>((v % 128) + 128));
+    v /= 128;
+  }
+  out->push_back(static_cast<char>(v));
+}
+
+// A literal header field without indexing (new name): leaves the peer's dynamic table alone,
+// so the guard's frames never disturb the HPACK state gRPC's encoder shares with the client.
+void HpackLiteral(std::string* out, std::string_view name, std::string_view value) {
+  out->push_back(0x00);
+  HpackInt(out, 0x00, 7, static_cast<uint32_t>(name.size()));
+  out->append(name);
+  HpackInt(out, 0x00, 7, static_cast<uint32_t>(value.size()));
+  out->append(value);
+}
+
+// grpc-message is percent-encoded (gRPC over HTTP/2 spec).
+std::string PercentEncode(std::string_view s) {
+  std::string out;
+  for (char c : s) {
+    const auto u = static_cast<unsigned char>(c);
+    if (u < 0x20 || u > 0x7e || c == '%') {
+      absl::StrAppend(&out, "%", absl::Hex(u, absl::kZeroPad2));
+    } else {
+      out.push_back(c);
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+const char* Http2ViolationLabel(Http2Violation v) {
+  static const char* kNames[] = {"none",          "bad_preface",      "frame_too_large",
+                                 "header_block",  "header_frames",    "reset_flood",
+                                 "control_flood", "too_many_streams", "protocol"};
+  return kNames[static_cast<int>(v)];
+}
+
+const char* StreamRejectionLabel(StreamRejection r) {
+  return r == StreamRejection::kMessageTooLarge ? "message_too_large" : "compressed";
+}
+
+Http2Guard::Http2Guard(Http2Limits limits)
+    : limits_(limits), resets_{limits.reset_burst, {}}, control_{limits.control_frame_burst, {}} {}
+
+uint64_t Http2Guard::TakeRejections(StreamRejection r) {
+  return std::exchange(rejections_[static_cast<int>(r)], 0);
+}
+
+std::string Http2Guard::RefusalFrames(std::string_view reason) {
+  std::string out;
+  AppendFrame(&out, kSettings, 0, 0, {});
+  AppendGoAway(&out, 0, kEnhanceYourCalm, reason);
+  return out;
+}
+
+bool Http2Guard::Take(Bucket* b, double rate, double burst, TimePoint now) {
+  if (b->last != TimePoint{}) {
+    b->tokens = std::min(burst, b->tokens + rate * SecondsBetween(b->last, now));
+  }
+  b->last = now;
+  if (b->tokens < 1) return false;
+  b->tokens -= 1;
+  return true;
+}
+
+bool Http2Guard::Violation(Http2Violation v, std::string detail, Http2Out* to_client) {
+  violation_ = v;
+  detail_ = std::move(detail);
+  // The GOAWAY can only go between two of gRPC's frames; otherwise the connection just closes.
+  if (s_header_have_ == 0 && s_remaining_ == 0 && !s_in_header_block_) {
+    const bool protocol = v == Http2Violation::kBadPreface || v == Http2Violation::kProtocol ||
+                          v == Http2Violation::kFrameTooLarge;
+    std::string frames = std::move(inject_to_client_);
+    inject_to_client_.clear();
+    AppendGoAway(&frames, last_stream_, protocol ? kProtocolError : kEnhanceYourCalm,
+                 absl::StrCat("framepipe: ", detail_));
+    to_client->Add(std::move(frames));
+  }
+  return false;
+}
+
+// Bytes of the next unit (the preface, then one frame) at the start of `data`, as far as its
+// first bytes tell: 24 for the preface, 9 while the frame header is incomplete, 9 + length after.
+size_t Http2Guard::UnitSize(std::string_view data) const {
+  if (!preface_done_) return kPreface.size();
+  if (data.size() < 9) return 9;
+  return 9 + size_t{Be24(reinterpret_cast<const uint8_t*>(data.data()))};
+}
+
+bool Http2Guard::ProcessUnit(std::string_view unit, TimePoint now, Http2Out* to_server,
+                             Http2Out* to_client) {
+  if (!preface_done_) {
+    if (unit != kPreface) {
+      return Violation(Http2Violation::kBadPreface, "not an HTTP/2 client preface", to_client);
+    }
+    to_server->Pass(kPreface);  // static storage
+    preface_done_ = true;
+    return true;
+  }
+  const auto* h = reinterpret_cast<const uint8_t*>(unit.data());
+  return HandleClientFrame(h, h + 9, now, to_server, to_client);
+}
+
+bool Http2Guard::CheckFrameSize(size_t unit, Http2Out* to_client) {
+  if (!preface_done_ || unit - 9 <= limits_.max_frame_bytes) return true;
+  return Violation(Http2Violation::kFrameTooLarge,
+                   absl::StrCat("frame of ", unit - 9, " bytes, over the maximum frame size of ",
+                                limits_.max_frame_bytes),
+                   to_client);
+}
+
+bool Http2Guard::FromClient(std::string_view bytes, TimePoint now, Http2Out* to_server,
+                            Http2Out* to_client) {
+  if (violation_ != Http2Violation::kNone) return false;
+  size_t pos = 0;
+  // First the unit carried over from the previous read: only the bytes it lacks are copied.
+  while (!in_.empty()) {
+    const size_t want = UnitSize(in_);
+    if (in_.size() >= 9 && !CheckFrameSize(want, to_client)) return false;
+    if (in_.size() < want) {
+      const size_t take = std::min(want - in_.size(), bytes.size() - pos);
+      in_.append(bytes.substr(pos, take));
+      pos += take;
+      if (in_.size() < want) {
+        if (pos == bytes.size()) break;
+        continue;  // the header just completed: the frame's length is known now
+      }
+      if (want == 9 && preface_done_) continue;  // header only so far: recompute the size
+    }
+    unit_is_copy_ = true;
+    const bool ok = ProcessUnit(in_, now, to_server, to_client);
+    unit_is_copy_ = false;
+    if (!ok) return false;
+    in_.clear();
+  }
+  // Then whole units straight from this read, without copying them.
+  while (in_.empty() && pos < bytes.size()) {
+    const std::string_view rest = bytes.substr(pos);
+    const size_t want = UnitSize(rest);
+    if (rest.size() >= 9 && !CheckFrameSize(want, to_client)) return false;
+    if (!preface_done_ && rest.substr(0, std::min(rest.size(), want)) !=
+                              kPreface.substr(0, std::min(rest.size(), want))) {
+      return Violation(Http2Violation::kBadPreface, "not an HTTP/2 client preface", to_client);
+    }
+    if (rest.size() < want) {
+      in_.assign(rest);  // an incomplete unit: kept for the next read
+      break;
+    }
+    if (!ProcessUnit(rest.substr(0, want), now, to_server, to_client)) return false;
+    pos += want;
+  }
+  FlushInjected(to_server, to_client);
+  return true;
+}
+
+bool Http2Guard::HandleClientFrame(const uint8_t* h, const uint8_t* payload, TimePoint now,
+                                   Http2Out* to_server, Http2Out* to_client) {
+  const uint32_t len = Be24(h);
+  const uint8_t type = h[3];
+  const uint8_t flags = h[4];
+  const uint32_t sid = Be32(h + 5) & 0x7fffffffu;
+  if (!settings_seen_) {
+    if (type != kSettings) {
+      return Violation(Http2Violation::kProtocol,
+                       "the first frame after the preface must be SETTINGS", to_client);
+    }
+    settings_seen_ = true;
+  }
+  if (header_stream_ != 0 && type != kContinuation) {
+    return Violation(Http2Violation::kProtocol, "a header block was interrupted", to_client);
+  }
+  auto check_block = [&]() {
+    if (header_bytes_ > limits_.max_header_block_bytes) {
+      return Violation(Http2Violation::kHeaderBlockTooLarge,
+                       absl::StrCat("header block over ", limits_.max_header_block_bytes,
+                                    " bytes on stream ", header_stream_ ? header_stream_ : sid),
+                       to_client);
+    }
+    if (header_frames_ > limits_.max_header_frames) {
+      return Violation(Http2Violation::kTooManyHeaderFrames,
+                       absl::StrCat("header block in over ", limits_.max_header_frames,
+                                    " frames on stream ", header_stream_ ? header_stream_ : sid),
+                       to_client);
+    }
+    return true;
+  };
+  const std::string_view frame(reinterpret_cast<const char*>(h), 9 + size_t{len});
+  switch (type) {
+    case kData: {
+      if (rejected_.count(sid)) {
+        // A stream the guard ended: its data never reaches gRPC; the connection window it used
+        // goes back to the client so other streams keep flowing.
+        std::string credit;
+        AppendWindowUpdate(&credit, 0, len);
+        to_client->Add(std::move(credit));
+        return true;
+      }
+      auto it = streams_.find(sid);
+      if (it != streams_.end()) {
+        const uint8_t* p = payload;
+        size_t n = len;
+        if (flags & kPadded) {
+          if (len == 0 || payload[0] >= len) {
+            return Violation(Http2Violation::kProtocol, "DATA padding exceeds the frame",
+                             to_client);
+          }
+          n = len - 1 - payload[0];
+          p = payload + 1;
+        }
+        StreamRejection why;
+        uint64_t declared = 0;
+        if (!ScanData(&it->second, p, n, &why, &declared)) {
+          RejectStream(sid, &it->second, why, declared);
+          std::string credit;
+          AppendWindowUpdate(&credit, 0, len);
+          to_client->Add(std::move(credit));
+          return true;
+        }
+        if (flags & kEndStream) streams_.erase(it);
+      }
+      break;
+    }
+    case kHeaders:
+      if ((sid & 1) && sid > last_stream_) {
+        last_stream_ = sid;
+        if (!(flags & kEndStream)) {
+          if (streams_.size() >= limits_.max_tracked_streams) {
+            return Violation(Http2Violation::kTooManyStreams,
+                             absl::StrCat("over ", limits_.max_tracked_streams,
+                                          " streams open on one connection"),
+                             to_client);
+          }
+          streams_[sid] = StreamIn{};
+        }
+      } else if (flags & kEndStream) {
+        streams_.erase(sid);  // the client's trailers: no more data on this stream
+      }
+      header_bytes_ = len;
+      header_frames_ = 1;
+      if (!(flags & kEndHeaders)) header_stream_ = sid;
+      if (!check_block()) return false;
+      break;
+    case kContinuation:
+      if (header_stream_ == 0 || sid != header_stream_) {
+        return Violation(Http2Violation::kProtocol, "CONTINUATION without a header block",
+                         to_client);
+      }
+      header_bytes_ += len;
+      ++header_frames_;
+      if (!check_block()) return false;
+      if (flags & kEndHeaders) header_stream_ = 0;
+      break;
+    case kRstStream:
+      if (rejected_.count(sid)) return true;  // already reset towards gRPC
+      streams_.erase(sid);
+      if (!Take(&resets_, limits_.resets_per_second, limits_.reset_burst, now)) {
+        return Violation(Http2Violation::kResetFlood,
+                         absl::StrCat("over ", limits_.resets_per_second,
+                                      " stream resets a second (HTTP/2 rapid reset)"),
+                         to_client);
+      }
+      break;
+    case kWindowUpdate:
+    case kGoAway:
+      break;
+    default:  // PING, SETTINGS, PRIORITY, PUSH_PROMISE and unknown types
+      if (!Take(&control_, limits_.control_frames_per_second, limits_.control_frame_burst, now)) {
+        return Violation(
+            Http2Violation::kControlFlood,
+            absl::StrCat("over ", limits_.control_frames_per_second, " control frames a second"),
+            to_client);
+      }
+      break;
+  }
+  if (unit_is_copy_) {
+    to_server->Copy(frame);
+  } else {
+    to_server->Pass(frame);
+  }
+  return true;
+}
+
+bool Http2Guard::ScanData(StreamIn* s, const uint8_t* p, size_t n, StreamRejection* why,
+                          uint64_t* declared) {
+  while (n > 0) {
+    if (s->msg_remaining > 0) {
+      const size_t take = std::min<size_t>(n, s->msg_remaining);
+      s->msg_remaining -= static_cast<uint32_t>(take);
+      p += take;
+      n -= take;
+      continue;
+    }
+    const size_t take = std::min<size_t>(n, 5 - s->prefix_have);
+    std::memcpy(s->prefix + s->prefix_have, p, take);
+    s->prefix_have = static_cast<uint8_t>(s->prefix_have + take);
+    p += take;
+    n -= take;
+    if (s->prefix_have < 5) break;
+    s->prefix_have = 0;
+    const uint32_t length = Be32(s->prefix + 1);
+    if (s->prefix[0] == 1 && !limits_.allow_compressed_messages) {
+      *why = StreamRejection::kCompressed;
+      *declared = length;
+      return false;
+    }
+    if (length > limits_.max_message_bytes) {
+      *why = StreamRejection::kMessageTooLarge;
+      *declared = length;
+      return false;
+    }
+    s->msg_remaining = length;
+  }
+  return true;
+}
+
+void Http2Guard::RejectStream(uint32_t id, StreamIn* s, StreamRejection why, uint64_t declared) {
+  ++rejections_[static_cast<int>(why)];
+  const bool headers_sent = s->server_headers;
+  streams_.erase(id);
+  if (rejected_.size() >= kMaxRejectedTracked) rejected_.erase(rejected_.begin());
+  rejected_.insert(id);
+  // gRPC forgets the stream (the reactor sees a cancel)...
+  AppendRst(&inject_to_server_, id, kCancel);
+  // ...and the client reads why in the stream's trailers, then is told to stop sending.
+  std::string status, message;
+  if (why == StreamRejection::kMessageTooLarge) {
+    status = "8";  // RESOURCE_EXHAUSTED
+    message = absl::StrCat("message of ", declared,
+                           " bytes (declared at its length prefix) is over the server's limit "
+                           "of ",
+                           limits_.max_message_bytes, " bytes (--max-message-bytes)");
+  } else {
+    status = "3";  // INVALID_ARGUMENT
+    message =
+        "compressed message: this server accepts uncompressed messages only (frames are JPEG, "
+        "PNG or raw pixels; gzip gains nothing); send with compression off";
+  }
+  std::string block;
+  if (!headers_sent) {
+    block.push_back(static_cast<char>(0x88));  // :status 200 (static table index 8)
+    HpackInt(&block, 0x00, 4, 31);             // content-type (static index 31), no indexing
+    HpackInt(&block, 0x00, 7, 16);
+    block.append("application/grpc");
+  }
+  HpackLiteral(&block, "grpc-status", status);
+  HpackLiteral(&block, "grpc-message", PercentEncode(message));
+  AppendFrame(&inject_to_client_, kHeaders, kEndStream | kEndHeaders, id, block);
+  AppendRst(&inject_to_client_, id, kNoError);
+}
+
+bool Http2Guard::FromServer(std::string_view bytes, TimePoint now, Http2Out* to_server,
+                            Http2Out* to_client) {
+  size_t i = 0;
+  const auto* b = reinterpret_cast<const uint8_t*>(bytes.data());
+  while (i < bytes.size()) {
+    if (s_remaining_ == 0 && s_header_have_ < 9) {
+      const size_t take = std::min<size_t>(9 - s_header_have_, bytes.size() - i);
+      std::memcpy(s_header_ + s_header_have_, b + i, take);
+      s_header_have_ += static_cast<uint32_t>(take);
+      i += take;
+      if (s_header_have_ < 9) break;
+      const uint32_t len = Be24(s_header_);
+      const uint8_t type = s_header_[3];
+      const uint8_t flags = s_header_[4];
+      const uint32_t sid = Be32(s_header_ + 5) & 0x7fffffffu;
+      const bool rejected = sid != 0 && rejected_.count(sid) > 0;
+      s_dropping_ = rejected && (type == kData || type == kRstStream);
+      if (s_dropping_ && type == kData) s_dropped_data_ += len;
+      if (type == kHeaders) {
+        auto it = streams_.find(sid);
+        if (it != streams_.end()) it->second.server_headers = true;
+        s_in_header_block_ = !(flags & kEndHeaders);
+      } else if (type == kContinuation && (flags & kEndHeaders)) {
+        s_in_header_block_ = false;
+      } else if (type == kRstStream && !rejected) {
+        streams_.erase(sid);
+        // A stream gRPC had to refuse (over its concurrent-stream limit) counts as a reset:
+        // opening streams only to have them refused is the same flood.
+        if (len == 4 && bytes.size() - i >= 4 && Be32(b + i) == kRefusedStream &&
+            !Take(&resets_, limits_.resets_per_second, limits_.reset_burst, now) &&
+            violation_ == Http2Violation::kNone) {
+          violation_ = Http2Violation::kResetFlood;
+          detail_ = "over the reset limit with streams the server refused";
+        }
+      }
+      if (!s_dropping_) to_client->Copy(std::string_view(reinterpret_cast<char*>(s_header_), 9));
+      s_remaining_ = len;
+    }
+    if (s_remaining_ > 0) {
+      const size_t take = std::min<size_t>(s_remaining_, bytes.size() - i);
+      if (!s_dropping_) to_client->Pass(bytes.substr(i, take));
+      s_remaining_ -= static_cast<uint32_t>(take);
+      i += take;
+    }
+    if (s_remaining_ == 0 && s_header_have_ == 9) {
+      // A frame boundary: the guard's own frames for the client may go now.
+      s_header_have_ = 0;
+      s_dropping_ = false;
+      s_first_frame_done_ = true;
+      if (!s_in_header_block_ && !inject_to_client_.empty()) {
+        to_client->Add(std::move(inject_to_client_));
+        inject_to_client_.clear();
+      }
+    }
+  }
+  if (s_dropped_data_ > 0) {
+    AppendWindowUpdate(&inject_to_server_, 0, s_dropped_data_);
+    s_dropped_data_ = 0;
+  }
+  FlushInjected(to_server, to_client);
+  return violation_ == Http2Violation::kNone;
+}
+
+void Http2Guard::FlushInjected(Http2Out* to_server, Http2Out* to_client) {
+  // Towards gRPC: complete client frames only are ever passed on, so any moment outside a
+  // client header block is a boundary.
+  if (!inject_to_server_.empty() && settings_seen_ && header_stream_ == 0) {
+    to_server->Add(std::move(inject_to_server_));
+    inject_to_server_.clear();
+  }
+  if (!inject_to_client_.empty() && s_first_frame_done_ && s_header_have_ == 0 &&
+      s_remaining_ == 0 && !s_in_header_block_) {
+    to_client->Add(std::move(inject_to_client_));
+    inject_to_client_.clear();
+  }
+}
+
+void Http2Out::Pass(std::string_view v) {
+  if (v.empty()) return;
+  size_ += v.size();
+  if (!parts_.empty() && parts_.back().data() + parts_.back().size() == v.data()) {
+    parts_.back() = std::string_view(parts_.back().data(), parts_.back().size() + v.size());
+    return;
+  }
+  parts_.push_back(v);
+}
+
+void Http2Out::Add(std::string s) {
+  if (s.empty()) return;
+  owned_.push_back(std::move(s));
+  size_ += owned_.back().size();
+  parts_.emplace_back(owned_.back());
+}
+
+void Http2Out::Clear() {
+  parts_.clear();
+  owned_.clear();
+  size_ = 0;
+}
+
+}  // namespace framepipe
