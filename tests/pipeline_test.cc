@@ -188,12 +188,13 @@ FrameInput MakeFrame(uint64_t seq) {
 }
 
 std::unique_ptr<Pipeline> MakePipeline(FakeStages& fakes, int workers, uint32_t global_max,
-                                       PipelineObserver* obs = nullptr, bool ordered = true) {
+                                       PipelineObserver* obs = nullptr,
+                                       const TimeSource* time = nullptr) {
   PipelineOptions o;
   o.workers = workers;
   o.global_max_in_flight = global_max;
   o.observer = obs;
-  o.ordered = ordered;
+  o.time = time;
   auto p = Pipeline::Create(o, fakes.Make());
   EXPECT_TRUE(p.ok()) << p.status();
   return std::move(p).value();
@@ -723,25 +724,6 @@ TEST(PipelineTest, StopCancelsWhatDoesNotDrainInTime) {
   EXPECT_EQ(sink.complete_calls(), 0);
   EXPECT_EQ(p->counters().in_flight, 0u);
   EXPECT_EQ(obs.in_flight.load(), 0);
-}
-
-TEST(PipelineTest, UnorderedModeDeliversEverything) {
-  FakeStages fakes;
-  fakes.max_delay_us = 300;
-  auto p = MakePipeline(fakes, 3, 64, nullptr, /*ordered=*/false);
-  Sink sink;
-  auto s = std::move(p->OpenStream(sink.Options("s", 8))).value();
-  for (int i = 0; i < 200; ++i) ASSERT_TRUE(s->Submit(MakeFrame(SeqOf(i))).ok());
-  s->Close();
-  ASSERT_TRUE(sink.WaitComplete());
-  auto got = sink.got();
-  ASSERT_EQ(got.size(), 200u);
-  std::set<uint64_t> seqs;
-  for (auto& g : got) seqs.insert(g.seq);
-  EXPECT_EQ(seqs.size(), 200u);
-  StreamOptions bad = sink.Options("x", 2);
-  bad.overload = OverloadPolicy::kDropOldest;
-  EXPECT_FALSE(p->OpenStream(bad).ok());
 }
 
 TEST(PipelineTest, OrderedStageSeesEveryResultInOrder) {

@@ -1,6 +1,7 @@
 #include "client/credentials.h"
 
 #include "common/secrets.h"
+#include "common/status.h"
 
 namespace framepipe {
 
@@ -15,26 +16,19 @@ absl::StatusOr<ClientCredentials> MakeClientCredentials(const ClientSecurityOpti
     return out;
   }
   grpc::SslCredentialsOptions ssl;
-  auto ca = ReadFile(o.tls_ca, "TLS CA");
-  if (!ca.ok()) return ca.status();
-  ssl.pem_root_certs = *ca;
+  FP_ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadFile(o.tls_ca, "TLS CA"));
   if (!o.tls_cert.empty() || !o.tls_key.empty()) {
     if (o.tls_cert.empty() || o.tls_key.empty()) {
       return absl::InvalidArgumentError("a client certificate needs both --tls-cert and --tls-key");
     }
-    auto cert = ReadFile(o.tls_cert, "client certificate");
-    if (!cert.ok()) return cert.status();
-    auto key = ReadFile(o.tls_key, "client key");
-    if (!key.ok()) return key.status();
-    ssl.pem_cert_chain = *cert;
-    ssl.pem_private_key = *key;
+    FP_ASSIGN_OR_RETURN(ssl.pem_cert_chain, ReadFile(o.tls_cert, "client certificate"));
+    FP_ASSIGN_OR_RETURN(ssl.pem_private_key, ReadFile(o.tls_key, "client key"));
   }
   out.channel = grpc::SslCredentials(ssl);
   if (!o.auth_token_file.empty()) {
-    auto tokens = ReadAuthTokens(o.auth_token_file);
-    if (!tokens.ok()) return tokens.status();
+    FP_ASSIGN_OR_RETURN(std::vector<std::string> tokens, ReadAuthTokens(o.auth_token_file));
     out.channel = grpc::CompositeChannelCredentials(out.channel,
-                                                    grpc::AccessTokenCredentials(tokens->front()));
+                                                    grpc::AccessTokenCredentials(tokens.front()));
   }
   out.server_name_override = o.tls_server_name;
   return out;

@@ -3,6 +3,7 @@
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
+#include "common/status.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
 
@@ -36,13 +37,12 @@ int DecodeStatus(const std::string& bytes) {
 
 absl::Status CheckHealth(const std::string& target, const std::string& service, double timeout_s,
                          const ClientSecurityOptions& security) {
-  auto creds = MakeClientCredentials(security);
-  if (!creds.ok()) return creds.status();
+  FP_ASSIGN_OR_RETURN(const ClientCredentials creds, MakeClientCredentials(security));
   grpc::ChannelArguments args;
-  if (!creds->server_name_override.empty()) {
-    args.SetSslTargetNameOverride(creds->server_name_override);
+  if (!creds.server_name_override.empty()) {
+    args.SetSslTargetNameOverride(creds.server_name_override);
   }
-  auto channel = grpc::CreateCustomChannel(target, creds->channel, args);
+  auto channel = grpc::CreateCustomChannel(target, creds.channel, args);
   grpc::GenericStub stub(channel);
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() +

@@ -22,6 +22,7 @@
 #include "absl/strings/str_join.h"
 #include "common/clock.h"
 #include "common/log.h"
+#include "common/status.h"
 #include "framepipe/v1/framepipe.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
 #include "media/frame_source.h"
@@ -654,11 +655,9 @@ absl::StatusOr<ClientReport> RunStreamClient(const StreamClientOptions& o) {
                                                      " is not a writable directory"));
     }
   }
-  auto make_source = MakeSourceFactory(so);
-  if (!make_source.ok()) return make_source.status();
   Shared sh;
   sh.options = &o;
-  sh.make_source = std::move(make_source).value();
+  FP_ASSIGN_OR_RETURN(sh.make_source, MakeSourceFactory(so));
   if (!o.out_jsonl.empty()) {
     sh.out.open(o.out_jsonl, std::ios::trunc);
     if (!sh.out) return absl::InvalidArgumentError(absl::StrCat("cannot write ", o.out_jsonl));
@@ -669,12 +668,11 @@ absl::StatusOr<ClientReport> RunStreamClient(const StreamClientOptions& o) {
   args.SetLoadBalancingPolicyName("round_robin");
   // One channel for all streams. With a multi-address target (dns:///..., ipv4:a:p,b:p) the
   // round_robin policy spreads the streams (RPCs) over the servers; each stream stays on one.
-  auto creds = MakeClientCredentials(o.security);
-  if (!creds.ok()) return creds.status();
-  if (!creds->server_name_override.empty()) {
-    args.SetSslTargetNameOverride(creds->server_name_override);
+  FP_ASSIGN_OR_RETURN(const ClientCredentials creds, MakeClientCredentials(o.security));
+  if (!creds.server_name_override.empty()) {
+    args.SetSslTargetNameOverride(creds.server_name_override);
   }
-  auto channel = grpc::CreateCustomChannel(o.target, creds->channel, args);
+  auto channel = grpc::CreateCustomChannel(o.target, creds.channel, args);
   const int servers = CountAddresses(o.target);
   if (servers > 1) {
     auto probe = v1::FramePipeline::NewStub(channel);

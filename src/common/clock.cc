@@ -8,6 +8,10 @@ namespace {
 class RealTimeSource final : public TimeSource {
  public:
   TimePoint Now() const override { return Clock::now(); }
+  bool WaitUntil(std::condition_variable& cv, std::unique_lock<std::mutex>& lock,
+                 TimePoint deadline, const std::function<bool()>& done) const override {
+    return cv.wait_until(lock, deadline, done);
+  }
 };
 }  // namespace
 

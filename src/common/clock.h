@@ -3,7 +3,10 @@
 #pragma once
 
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
+#include <functional>
+#include <mutex>
 
 namespace framepipe {
 
@@ -19,6 +22,10 @@ class TimeSource {
  public:
   virtual ~TimeSource() = default;
   virtual TimePoint Now() const = 0;
+  // Waits on `cv` (with `lock` held on entry and return) until `done()` or until Now() reaches
+  // `deadline`; true if `done()`. A fake clock wakes its waiters when it moves.
+  virtual bool WaitUntil(std::condition_variable& cv, std::unique_lock<std::mutex>& lock,
+                         TimePoint deadline, const std::function<bool()>& done) const = 0;
   // The process-wide real clock (never null, never destroyed).
   static const TimeSource* Real();
 };

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "common/status.h"
 
 namespace framepipe {
 
@@ -19,10 +20,9 @@ absl::StatusOr<std::string> ReadFile(const std::string& path, const char* what) 
 }
 
 absl::StatusOr<std::vector<std::string>> ReadAuthTokens(const std::string& path) {
-  auto text = ReadFile(path, "auth token file");
-  if (!text.ok()) return text.status();
+  FP_ASSIGN_OR_RETURN(const std::string text, ReadFile(path, "auth token file"));
   std::vector<std::string> tokens;
-  for (absl::string_view line : absl::StrSplit(*text, '\n')) {
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
     line = absl::StripAsciiWhitespace(line);
     if (!line.empty() && line[0] != '#') tokens.emplace_back(line);
   }

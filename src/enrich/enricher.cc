@@ -6,15 +6,10 @@
 #include "opencv2/core.hpp"
 #include "opencv2/features2d.hpp"
 
+#include "common/cpu_dispatch.h"
+
 namespace framepipe {
 namespace {
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && \
-    !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
-#define FP_MULTIVERSION __attribute__((target_clones("avx2", "default")))
-#else
-#define FP_MULTIVERSION
-#endif
 
 // Cell index (B>>5)<<6 | (G>>5)<<3 | (R>>5) of each pixel of a row: a separate pass so the
 // compiler vectorises it (AVX2 where the CPU has it).

@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/clock.h"
+#include "common/status.h"
 #include "opencv2/core.hpp"
 #include "opencv2/imgcodecs.hpp"
 #include "opencv2/imgproc.hpp"
@@ -228,9 +229,8 @@ absl::StatusOr<std::function<std::unique_ptr<FrameSource>(int)>> MakeSourceFacto
   std::error_code ec;
   if (!o.input.empty() && !fs::is_directory(o.input, ec)) {
     // Each stream opens the video for itself (K streams = K cameras).
-    auto first = OpenVideo(o.input);
-    if (!first.ok()) return first.status();
-    auto spare = std::make_shared<std::unique_ptr<cv::VideoCapture>>(std::move(first).value());
+    FP_ASSIGN_OR_RETURN(std::unique_ptr<cv::VideoCapture> first, OpenVideo(o.input));
+    auto spare = std::make_shared<std::unique_ptr<cv::VideoCapture>>(std::move(first));
     return std::function<std::unique_ptr<FrameSource>(int)>(
         [o, spare](int) -> std::unique_ptr<FrameSource> {
           std::unique_ptr<cv::VideoCapture> cap;
@@ -270,9 +270,9 @@ absl::StatusOr<std::function<std::unique_ptr<FrameSource>(int)>> MakeSourceFacto
     ring->width = o.width;
     ring->height = o.height;
     for (int64_t i = 0; i < n; ++i) {
-      auto bytes = EncodeImage(src.Render(i), o.encoding, o.jpeg_quality);
-      if (!bytes.ok()) return bytes.status();
-      ring->frames.push_back(std::make_shared<const std::string>(std::move(bytes).value()));
+      FP_ASSIGN_OR_RETURN(std::string bytes,
+                          EncodeImage(src.Render(i), o.encoding, o.jpeg_quality));
+      ring->frames.push_back(std::make_shared<const std::string>(std::move(bytes)));
     }
   }
   if (o.frames <= 0) return absl::InvalidArgumentError("--frames must be at least 1");

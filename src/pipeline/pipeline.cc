@@ -1,5 +1,6 @@
 #include "pipeline/pipeline.h"
 
+#include "common/status.h"
 #include "pipeline/internal/core.h"
 #include "pipeline/internal/stream_state.h"
 
@@ -33,15 +34,13 @@ Pipeline::~Pipeline() { core_->Stop(std::chrono::seconds(5)); }
 absl::StatusOr<std::unique_ptr<Pipeline>> Pipeline::Create(const PipelineOptions& options,
                                                            Stages stages) {
   auto core = std::make_shared<internal::Core>(options, std::move(stages));
-  absl::Status st = core->Start();
-  if (!st.ok()) return st;
+  FP_RETURN_IF_ERROR(core->Start());
   return std::unique_ptr<Pipeline>(new Pipeline(std::move(core)));
 }
 
 absl::StatusOr<std::unique_ptr<Stream>> Pipeline::OpenStream(StreamOptions options) {
-  auto state = core_->OpenStream(std::move(options));
-  if (!state.ok()) return state.status();
-  return std::unique_ptr<Stream>(new Stream(std::move(state).value()));
+  FP_ASSIGN_OR_RETURN(auto state, core_->OpenStream(std::move(options)));
+  return std::unique_ptr<Stream>(new Stream(std::move(state)));
 }
 
 bool Pipeline::Stop(std::chrono::milliseconds drain_timeout) { return core_->Stop(drain_timeout); }

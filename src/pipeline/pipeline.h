@@ -16,6 +16,7 @@
 #include <memory>
 
 #include "absl/status/statusor.h"
+#include "common/clock.h"
 #include "pipeline/stage.h"
 #include "pipeline/stream.h"
 
@@ -44,8 +45,9 @@ struct PipelineOptions {
   int workers = 0;                       // 0 = hardware threads
   uint32_t global_max_in_flight = 1024;  // credits across all streams
   uint64_t global_max_bytes = 0;         // 0 = no byte budget
-  bool ordered = true;  // false: results leave in completion order (benchmarks only; no
-                        // resequencer, no temporal stage, no deadlines, no DROP_OLDEST)
+  // Where frame deadlines and the stop's drain timeout read the time (tests use a fake clock);
+  // also the clock of every Timings field. Null = the real monotonic clock.
+  const TimeSource* time = nullptr;
   PipelineObserver* observer = nullptr;  // not owned; outlives the pipeline
 };
 

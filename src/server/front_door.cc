@@ -30,6 +30,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
+#include "common/status.h"
 #include "grpcpp/server.h"
 #include "grpcpp/server_posix.h"
 #include "server/peer_log.h"
@@ -287,11 +288,9 @@ absl::StatusOr<std::unique_ptr<FrontDoor>> FrontDoor::Bind(FrontDoorOptions opti
     // OpenSSL writes to the client socket with write(): a client gone mid-write must be an EPIPE
     // for that connection, not a SIGPIPE for the process.
     signal(SIGPIPE, SIG_IGN);
-    absl::Status st = impl->SetUpTls();
-    if (!st.ok()) return st;
+    FP_RETURN_IF_ERROR(impl->SetUpTls());
   }
-  absl::Status st = impl->BindAll();
-  if (!st.ok()) return st;
+  FP_RETURN_IF_ERROR(impl->BindAll());
   impl->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
   impl->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   return std::unique_ptr<FrontDoor>(new FrontDoor(std::move(impl)));

@@ -137,24 +137,18 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
   if (o.tls_cert.empty() || o.tls_key.empty()) {
     return absl::InvalidArgumentError("TLS needs both --tls-cert and --tls-key");
   }
-  auto cert = ReadFile(o.tls_cert, "TLS certificate");
-  if (!cert.ok()) return cert.status();
-  auto key = ReadFile(o.tls_key, "TLS key");
-  if (!key.ok()) return key.status();
+  FP_ASSIGN_OR_RETURN(std::string cert, ReadFile(o.tls_cert, "TLS certificate"));
+  FP_ASSIGN_OR_RETURN(std::string key, ReadFile(o.tls_key, "TLS key"));
   grpc::SslServerCredentialsOptions ssl(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
-  ssl.pem_key_cert_pairs.push_back({*key, *cert});
+  ssl.pem_key_cert_pairs.push_back({key, cert});
   if (!o.tls_client_ca.empty()) {
-    auto ca = ReadFile(o.tls_client_ca, "client CA");
-    if (!ca.ok()) return ca.status();
-    ssl.pem_root_certs = *ca;
+    FP_ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadFile(o.tls_client_ca, "client CA"));
     ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
   }
   std::shared_ptr<grpc::ServerCredentials> creds = grpc::SslServerCredentials(ssl);
   if (!o.auth_token_file.empty()) {
-    auto tokens = ReadAuthTokens(o.auth_token_file);
-    if (!tokens.ok()) return tokens.status();
-    creds->SetAuthMetadataProcessor(
-        std::make_shared<TokenAuthProcessor>(std::move(tokens).value()));
+    FP_ASSIGN_OR_RETURN(std::vector<std::string> tokens, ReadAuthTokens(o.auth_token_file));
+    creds->SetAuthMetadataProcessor(std::make_shared<TokenAuthProcessor>(std::move(tokens)));
   }
   return creds;
 }

@@ -5,6 +5,8 @@
 #include <cstring>
 #include <vector>
 
+#include "common/cpu_dispatch.h"
+
 namespace framepipe::cpu {
 namespace {
 
@@ -36,15 +38,6 @@ void HistRow(const uint8_t* p, int n, uint32_t h[4][256]) {
 void MergeHist(uint32_t h[4][256], uint32_t out[256]) {
   for (int i = 0; i < 256; ++i) out[i] += h[0][i] + h[1][i] + h[2][i] + h[3][i];
 }
-
-// Hot loops are compiled twice, for AVX2 and for the x86-64 baseline, and picked at run time
-// (GCC function multi-versioning): one binary for every x86-64 host.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && \
-    !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
-#define FP_MULTIVERSION __attribute__((target_clones("avx2", "default")))
-#else
-#define FP_MULTIVERSION
-#endif
 
 // Sums for one interior run x in [1, w-1) of a row; all arithmetic in 32-bit lanes so the
 // compiler vectorises it. Chunks of <= 4096 pixels keep the squared sum inside uint32.

@@ -95,7 +95,9 @@ class Graph {
 };
 
 Core::Core(const PipelineOptions& options, Stages stages)
-    : options_(options), stages_(std::move(stages)) {
+    : options_(options),
+      time_(options.time ? options.time : TimeSource::Real()),
+      stages_(std::move(stages)) {
   workers_ =
       options_.workers > 0 ? options_.workers : std::max(1u, std::thread::hardware_concurrency());
 }
@@ -119,7 +121,7 @@ absl::Status Core::Start() {
   }
   graph_ = std::make_unique<Graph>(workers_);
   graph_->Build(this, workers_);
-  if (options_.ordered) timer_ = std::thread([this] { TimerLoop(); });
+  timer_ = std::thread([this] { TimerLoop(); });
   return absl::OkStatus();
 }
 
@@ -131,13 +133,8 @@ absl::StatusOr<std::shared_ptr<StreamState>> Core::OpenStream(StreamOptions opti
   if (options.frame_timeout.count() < 0) {
     return absl::InvalidArgumentError("frame_timeout must not be negative");
   }
-  if (!options_.ordered &&
-      (options.overload == OverloadPolicy::kDropOldest || options.frame_timeout.count() > 0)) {
-    return absl::InvalidArgumentError(
-        "an unordered pipeline supports neither DROP_OLDEST nor frame deadlines");
-  }
   OrderedFn ordered;
-  if (options_.ordered && stages_.ordered) ordered = stages_.ordered();
+  if (stages_.ordered) ordered = stages_.ordered();
   std::lock_guard<std::mutex> lock(registry_mu_);
   if (stopping()) return absl::FailedPreconditionError("pipeline is stopping");
   auto state =
@@ -265,7 +262,7 @@ void Core::TimerLoop() {
     // While scanning, any new deadline pokes us (it may belong to a stream already scanned).
     timer_next_wake_ns_.store(INT64_MIN, std::memory_order_release);
     lock.unlock();
-    const TimePoint now = Now();
+    const TimePoint now = time_->Now();
     TimePoint next = TimePoint::max();
     for (auto& s : SnapshotStreams()) {
       if (s->has_timeout()) next = std::min(next, s->CheckDeadlines(now));
@@ -279,7 +276,7 @@ void Core::TimerLoop() {
     } else {
       next = std::max(next, now + kTimerSlack);
       timer_next_wake_ns_.store(ToNanos(next), std::memory_order_release);
-      timer_cv_.wait_until(lock, next, [&] { return timer_exit_ || timer_pokes_ != pokes; });
+      time_->WaitUntil(timer_cv_, lock, next, [&] { return timer_exit_ || timer_pokes_ != pokes; });
     }
   }
 }
@@ -293,7 +290,7 @@ void Core::RunStage(Job& j, int stage) {
     return;
   }
   if (j.failed) return;
-  const TimePoint start = Now();
+  const TimePoint start = time_->Now();
   if (j.has_deadline() && start > j.deadline) {
     int expected = kRunning;
     if (j.state.compare_exchange_strong(expected, kExpired, std::memory_order_acq_rel)) {
@@ -315,7 +312,7 @@ void Core::RunStage(Job& j, int stage) {
       st = absl::InternalError("threw an exception of unknown type");
     }
   }
-  j.last_end = Now();
+  j.last_end = time_->Now();
   j.stage_us[stage] = MicrosBetween(start, j.last_end);
   if (!st.ok()) {
     j.failed = true;
@@ -341,11 +338,7 @@ void Core::Finish(Job& j) {
   j.ctx.image = Image();
   j.ctx.luma = Image();
   std::string().swap(j.ctx.input.data);
-  if (options_.ordered) {
-    j.stream->OnJobDone(j);
-  } else {
-    j.stream->DeliverUnordered(j);
-  }
+  j.stream->OnJobDone(j);
 }
 
 bool Core::Stop(std::chrono::milliseconds drain_timeout) {
@@ -357,11 +350,11 @@ bool Core::Stop(std::chrono::milliseconds drain_timeout) {
   }
   auto streams = SnapshotStreams();
   for (auto& s : streams) s->Close();
-  const TimePoint deadline = Now() + drain_timeout;
+  const TimePoint deadline = time_->Now() + drain_timeout;
   bool drained;
   {
     std::unique_lock<std::mutex> lock(registry_mu_);
-    drained = progress_cv_.wait_until(lock, deadline, [&] {
+    drained = time_->WaitUntil(progress_cv_, lock, deadline, [&] {
       return std::all_of(streams.begin(), streams.end(),
                          [](const std::shared_ptr<StreamState>& s) { return s->complete(); });
     });

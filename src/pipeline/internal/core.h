@@ -50,6 +50,7 @@ class Core : public std::enable_shared_from_this<Core> {
   void Finish(Job& job);
 
   const PipelineOptions& options() const { return options_; }
+  const TimeSource* time() const { return time_; }
   const Stages& stages() const { return stages_; }
   PipelineObserver* observer() const { return options_.observer; }
   PipelineCounters counters() const;
@@ -66,11 +67,16 @@ class Core : public std::enable_shared_from_this<Core> {
   std::vector<std::shared_ptr<StreamState>> SnapshotStreams();
 
   const PipelineOptions options_;
+  const TimeSource* const time_;
   const Stages stages_;
   int workers_ = 1;
   std::unique_ptr<Graph> graph_;
   std::atomic<bool> stopping_{false};
   std::atomic<bool> stopped_{false};
+  // Lock order (a lock on the left may be held while taking one on its right; no other nesting):
+  //   stop_mu_ -> registry_mu_,   stop_mu_ -> timer_mu_,   StreamState::mu_ -> global_mu_.
+  // global_mu_ is never held while calling into a stream; registry_mu_ and timer_mu_ are never
+  // held while calling into anything.
   std::mutex stop_mu_;  // serialises Stop()
 
   bool TryAcquireGlobalFast(uint64_t cost_bytes);

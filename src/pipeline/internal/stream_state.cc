@@ -36,6 +36,20 @@ struct CallbackScope {
 
 void FreePayload(Job& job) { std::string().swap(job.ctx.input.data); }
 
+// What every result echoes of its frame, whoever answers it (a worker, the deadline timer, an
+// overload drop): seq, capture time and tags.
+void EchoFrame(const FrameInput& in, FrameResult* r) {
+  r->seq = in.seq;
+  r->capture_time_us = in.capture_time_us;
+  r->tags = in.tags;
+}
+// The same, when the frame is done with: its tags are moved, not copied.
+void EchoFrame(FrameInput&& in, FrameResult* r) {
+  Tags tags = std::move(in.tags);
+  EchoFrame(in, r);
+  r->tags = std::move(tags);
+}
+
 // Moves a job from kQueued or kRunning to `to`. Returns the state it left, or -1 if it was
 // already final (someone else finalises it).
 int TryFinalise(Job& job, int to) {
@@ -73,8 +87,7 @@ bool StreamState::HasRoomLocked() const { return outstanding_ < capacity(); }
 
 AdmitOutcome StreamState::TryAdmit(FrameInput& frame, uint64_t cost_bytes, uint64_t* generation) {
   auto job = std::make_shared<Job>();
-  const bool ordered = core_->options().ordered;
-  const bool drop_policy = options_.overload == OverloadPolicy::kDropOldest && ordered;
+  const bool drop_policy = options_.overload == OverloadPolicy::kDropOldest;
   const uint32_t max = options_.max_in_flight;
   uint64_t bytes_freed = 0;
   bool dropped = false;
@@ -108,18 +121,14 @@ AdmitOutcome StreamState::TryAdmit(FrameInput& frame, uint64_t cost_bytes, uint6
   const uint64_t index = next_index_++;
   job->stream = shared_from_this();
   job->index = index;
-  job->admitted = Now();
-  if (options_.frame_timeout.count() > 0 && ordered) {
-    job->deadline = job->admitted + options_.frame_timeout;
-  }
+  job->admitted = core_->time()->Now();
+  if (options_.frame_timeout.count() > 0) job->deadline = job->admitted + options_.frame_timeout;
   job->ctx.input = std::move(frame);
   job->cost_bytes = cost_bytes;
-  if (ordered) {
-    Slot& s = slot(index);
-    s.job = job;
-    s.holds_payload = true;
-    s.cost_bytes = cost_bytes;
-  }
+  Slot& s = slot(index);
+  s.job = job;
+  s.holds_payload = true;
+  s.cost_bytes = cost_bytes;
   ++payload_used_;
   ++outstanding_;
   ++counters_.admitted;
@@ -183,10 +192,7 @@ bool StreamState::DropOldestQueuedLocked(uint64_t* bytes_freed) {
 void StreamState::FinaliseOverrideLocked(Slot& s, uint64_t /*index*/, FrameStatus status,
                                          std::string message, uint64_t* bytes_freed) {
   auto r = std::make_unique<FrameResult>();
-  const FrameInput& in = s.job->ctx.input;  // seq, capture time and tags are never written
-  r->seq = in.seq;
-  r->capture_time_us = in.capture_time_us;
-  r->tags = in.tags;
+  EchoFrame(s.job->ctx.input, r.get());  // seq, capture time and tags are never written
   r->status = status;
   r->error = std::move(message);
   s.override_result = std::move(r);
@@ -207,23 +213,17 @@ void StreamState::MarkReadyLocked(Slot& s) {
 
 void StreamState::OnJobDone(Job& j) {
   FrameResult& r = *j.ctx.result;
-  const FrameInput& in = j.ctx.input;
-  r.seq = in.seq;
-  r.capture_time_us = in.capture_time_us;
-  r.tags = std::move(j.ctx.input.tags);
   if (r.status == FrameStatus::kUnspecified) r.status = FrameStatus::kOk;
   if (j.has_deadline() && j.last_end > j.deadline && r.status == FrameStatus::kOk) {
     // Finished, but late: the frame is answered DEADLINE_EXCEEDED and carries no analysis.
     FrameResult late;
-    late.seq = r.seq;
-    late.capture_time_us = r.capture_time_us;
-    late.tags = std::move(r.tags);
     late.status = FrameStatus::kDeadlineExceeded;
     late.error = absl::StrCat("frame seq=", r.seq, " finished after its deadline of ",
                               options_.frame_timeout.count(), " ms (took ",
                               MicrosBetween(j.admitted, j.last_end) / 1000, " ms)");
     r = std::move(late);
   }
+  EchoFrame(std::move(j.ctx.input), &r);
   Timings& t = r.timings;
   t.decode_us = j.stage_us[0];
   t.analyse_us = j.stage_us[1];
@@ -324,7 +324,7 @@ void StreamState::DrainLocked(std::unique_lock<std::mutex>& lock) {
       PipelineObserver* obs = core_->observer();
       if (obs) obs->OnReorderRemove();
       if (held && cost > 0) core_->ReleaseGlobal(0, cost);
-      const TimePoint now = Now();
+      const TimePoint now = core_->time()->Now();
       if (from_worker) r->timings.reorder_us = MicrosBetween(job->last_end, now);
       r->timings.total_us = MicrosBetween(job->admitted, now);
       job.reset();  // frees the frame's buffers (unless a hung worker still holds them)
@@ -349,81 +349,22 @@ void StreamState::DrainLocked(std::unique_lock<std::mutex>& lock) {
     FinishCallbackLocked();
     if (release_inline) ReturnCreditLocked(lock);
   }
-  if (!cancelled_ && closed_ && next_out_ == next_index_ && !complete_notified_) {
-    complete_notified_ = true;
-    ++active_callbacks_;
-    lock.unlock();
-    core_->NotifyStreamProgress();
-    if (options_.on_complete) {
-      CallbackScope scope(this);
-      RunCallback("on_complete", options_.id, [&] { options_.on_complete(); });
-    }
-    lock.lock();
-    FinishCallbackLocked();
-  }
+  NotifyCompleteLocked(lock);
   draining_ = false;
 }
 
-void StreamState::DeliverUnordered(Job& j) {
-  auto r = std::move(j.ctx.result);
-  r->seq = j.ctx.input.seq;
-  r->capture_time_us = j.ctx.input.capture_time_us;
-  r->tags = std::move(j.ctx.input.tags);
-  if (r->status == FrameStatus::kUnspecified) r->status = FrameStatus::kOk;
-  r->timings.decode_us = j.stage_us[0];
-  r->timings.analyse_us = j.stage_us[1];
-  r->timings.enrich_us = j.stage_us[2];
-  bool wake;
-  {
-    std::unique_lock<std::mutex> lock(mu_);
-    --payload_used_;
-    if (cancelled_) {
-      // Cancel() left this frame's credit for us to return.
-      if (auto* obs = core_->observer()) obs->OnCreditReturned();
-      --outstanding_;
-      lock.unlock();
-      core_->ReleaseGlobal(1, j.cost_bytes);
-      return;
-    }
-    ++counters_.delivered;
-    wake = waiting_ && HasRoomLocked();
-    if (wake) WakeProducerLocked();
-    ++active_callbacks_;
-  }
-  {
+void StreamState::NotifyCompleteLocked(std::unique_lock<std::mutex>& lock) {
+  if (cancelled_ || !closed_ || next_out_ != next_index_ || complete_notified_) return;
+  complete_notified_ = true;
+  ++active_callbacks_;
+  lock.unlock();
+  core_->NotifyStreamProgress();
+  if (options_.on_complete) {
     CallbackScope scope(this);
-    if (j.cost_bytes > 0) core_->ReleaseGlobal(0, j.cost_bytes);
-    const TimePoint now = Now();
-    r->timings.reorder_us = MicrosBetween(j.last_end, now);
-    r->timings.total_us = MicrosBetween(j.admitted, now);
-    core_->delivered.fetch_add(1, std::memory_order_relaxed);
-    core_->by_status[static_cast<int>(r->status)].fetch_add(1, std::memory_order_relaxed);
-    PipelineObserver* obs = core_->observer();
-    if (obs) obs->OnDelivered(*r);
-    Delivery d{std::move(r), Credit(shared_from_this())};
-    if (options_.on_result) {
-      RunCallback("on_result", options_.id, [&] { options_.on_result(std::move(d)); });
-    }
-    d.credit.Release();
-    if (wake && options_.on_credit) {
-      RunCallback("on_credit", options_.id, [&] { options_.on_credit(); });
-    }
+    RunCallback("on_complete", options_.id, [&] { options_.on_complete(); });
   }
-  std::unique_lock<std::mutex> lock(mu_);
-  ++next_out_;  // counts finished deliveries in unordered mode
+  lock.lock();
   FinishCallbackLocked();
-  if (!cancelled_ && closed_ && next_out_ == next_index_ && !complete_notified_) {
-    complete_notified_ = true;
-    ++active_callbacks_;
-    lock.unlock();
-    core_->NotifyStreamProgress();
-    if (options_.on_complete) {
-      CallbackScope scope(this);
-      RunCallback("on_complete", options_.id, [&] { options_.on_complete(); });
-    }
-    lock.lock();
-    FinishCallbackLocked();
-  }
 }
 
 void StreamState::Close() {
@@ -432,18 +373,7 @@ void StreamState::Close() {
   closed_ = true;
   ++generation_;
   cv_.notify_all();
-  if (!draining_ && !cancelled_ && next_out_ == next_index_ && !complete_notified_) {
-    complete_notified_ = true;
-    ++active_callbacks_;
-    lock.unlock();
-    core_->NotifyStreamProgress();
-    if (options_.on_complete) {
-      CallbackScope scope(this);
-      RunCallback("on_complete", options_.id, [&] { options_.on_complete(); });
-    }
-    lock.lock();
-    FinishCallbackLocked();
-  }
+  if (!draining_) NotifyCompleteLocked(lock);  // else the active drainer does it
 }
 
 void StreamState::Cancel() {
@@ -456,25 +386,21 @@ void StreamState::Cancel() {
     cancelled_ = true;
     closed_ = true;
     PipelineObserver* obs = core_->observer();
-    if (core_->options().ordered) {
-      for (uint64_t i = next_out_; i < next_index_; ++i) {
-        Slot& s = slot(i);
-        if (s.job && TryFinalise(*s.job, kCancelled) == kQueued) FreePayload(*s.job);
-        if (s.holds_payload) {
-          bytes += s.cost_bytes;
-          --payload_used_;
-        }
-        if (s.ready) ++removed_ready;
-        if (obs) obs->OnCreditReturned();
-        ++credits;
-        --outstanding_;
-        s = Slot{};
+    for (uint64_t i = next_out_; i < next_index_; ++i) {
+      Slot& s = slot(i);
+      if (s.job && TryFinalise(*s.job, kCancelled) == kQueued) FreePayload(*s.job);
+      if (s.holds_payload) {
+        bytes += s.cost_bytes;
+        --payload_used_;
       }
-      ready_count_ -= removed_ready;
-      next_out_ = next_index_;
+      if (s.ready) ++removed_ready;
+      if (obs) obs->OnCreditReturned();
+      ++credits;
+      --outstanding_;
+      s = Slot{};
     }
-    // Unordered streams: jobs still in the graph see `cancelled_` at delivery and are dropped
-    // there; their credits come back through ReleaseCredit below as they arrive.
+    ready_count_ -= removed_ready;
+    next_out_ = next_index_;
     ++generation_;
     waiting_ = false;
     cv_.notify_all();

@@ -34,8 +34,6 @@ class StreamState : public std::enable_shared_from_this<StreamState> {
 
   // Worker side. `job` reached the end of enrich and the worker won kRunning -> kDone.
   void OnJobDone(Job& job);
-  // Unordered pipelines: deliver at once, in completion order.
-  void DeliverUnordered(Job& job);
   // A worker found the job past its deadline at a stage start and won the race to kExpired.
   void OnJobExpired(Job& job, const char* stage);
 
@@ -81,6 +79,8 @@ class StreamState : public std::enable_shared_from_this<StreamState> {
   template <typename Fn>
   void GuardedCallback(Fn&& fn);
   void WakeProducerLocked();
+  // Once closed and every admitted frame delivered: on_complete, once. Unlocks around it.
+  void NotifyCompleteLocked(std::unique_lock<std::mutex>& lock);
   void FinishCallbackLocked();
   // The stream's half of returning a credit (the global half is done before): may run
   // on_credit, unlocking around it.
