@@ -266,86 +266,14 @@ bool Http2Guard::HandleClientFrame(const uint8_t* h, const uint8_t* payload, Tim
   if (header_stream_ != 0 && type != kContinuation) {
     return Violation(Http2Violation::kProtocol, "a header block was interrupted", to_client);
   }
-  auto check_block = [&]() {
-    if (header_bytes_ > limits_.max_header_block_bytes) {
-      return Violation(Http2Violation::kHeaderBlockTooLarge,
-                       absl::StrCat("header block over ", limits_.max_header_block_bytes,
-                                    " bytes on stream ", header_stream_ ? header_stream_ : sid),
-                       to_client);
-    }
-    if (header_frames_ > limits_.max_header_frames) {
-      return Violation(Http2Violation::kTooManyHeaderFrames,
-                       absl::StrCat("header block in over ", limits_.max_header_frames,
-                                    " frames on stream ", header_stream_ ? header_stream_ : sid),
-                       to_client);
-    }
-    return true;
-  };
-  const std::string_view frame(reinterpret_cast<const char*>(h), 9 + size_t{len});
+  Verdict v = Verdict::kPass;
   switch (type) {
-    case kData: {
-      if (rejected_.count(sid)) {
-        // A stream the guard ended: its data never reaches gRPC; the connection window it used
-        // goes back to the client so other streams keep flowing.
-        std::string credit;
-        AppendWindowUpdate(&credit, 0, len);
-        to_client->Add(std::move(credit));
-        return true;
-      }
-      auto it = streams_.find(sid);
-      if (it != streams_.end()) {
-        const uint8_t* p = payload;
-        size_t n = len;
-        if (flags & kPadded) {
-          if (len == 0 || payload[0] >= len) {
-            return Violation(Http2Violation::kProtocol, "DATA padding exceeds the frame",
-                             to_client);
-          }
-          n = len - 1 - payload[0];
-          p = payload + 1;
-        }
-        StreamRejection why;
-        uint64_t declared = 0;
-        if (!ScanData(&it->second, p, n, &why, &declared)) {
-          RejectStream(sid, &it->second, why, declared);
-          std::string credit;
-          AppendWindowUpdate(&credit, 0, len);
-          to_client->Add(std::move(credit));
-          return true;
-        }
-        if (flags & kEndStream) streams_.erase(it);
-      }
+    case kData:
+      v = OnData(sid, flags, payload, len, to_client);
       break;
-    }
     case kHeaders:
-      if ((sid & 1) && sid > last_stream_) {
-        last_stream_ = sid;
-        if (!(flags & kEndStream)) {
-          if (streams_.size() >= limits_.max_tracked_streams) {
-            return Violation(Http2Violation::kTooManyStreams,
-                             absl::StrCat("over ", limits_.max_tracked_streams,
-                                          " streams open on one connection"),
-                             to_client);
-          }
-          streams_[sid] = StreamIn{};
-        }
-      } else if (flags & kEndStream) {
-        streams_.erase(sid);  // the client's trailers: no more data on this stream
-      }
-      header_bytes_ = len;
-      header_frames_ = 1;
-      if (!(flags & kEndHeaders)) header_stream_ = sid;
-      if (!check_block()) return false;
-      break;
     case kContinuation:
-      if (header_stream_ == 0 || sid != header_stream_) {
-        return Violation(Http2Violation::kProtocol, "CONTINUATION without a header block",
-                         to_client);
-      }
-      header_bytes_ += len;
-      ++header_frames_;
-      if (!check_block()) return false;
-      if (flags & kEndHeaders) header_stream_ = 0;
+      v = OnHeaderFrame(type, sid, flags, len, to_client);
       break;
     case kRstStream:
       if (rejected_.count(sid)) return true;  // already reset towards gRPC
@@ -369,12 +297,94 @@ bool Http2Guard::HandleClientFrame(const uint8_t* h, const uint8_t* payload, Tim
       }
       break;
   }
+  if (v != Verdict::kPass) return v == Verdict::kDrop;
+  const std::string_view frame(reinterpret_cast<const char*>(h), 9 + size_t{len});
   if (unit_is_copy_) {
     to_server->Copy(frame);
   } else {
     to_server->Pass(frame);
   }
   return true;
+}
+
+Http2Guard::Verdict Http2Guard::OnData(uint32_t sid, uint8_t flags, const uint8_t* payload,
+                                       uint32_t len, Http2Out* to_client) {
+  auto drop = [&] {
+    // A stream the guard ended: its data never reaches gRPC; the connection window it used
+    // goes back to the client so other streams keep flowing.
+    std::string credit;
+    AppendWindowUpdate(&credit, 0, len);
+    to_client->Add(std::move(credit));
+    return Verdict::kDrop;
+  };
+  if (rejected_.count(sid)) return drop();
+  auto it = streams_.find(sid);
+  if (it == streams_.end()) return Verdict::kPass;  // not open: gRPC answers as HTTP/2 says
+  const uint8_t* p = payload;
+  size_t n = len;
+  if (flags & kPadded) {
+    if (len == 0 || payload[0] >= len) {
+      Violation(Http2Violation::kProtocol, "DATA padding exceeds the frame", to_client);
+      return Verdict::kClose;
+    }
+    n = len - 1 - payload[0];
+    p = payload + 1;
+  }
+  StreamRejection why;
+  uint64_t declared = 0;
+  if (!ScanData(&it->second, p, n, &why, &declared)) {
+    RejectStream(sid, &it->second, why, declared);
+    return drop();
+  }
+  if (flags & kEndStream) streams_.erase(it);
+  return Verdict::kPass;
+}
+
+Http2Guard::Verdict Http2Guard::OnHeaderFrame(uint8_t type, uint32_t sid, uint8_t flags,
+                                              uint32_t len, Http2Out* to_client) {
+  if (type == kHeaders) {
+    if ((sid & 1) && sid > last_stream_) {
+      last_stream_ = sid;
+      if (!(flags & kEndStream)) {
+        if (streams_.size() >= limits_.max_tracked_streams) {
+          Violation(
+              Http2Violation::kTooManyStreams,
+              absl::StrCat("over ", limits_.max_tracked_streams, " streams open on one connection"),
+              to_client);
+          return Verdict::kClose;
+        }
+        streams_[sid] = StreamIn{};
+      }
+    } else if (flags & kEndStream) {
+      streams_.erase(sid);  // the client's trailers: no more data on this stream
+    }
+    header_bytes_ = len;
+    header_frames_ = 1;
+    header_stream_ = sid;
+  } else {
+    if (header_stream_ == 0 || sid != header_stream_) {
+      Violation(Http2Violation::kProtocol, "CONTINUATION without a header block", to_client);
+      return Verdict::kClose;
+    }
+    header_bytes_ += len;
+    ++header_frames_;
+  }
+  if (header_bytes_ > limits_.max_header_block_bytes) {
+    Violation(Http2Violation::kHeaderBlockTooLarge,
+              absl::StrCat("header block over ", limits_.max_header_block_bytes,
+                           " bytes on stream ", sid),
+              to_client);
+    return Verdict::kClose;
+  }
+  if (header_frames_ > limits_.max_header_frames) {
+    Violation(
+        Http2Violation::kTooManyHeaderFrames,
+        absl::StrCat("header block in over ", limits_.max_header_frames, " frames on stream ", sid),
+        to_client);
+    return Verdict::kClose;
+  }
+  if (flags & kEndHeaders) header_stream_ = 0;
+  return Verdict::kPass;
 }
 
 bool Http2Guard::ScanData(StreamIn* s, const uint8_t* p, size_t n, StreamRejection* why,

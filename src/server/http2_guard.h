@@ -122,6 +122,13 @@ class Http2Guard {
   bool CheckFrameSize(size_t unit, Http2Out* to_client);
   bool HandleClientFrame(const uint8_t* h, const uint8_t* payload, TimePoint now,
                          Http2Out* to_server, Http2Out* to_client);
+  // What becomes of one client frame: passed on to gRPC, dropped (the guard answered it), or the
+  // connection closes (the violation is recorded and its GOAWAY queued).
+  enum class Verdict { kPass, kDrop, kClose };
+  Verdict OnData(uint32_t sid, uint8_t flags, const uint8_t* payload, uint32_t len,
+                 Http2Out* to_client);
+  Verdict OnHeaderFrame(uint8_t type, uint32_t sid, uint8_t flags, uint32_t len,
+                        Http2Out* to_client);
   // Scans a DATA payload for message prefixes; a rejection, or nullopt.
   bool ScanData(StreamIn* s, const uint8_t* p, size_t n, StreamRejection* why, uint64_t* declared);
   void RejectStream(uint32_t id, StreamIn* s, StreamRejection why, uint64_t declared);

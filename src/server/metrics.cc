@@ -230,186 +230,186 @@ void Metrics::OnResultsDiscarded(uint64_t results) {
   dropped_[static_cast<int>(DropReason::kClientGone)].fetch_add(results, std::memory_order_relaxed);
 }
 
-std::vector<prometheus::MetricFamily> Metrics::Collect() const {
-  using prometheus::MetricType;
-  std::vector<prometheus::MetricFamily> out;
-
-  auto frames = Family("framepipe_frames_total",
-                       "Frames answered, by result status (every admitted frame is answered "
-                       "exactly once).",
-                       MetricType::Counter);
-  for (int s = 1; s < kFrameStatusCount; ++s) {
-    frames.metric.push_back(Value(static_cast<double>(frames_[s].load()), MetricType::Counter,
-                                  {{"status", FrameStatusLabel(static_cast<FrameStatus>(s))}}));
+// Builds the families of one scrape: one call per metric, labelled ones from a value per label.
+class MetricFamilies {
+ public:
+  using Type = prometheus::MetricType;
+  void Add(const char* name, const char* help, Type t, double v) {
+    auto f = Family(name, help, t);
+    f.metric.push_back(Value(v, t));
+    out_.push_back(std::move(f));
   }
-  out.push_back(std::move(frames));
+  // One value per label value i in [0, n): label=names(i), value(i).
+  template <typename NameFn, typename ValueFn>
+  void Labelled(const char* name, const char* help, Type t, const char* label, int n, NameFn names,
+                ValueFn value) {
+    auto f = Family(name, help, t);
+    for (int i = 0; i < n; ++i) {
+      f.metric.push_back(Value(static_cast<double>(value(i)), t, {{label, names(i)}}));
+    }
+    out_.push_back(std::move(f));
+  }
+  void Histogram(const char* name, const char* help, const AtomicHistogram& h) {
+    auto f = Family(name, help, Type::Histogram);
+    f.metric.push_back(HistogramMetric(h, {}));
+    out_.push_back(std::move(f));
+  }
+  std::vector<prometheus::MetricFamily>& out() { return out_; }
 
+ private:
+  std::vector<prometheus::MetricFamily> out_;
+};
+
+namespace {
+
+template <typename E>
+int Count() {
+  return static_cast<int>(E::kCount);
+}
+
+}  // namespace
+
+std::vector<prometheus::MetricFamily> Metrics::Collect() const {
+  MetricFamilies f;
+  CollectFrames(&f);
+  CollectStreams(&f);
+  CollectProcess(&f);
+  CollectFrontDoor(&f);
+  return std::move(f.out());
+}
+
+void Metrics::CollectFrames(MetricFamilies* f) const {
+  using T = prometheus::MetricType;
+  f->Labelled(
+      "framepipe_frames_total",
+      "Frames answered, by result status (every admitted frame is answered exactly once).",
+      T::Counter, "status", kFrameStatusCount - 1,
+      [](int i) { return FrameStatusLabel(static_cast<FrameStatus>(i + 1)); },
+      [&](int i) { return frames_[i + 1].load(); });
   auto stages = Family("framepipe_stage_seconds",
                        "Per-frame time in each stage, seconds: queue (waiting for a worker), "
                        "decode, analyse, enrich, reorder (done, waiting for earlier frames), "
                        "write (handed to gRPC until the write completed) and total (admitted "
                        "until handed to the writer). Same clock points as FrameResult.timings; "
                        "stage histograms count OK frames, total counts all.",
-                       MetricType::Histogram);
-  for (int s = 0; s < static_cast<int>(Stage::kCount); ++s) {
+                       T::Histogram);
+  for (int s = 0; s < Count<Stage>(); ++s) {
     stages.metric.push_back(
         HistogramMetric(*stages_[s], {{"stage", StageName(static_cast<Stage>(s))}}));
   }
-  out.push_back(std::move(stages));
+  f->out().push_back(std::move(stages));
+  f->Labelled(
+      "framepipe_dropped_total",
+      "Frames or results not processed or not delivered, by reason: drop_oldest "
+      "(answered DROPPED under overload), shutdown (read but not admitted while "
+      "draining), client_gone (results not written: the client went away).",
+      T::Counter, "reason", Count<DropReason>(),
+      [](int i) { return DropReasonName(static_cast<DropReason>(i)); },
+      [&](int i) { return dropped_[i].load(); });
+  f->Histogram("framepipe_capture_lag_seconds",
+               "Result written minus the frame's capture_time_us (client wall clock), for frames "
+               "that carried one: how far behind live the results are.",
+               *capture_lag_);
+  f->Add("framepipe_in_flight",
+         "Frames admitted whose result has not been written yet (credits held).", T::Gauge,
+         static_cast<double>(in_flight_.load()));
+  f->Add("framepipe_reorder_depth",
+         "Results finished and waiting in reorder buffers for an earlier frame of their stream.",
+         T::Gauge, static_cast<double>(reorder_depth_.load()));
+  f->Histogram("framepipe_reorder_depth_at_insert",
+               "Depth of a stream's reorder buffer when a result entered it.",
+               *reorder_depth_at_insert_);
+  f->Add("framepipe_frames_received_total", "Frame messages received.", T::Counter,
+         static_cast<double>(frames_read_.load()));
+}
 
-  auto gauge = [&](const char* name, const char* help, double v) {
-    auto f = Family(name, help, MetricType::Gauge);
-    f.metric.push_back(Value(v, MetricType::Gauge));
-    out.push_back(std::move(f));
-  };
-  auto counter = [&](const char* name, const char* help, double v) {
-    auto f = Family(name, help, MetricType::Counter);
-    f.metric.push_back(Value(v, MetricType::Counter));
-    out.push_back(std::move(f));
-  };
-  gauge("framepipe_in_flight",
-        "Frames admitted whose result has not been written yet (credits held).",
-        static_cast<double>(in_flight_.load()));
-  gauge("framepipe_reorder_depth",
-        "Results finished and waiting in reorder buffers for an earlier frame of their stream.",
-        static_cast<double>(reorder_depth_.load()));
-  {
-    auto f = Family("framepipe_reorder_depth_at_insert",
-                    "Depth of a stream's reorder buffer when a result entered it.",
-                    MetricType::Histogram);
-    f.metric.push_back(HistogramMetric(*reorder_depth_at_insert_, {}));
-    out.push_back(std::move(f));
-  }
-  gauge("framepipe_active_streams", "Open Process streams.",
-        static_cast<double>(active_streams_.load()));
-  counter("framepipe_streams_total", "Process streams accepted since start.",
-          static_cast<double>(streams_total_.load()));
-  {
-    auto f = Family("framepipe_streams_rejected_total",
-                    "Process streams refused, by reason: max_streams (--max-streams), peer_limit "
-                    "(--max-streams-per-peer), draining, unauthenticated.",
-                    MetricType::Counter);
-    for (int r = 0; r < static_cast<int>(StreamRefusal::kCount); ++r) {
-      f.metric.push_back(Value(static_cast<double>(streams_rejected_[r].load()),
-                               MetricType::Counter,
-                               {{"reason", StreamRefusalLabel(static_cast<StreamRefusal>(r))}}));
-    }
-    out.push_back(std::move(f));
-  }
-  {
-    auto f = Family("framepipe_streams_expired_total",
-                    "Streams the server ended because the client stopped sending: first_frame "
-                    "(--first-frame-timeout), idle (--idle-timeout).",
-                    MetricType::Counter);
-    for (int r = 0; r < static_cast<int>(StreamExpiry::kCount); ++r) {
-      f.metric.push_back(Value(static_cast<double>(streams_expired_[r].load()), MetricType::Counter,
-                               {{"reason", StreamExpiryLabel(static_cast<StreamExpiry>(r))}}));
-    }
-    out.push_back(std::move(f));
-  }
-  counter("framepipe_malformed_messages_total",
-          "Messages that were not a ProcessRequest (each ended its call with INVALID_ARGUMENT).",
-          static_cast<double>(malformed_messages_.load()));
-  {
-    auto f = Family("framepipe_dropped_total",
-                    "Frames or results not processed or not delivered, by reason: drop_oldest "
-                    "(answered DROPPED under overload), shutdown (read but not admitted while "
-                    "draining), client_gone (results not written: the client went away).",
-                    MetricType::Counter);
-    for (int r = 0; r < static_cast<int>(DropReason::kCount); ++r) {
-      f.metric.push_back(Value(static_cast<double>(dropped_[r].load()), MetricType::Counter,
-                               {{"reason", DropReasonName(static_cast<DropReason>(r))}}));
-    }
-    out.push_back(std::move(f));
-  }
-  {
-    auto f = Family("framepipe_capture_lag_seconds",
-                    "Result written minus the frame's capture_time_us (client wall clock), for "
-                    "frames that carried one: how far behind live the results are.",
-                    MetricType::Histogram);
-    f.metric.push_back(HistogramMetric(*capture_lag_, {}));
-    out.push_back(std::move(f));
-  }
-  gauge("framepipe_worker_busy_ratio",
-        "Share of the pipeline workers' time spent in stage bodies over the last second.",
-        busy_ratio_.load());
-  counter("framepipe_worker_busy_seconds_total", "Time spent in stage bodies, all workers.",
-          static_cast<double>(busy_nanos_.load()) / 1e9);
-  gauge("framepipe_workers", "Pipeline worker threads.", static_cast<double>(workers_));
-  counter("framepipe_received_bytes_total", "Bytes of frame messages received.",
-          static_cast<double>(bytes_in_.load()));
-  counter("framepipe_sent_bytes_total", "Bytes of result messages written.",
-          static_cast<double>(bytes_out_.load()));
-  counter("framepipe_frames_received_total", "Frame messages received.",
-          static_cast<double>(frames_read_.load()));
-  {
-    auto f = Family("framepipe_build_info", "Version and analysis backend of this server (1).",
-                    MetricType::Gauge);
-    f.metric.push_back(Value(1, MetricType::Gauge, {{"backend", backend_}, {"version", version_}}));
-    out.push_back(std::move(f));
-  }
-  gauge("framepipe_uptime_seconds", "Seconds since the server started.",
-        SecondsBetween(started_, Now()));
-  CollectFrontDoor(&out);
-  return out;
+void Metrics::CollectStreams(MetricFamilies* f) const {
+  using T = prometheus::MetricType;
+  f->Add("framepipe_active_streams", "Open Process streams.", T::Gauge,
+         static_cast<double>(active_streams_.load()));
+  f->Add("framepipe_streams_total", "Process streams accepted since start.", T::Counter,
+         static_cast<double>(streams_total_.load()));
+  f->Labelled(
+      "framepipe_streams_rejected_total",
+      "Process streams refused, by reason: max_streams (--max-streams), peer_limit "
+      "(--max-streams-per-peer), draining, unauthenticated.",
+      T::Counter, "reason", Count<StreamRefusal>(),
+      [](int i) { return StreamRefusalLabel(static_cast<StreamRefusal>(i)); },
+      [&](int i) { return streams_rejected_[i].load(); });
+  f->Labelled(
+      "framepipe_streams_expired_total",
+      "Streams the server ended because the client stopped sending: first_frame "
+      "(--first-frame-timeout), idle (--idle-timeout).",
+      T::Counter, "reason", Count<StreamExpiry>(),
+      [](int i) { return StreamExpiryLabel(static_cast<StreamExpiry>(i)); },
+      [&](int i) { return streams_expired_[i].load(); });
+  f->Add("framepipe_malformed_messages_total",
+         "Messages that were not a ProcessRequest (each ended its call with INVALID_ARGUMENT).",
+         T::Counter, static_cast<double>(malformed_messages_.load()));
+}
+
+void Metrics::CollectProcess(MetricFamilies* f) const {
+  using T = prometheus::MetricType;
+  f->Add("framepipe_worker_busy_ratio",
+         "Share of the pipeline workers' time spent in stage bodies over the last second.",
+         T::Gauge, busy_ratio_.load());
+  f->Add("framepipe_worker_busy_seconds_total", "Time spent in stage bodies, all workers.",
+         T::Counter, static_cast<double>(busy_nanos_.load()) / 1e9);
+  f->Add("framepipe_workers", "Pipeline worker threads.", T::Gauge, static_cast<double>(workers_));
+  f->Add("framepipe_received_bytes_total", "Bytes of frame messages received.", T::Counter,
+         static_cast<double>(bytes_in_.load()));
+  f->Add("framepipe_sent_bytes_total", "Bytes of result messages written.", T::Counter,
+         static_cast<double>(bytes_out_.load()));
+  auto build =
+      Family("framepipe_build_info", "Version and analysis backend of this server (1).", T::Gauge);
+  build.metric.push_back(Value(1, T::Gauge, {{"backend", backend_}, {"version", version_}}));
+  f->out().push_back(std::move(build));
+  f->Add("framepipe_uptime_seconds", "Seconds since the server started.", T::Gauge,
+         SecondsBetween(started_, Now()));
 }
 
 void Metrics::SetFrontDoorSource(std::function<FrontDoorCounters()> source) {
   front_door_ = std::move(source);
 }
 
-void Metrics::CollectFrontDoor(std::vector<prometheus::MetricFamily>* out) const {
+void Metrics::CollectFrontDoor(MetricFamilies* f) const {
   if (!front_door_) return;
-  using prometheus::MetricType;
+  using T = prometheus::MetricType;
   const FrontDoorCounters c = front_door_();
-  auto labelled = [&](const char* name, const char* help, const char* label, int n,
-                      const uint64_t* values, const char* (*names)(int)) {
-    auto f = Family(name, help, MetricType::Counter);
-    for (int i = 0; i < n; ++i) {
-      f.metric.push_back(
-          Value(static_cast<double>(values[i]), MetricType::Counter, {{label, names(i)}}));
-    }
-    out->push_back(std::move(f));
-  };
-  {
-    auto f =
-        Family("framepipe_connections", "Client connections open (front door).", MetricType::Gauge);
-    f.metric.push_back(Value(static_cast<double>(c.connections_active), MetricType::Gauge));
-    out->push_back(std::move(f));
-  }
-  {
-    auto f = Family("framepipe_connections_total", "Client connections accepted since start.",
-                    MetricType::Counter);
-    f.metric.push_back(Value(static_cast<double>(c.connections_total), MetricType::Counter));
-    out->push_back(std::move(f));
-  }
-  labelled("framepipe_connections_refused_total",
-           "Connections refused at accept, by reason: max_connections, peer_limit, peer_rate, "
-           "fd_limit.",
-           "reason", static_cast<int>(ConnectionRefusal::kCount), c.refused,
-           [](int i) { return ConnectionRefusalLabel(static_cast<ConnectionRefusal>(i)); });
-  // Index 0 of the violations is "none": skip it.
-  labelled("framepipe_http2_violations_total",
-           "Connections the HTTP/2 guard closed, by kind: bad_preface, frame_too_large, "
-           "header_block, header_frames, reset_flood, control_flood, too_many_streams, protocol.",
-           "kind", static_cast<int>(Http2Violation::kCount) - 1, c.violations + 1,
-           [](int i) { return Http2ViolationLabel(static_cast<Http2Violation>(i + 1)); });
-  labelled("framepipe_http2_streams_rejected_total",
-           "Streams the HTTP/2 guard ended at a message's length prefix, by reason: "
-           "message_too_large, compressed.",
-           "reason", static_cast<int>(StreamRejection::kCount), c.rejected_streams,
-           [](int i) { return StreamRejectionLabel(static_cast<StreamRejection>(i)); });
-  {
-    auto f = Family("framepipe_connections_closed_total",
-                    "Connections closed by the front door for being slow: handshake_timeout (no "
-                    "TLS handshake or HTTP/2 preface in time), tls_failed.",
-                    MetricType::Counter);
-    f.metric.push_back(Value(static_cast<double>(c.handshake_timeouts), MetricType::Counter,
-                             {{"reason", "handshake_timeout"}}));
-    f.metric.push_back(Value(static_cast<double>(c.tls_failures), MetricType::Counter,
-                             {{"reason", "tls_failed"}}));
-    out->push_back(std::move(f));
-  }
+  f->Add("framepipe_connections", "Client connections open (front door).", T::Gauge,
+         static_cast<double>(c.connections_active));
+  f->Add("framepipe_connections_total", "Client connections accepted since start.", T::Counter,
+         static_cast<double>(c.connections_total));
+  f->Labelled(
+      "framepipe_connections_refused_total",
+      "Connections refused at accept, by reason: max_connections, peer_limit, "
+      "peer_rate, fd_limit.",
+      T::Counter, "reason", Count<ConnectionRefusal>(),
+      [](int i) { return ConnectionRefusalLabel(static_cast<ConnectionRefusal>(i)); },
+      [&](int i) { return c.refused[i]; });
+  // Index 0 of the violations is "none": skipped.
+  f->Labelled(
+      "framepipe_http2_violations_total",
+      "Connections the HTTP/2 guard closed, by kind: bad_preface, frame_too_large, "
+      "header_block, header_frames, reset_flood, control_flood, too_many_streams, "
+      "protocol.",
+      T::Counter, "kind", Count<Http2Violation>() - 1,
+      [](int i) { return Http2ViolationLabel(static_cast<Http2Violation>(i + 1)); },
+      [&](int i) { return c.violations[i + 1]; });
+  f->Labelled(
+      "framepipe_http2_streams_rejected_total",
+      "Streams the HTTP/2 guard ended at a message's length prefix, by reason: "
+      "message_too_large, compressed.",
+      T::Counter, "reason", Count<StreamRejection>(),
+      [](int i) { return StreamRejectionLabel(static_cast<StreamRejection>(i)); },
+      [&](int i) { return c.rejected_streams[i]; });
+  const uint64_t closed[] = {c.handshake_timeouts, c.tls_failures};
+  f->Labelled(
+      "framepipe_connections_closed_total",
+      "Connections closed by the front door for being slow: handshake_timeout (no TLS "
+      "handshake or HTTP/2 preface in time), tls_failed.",
+      T::Counter, "reason", 2, [](int i) { return i == 0 ? "handshake_timeout" : "tls_failed"; },
+      [&](int i) { return closed[i]; });
 }
 
 }  // namespace framepipe

@@ -54,6 +54,8 @@ const char* StageName(Stage s);
 
 enum class DropReason { kDropOldest, kShutdown, kClientGone, kCount };
 
+class MetricFamilies;  // one scrape's families (metrics.cc)
+
 class Metrics final : public prometheus::Collectable,
                       public PipelineObserver,
                       public ServiceObserver {
@@ -120,7 +122,10 @@ class Metrics final : public prometheus::Collectable,
   std::atomic<double> busy_ratio_{0};
 
   std::function<FrontDoorCounters()> front_door_;
-  void CollectFrontDoor(std::vector<prometheus::MetricFamily>* out) const;
+  void CollectFrames(MetricFamilies* f) const;
+  void CollectStreams(MetricFamilies* f) const;
+  void CollectProcess(MetricFamilies* f) const;
+  void CollectFrontDoor(MetricFamilies* f) const;
 
   // Non-owning handle to this object for the exposer's weak reference.
   std::shared_ptr<prometheus::Collectable> self_;

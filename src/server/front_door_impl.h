@@ -1,0 +1,166 @@
+// FrontDoor's internals, shared by its two halves: front_door.cc (listening, accepting,
+// admission) and front_door_relay.cc (the relay threads). Not for use outside src/server.
+#pragma once
+
+#include <openssl/ssl.h>
+#include <sys/socket.h>
+
+#include <atomic>
+#include <list>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "server/front_door.h"
+
+namespace grpc {
+class Server;
+}
+
+namespace framepipe {
+namespace front_door {
+
+constexpr size_t kReadChunk = 256 * 1024;
+constexpr size_t kMaxLingering = 256;  // refused or violating connections flushing their GOAWAY
+constexpr auto kLinger = std::chrono::seconds(1);
+constexpr auto kTick = std::chrono::milliseconds(100);
+
+std::string PeerString(const sockaddr_storage& ss);
+std::string Errno(const char* what);
+std::string OpenSslError();
+
+// A byte queue written at the back and consumed from the front.
+struct Buffer {
+  std::string data;
+  size_t off = 0;
+  size_t size() const { return data.size() - off; }
+  const char* begin() const { return data.data() + off; }
+  void Consume(size_t n);
+};
+
+struct Bucket {
+  double tokens;
+  TimePoint last;
+};
+
+struct Connection;
+
+// One end of a relayed connection in an epoll set.
+struct Endpoint {
+  Connection* conn;
+  bool client;
+  uint32_t interest = 0;  // events currently registered
+};
+
+struct Connection {
+  int client_fd = -1;
+  int server_fd = -1;  // our end of the socket pair (-1: refused, nothing behind it)
+  SSL* ssl = nullptr;
+  bool tls_handshaking = false;
+  bool ssl_read_wants_write = false;
+  bool ssl_write_wants_read = false;
+  std::string peer;       // "ipv4:1.2.3.4:5678"
+  std::string peer_host;  // "1.2.3.4"
+  std::unique_ptr<Http2Guard> guard;
+  Buffer to_server;
+  Buffer to_client;
+  bool client_eof = false;   // the client sent FIN (or close_notify)
+  bool server_eof = false;   // gRPC closed its side
+  bool server_shut = false;  // we shut our write side towards gRPC
+  bool client_shut = false;  // we shut our write side towards the client
+  bool closing = false;      // flush to_client, then close (refused, violation)
+  bool dead = false;
+  bool counted = false;  // holds a slot in the connection counts
+  TimePoint deadline{};  // handshake deadline, or the end of the linger when closing
+  Endpoint client_ep{nullptr, true};
+  Endpoint server_ep{nullptr, false};
+};
+
+}  // namespace front_door
+
+using front_door::Bucket;
+using front_door::Buffer;
+using front_door::Connection;
+using front_door::Endpoint;
+
+// The state behind a FrontDoor. Threads: the acceptor (AcceptLoop and what it calls), the relay
+// threads (IoLoop and what it calls, each owning its connections); `mu` guards what they share.
+struct FrontDoor::Impl {
+  FrontDoorOptions options;
+  const TimeSource* time;
+  std::vector<int> listen_fds;
+  int port = 0;
+  std::string address;
+  int reserve_fd = -1;  // a spare descriptor, given up to accept-and-refuse at EMFILE
+  int stop_fd = -1;     // eventfd: wakes the acceptor
+  SSL_CTX* ssl_ctx = nullptr;
+  grpc::Server* server = nullptr;
+  std::thread acceptor;
+  std::atomic<bool> accepting{false};
+  std::atomic<bool> stopping{false};
+  bool stopped = false;
+
+  struct IoThread {
+    int epoll_fd = -1;
+    int wake_fd = -1;
+    std::mutex mu;
+    std::vector<Connection*> incoming;  // handed over by the acceptor
+    std::thread thread;
+    std::list<Connection*> conns;  // owned, touched only by this thread
+    // Read scratch, on the heap: a large thread_local would grow every thread's static TLS and
+    // make pthread_create fail for libraries that start threads with small stacks (civetweb).
+    std::unique_ptr<char[]> scratch{new char[front_door::kReadChunk]};
+  };
+  std::vector<std::unique_ptr<IoThread>> io;
+  size_t next_io = 0;
+
+  // Connection counts and peer names, shared by the acceptor and the relay threads.
+  mutable std::mutex mu;
+  uint32_t active = 0;
+  std::map<std::string, uint32_t> by_peer;
+  std::map<std::string, Bucket> connect_rate;
+  std::vector<std::string> peer_by_fd;  // gRPC's end of the pair -> the client's address
+  std::atomic<uint64_t> total{0};
+  std::atomic<uint64_t> refused[static_cast<int>(ConnectionRefusal::kCount)] = {};
+  std::atomic<uint64_t> violations[static_cast<int>(Http2Violation::kCount)] = {};
+  std::atomic<uint64_t> rejected_streams[static_cast<int>(StreamRejection::kCount)] = {};
+  std::atomic<uint64_t> handshake_timeouts{0};
+  std::atomic<uint64_t> tls_failures{0};
+
+  ~Impl();
+  absl::Status BindAll();
+  absl::Status BindUnix(const std::string& path);
+  absl::Status SetUpTls();
+  void AcceptLoop();
+  void AcceptReady(int lfd);
+  bool RefuseForLackOfFds(int lfd);
+  std::string RefusalDetail(ConnectionRefusal why) const;
+  void Relay(int fd, const std::string& peer, const std::string& host, TimePoint now);
+  // An admitted connection is gone: its slot in the counts comes back.
+  void Forget(const std::string& host);
+  void Refuse(int fd, const std::string& peer, const std::string& host, ConnectionRefusal why,
+              const std::string& detail);
+  std::optional<ConnectionRefusal> Admit(const std::string& host, TimePoint now);
+  void Hand(Connection* c);
+  void IoLoop(IoThread* t);
+  void Adopt(IoThread* t, Connection* c);
+  void OnEvent(IoThread* t, Endpoint* ep, uint32_t events);
+  void ReadClient(IoThread* t, Connection* c);
+  void ReadServer(IoThread* t, Connection* c);
+  void FlushToServer(Connection* c);
+  void FlushToClient(IoThread* t, Connection* c);
+  void ContinueHandshake(IoThread* t, Connection* c);
+  void DiscardFromClient(IoThread* t, Connection* c);
+  void GuardViolation(IoThread* t, Connection* c);
+  void UpdateInterest(IoThread* t, Connection* c);
+  void StartClosing(IoThread* t, Connection* c);
+  void Close(IoThread* t, Connection* c);
+  void CheckDeadlines(IoThread* t, TimePoint now);
+  void Note(const std::string& host, const std::string& key, const std::string& line_detail);
+};
+
+}  // namespace framepipe
