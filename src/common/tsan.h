@@ -21,3 +21,24 @@ extern "C" void __tsan_release(void* addr);
 #define FP_TSAN_ACQUIRE(addr) ((void)0)
 #define FP_TSAN_RELEASE(addr) ((void)0)
 #endif
+
+#ifdef __cplusplus
+namespace framepipe {
+
+// Acquires `object` for TSan on entry and releases it on exit: for an object whose callbacks a
+// non-instrumented library orders (gRPC's reactions), every callback states that order.
+class TsanScope {
+ public:
+  explicit TsanScope(const void* object) : object_(const_cast<void*>(object)) {
+    FP_TSAN_ACQUIRE(object_);
+  }
+  ~TsanScope() { FP_TSAN_RELEASE(object_); }
+  TsanScope(const TsanScope&) = delete;
+  TsanScope& operator=(const TsanScope&) = delete;
+
+ private:
+  void* object_;
+};
+
+}  // namespace framepipe
+#endif

@@ -19,6 +19,13 @@
 // (OnResult, OnCredit, OnComplete), the drain and the watchdog run on different threads,
 // concurrently; mu_ guards the state below it. No gRPC operation (StartRead/StartWrite/Finish)
 // and no pipeline call that can run callbacks (TryAdmit, Close, Cancel) is made with mu_ held.
+// gRPC orders a call's reactions (OnDone after everything else) inside libgrpc, where
+// ThreadSanitizer cannot see it: every reaction and callback holds a TsanScope on the reactor
+// (and releases it before handing an operation to gRPC), which states that order to TSan.
+//
+// Files: process_reactor.cc is the lifecycle (phases, timeouts, drain, finishing, the close log);
+// process_reactor_io.cc the data path (reads under the budget, config and frames, admission,
+// writes).
 #pragma once
 
 #include <cstdint>

@@ -1,0 +1,39 @@
+#include "server/stream_config.h"
+
+#include <chrono>
+
+#include "absl/strings/str_cat.h"
+
+namespace framepipe {
+
+absl::Status ApplyStreamConfig(const v1::StreamConfig& config, uint32_t max_stream_in_flight,
+                               StreamOptions* o, bool* include_thumbnail) {
+  if (config.stream_id().size() > 256) {
+    return absl::InvalidArgumentError("StreamConfig.stream_id is longer than 256 bytes");
+  }
+  if (!config.stream_id().empty()) o->id = config.stream_id();
+  if (config.max_in_flight() > max_stream_in_flight) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("StreamConfig.max_in_flight=", config.max_in_flight(),
+                     " is over the server's limit of ", max_stream_in_flight));
+  }
+  if (config.max_in_flight() > 0) o->max_in_flight = config.max_in_flight();
+  switch (config.overload()) {
+    case v1::OVERLOAD_POLICY_UNSPECIFIED:
+    case v1::OVERLOAD_POLICY_BLOCK:
+      o->overload = OverloadPolicy::kBlock;
+      break;
+    case v1::OVERLOAD_POLICY_DROP_OLDEST:
+      o->overload = OverloadPolicy::kDropOldest;
+      break;
+    default:
+      return absl::InvalidArgumentError(absl::StrCat("StreamConfig.overload has unknown value ",
+                                                     static_cast<int>(config.overload()),
+                                                     " (expected BLOCK=1 or DROP_OLDEST=2)"));
+  }
+  o->frame_timeout = std::chrono::milliseconds(config.frame_timeout_ms());
+  *include_thumbnail = config.include_thumbnail();
+  return absl::OkStatus();
+}
+
+}  // namespace framepipe
