@@ -1,5 +1,7 @@
 #include <cuda_runtime.h>
 
+#include <atomic>
+
 #include "analysis_kernels.cuh"
 #include "analysis_math.cuh"
 
@@ -33,16 +35,20 @@ __device__ T BlockSum(T v, T* scratch /* kThreads / 32 */) {
   return total;  // valid in thread 0
 }
 
-// Enough blocks to fill the device (8 per SM), never more than rows. SM counts are cached.
+// Enough blocks to fill the device (8 per SM), never more than rows. SM counts are cached per
+// device; analysis threads call this concurrently, so the cache is atomic (a benign double
+// lookup on first use, never a torn or racy read).
 int GridFor(int rows) {
-  static int sm_count[64] = {};
+  static std::atomic<int> sm_count[64] = {};
   int device = 0;
   cudaGetDevice(&device);
-  int sms = device >= 0 && device < 64 ? sm_count[device] : 0;
+  const bool cached = device >= 0 && device < 64;
+  int sms = cached ? sm_count[device].load(std::memory_order_relaxed) : 0;
   if (sms == 0) {
-    if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess)
+    if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
       sms = 80;
-    if (device >= 0 && device < 64) sm_count[device] = sms;
+    }
+    if (cached) sm_count[device].store(sms, std::memory_order_relaxed);
   }
   const int blocks = sms * 8;
   return rows < blocks ? (rows > 0 ? rows : 1) : blocks;

@@ -16,12 +16,14 @@
 #include <thread>
 #include <vector>
 
+#include "fake_clock.h"
 #include "test_util.h"
 
 namespace framepipe {
 namespace {
 
 using testing::Counter;
+using testing::FakeClock;
 using testing::Gate;
 using testing::kWaitBound;
 
@@ -564,24 +566,40 @@ TEST(PipelineTest, HungFrameGetsDeadlineExceededAndLaterFramesFlow) {
   FakeStages fakes;
   fakes.max_delay_us = 0;
   Gate release;
+  Counter hung;
   fakes.hook = [&](int stage, FrameContext& ctx) {
     if (stage == 1 && ctx.input.seq == SeqOf(3)) {
+      hung.Add();
       EXPECT_TRUE(release.Wait());
     }
     return absl::OkStatus();
   };
-  auto p = MakePipeline(fakes, 2, 64);
+  // Deadlines read a fake clock: only the test moves time, so only the frame the test means to
+  // expire does, whatever the machine's speed.
+  FakeClock clock;
+  auto p = MakePipeline(fakes, 2, 64, nullptr, &clock);
   Sink sink;
-  // A deadline far beyond the healthy frames' time (they take microseconds, even under
-  // sanitizers), which only the hung frame can miss.
   StreamOptions o = sink.Options("s", 4);
   o.frame_timeout = std::chrono::milliseconds(1500);
   auto s = std::move(p->OpenStream(o)).value();
   constexpr int kFrames = 12;
-  for (int i = 0; i < kFrames; ++i) ASSERT_TRUE(s->Submit(MakeFrame(SeqOf(i))).ok());
-  s->Close();
+  // Frames 0-3 are admitted at t0 (deadline t0 + 1.5 s); 0-2 come back, 3 hangs in its stage.
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(s->Submit(MakeFrame(SeqOf(i))).ok());
+  ASSERT_TRUE(hung.WaitAtLeast(1));
+  ASSERT_TRUE(sink.WaitCount(3));
+  // At t0 + 1 s the rest are submitted (deadlines t0 + 2.5 s and later; frames from 7 on wait for
+  // credits, which come back once frame 3 is answered).
+  clock.Advance(std::chrono::seconds(1));
+  std::thread producer([&] {
+    for (int i = 4; i < kFrames; ++i) EXPECT_TRUE(s->Submit(MakeFrame(SeqOf(i))).ok());
+    s->Close();
+  });
+  EXPECT_EQ(sink.got().size(), 3u) << "nothing passes the hung frame before its deadline";
+  // t0 + 1.5 s: frame 3's deadline, no one else's.
+  clock.Advance(std::chrono::milliseconds(500));
   // Frame 3 is still hung in its stage body, yet every result - frame 3's included - arrives.
   ASSERT_TRUE(sink.WaitComplete());
+  producer.join();
   EXPECT_FALSE(release.is_open());
   auto got = sink.got();
   ExpectInOrder(got, kFrames);

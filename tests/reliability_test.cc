@@ -16,6 +16,7 @@
 #include "analysis/cpu/cpu_analyzer.h"
 #include "child_process.h"
 #include "client/stream_client.h"
+#include "fake_clock.h"
 #include "pipeline/standard_stages.h"
 #include "test_server.h"
 
@@ -106,24 +107,93 @@ TEST(ReliabilityTest, ThrowingGarbageAndHungStagesFailOnlyTheirFrame) {
   release.Open();
 }
 
+// Runs a call's reads to the end on a thread: Finish() returns its status once the server has
+// ended it.
+class CallEnd {
+ public:
+  explicit CallEnd(Call* call)
+      : thread_([this, call] {
+          auto got = call->ReadAll();
+          grpc::Status st = call->Finish();
+          std::lock_guard<std::mutex> l(mu_);
+          results_ = got.size();
+          status_ = st;
+          done_ = true;
+          cv_.notify_all();
+        }) {}
+  ~CallEnd() { thread_.join(); }
+  // True once the call has ended (waits up to `bound`).
+  bool Ended(std::chrono::milliseconds bound) {
+    std::unique_lock<std::mutex> l(mu_);
+    return cv_.wait_for(l, bound, [&] { return done_; });
+  }
+  grpc::Status status() {
+    std::lock_guard<std::mutex> l(mu_);
+    return status_;
+  }
+  size_t results() {
+    std::lock_guard<std::mutex> l(mu_);
+    return results_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  size_t results_ = 0;
+  grpc::Status status_;
+  std::thread thread_;
+};
+
+// Moves `clock` past `step` until the call ends (a stream whose read is not yet back in flight
+// when the watchdog looks is checked again at the next step), up to 20 steps.
+bool AdvanceUntilEnded(FakeClock* clock, std::chrono::milliseconds step, CallEnd* end) {
+  for (int i = 0; i < 20; ++i) {
+    clock->Advance(step);
+    if (end->Ended(std::chrono::milliseconds(500))) return true;
+  }
+  return false;
+}
+
 TEST(ReliabilityTest, IdleStreamsAreEnded) {
+  FakeClock clock;  // stream timeouts read it: the test moves time instead of waiting
   ServerOptions o;
-  o.idle_timeout = std::chrono::milliseconds(200);
+  o.time = &clock;
+  o.first_frame_timeout = std::chrono::seconds(10);
+  o.idle_timeout = std::chrono::seconds(60);
   auto server = StartTestServer(o);
   ASSERT_TRUE(server);
-  Call idle(Channel(*server));
-  EXPECT_TRUE(idle.ReadAll().empty());
-  grpc::Status st = idle.Finish();
-  EXPECT_EQ(st.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
-  EXPECT_NE(st.error_message().find("no message received for 200 ms"), std::string::npos)
-      << st.error_message();
-  // A stream that sends, then goes quiet, gets its results first.
-  Call quiet(Channel(*server));
-  ASSERT_TRUE(quiet.Write(JpegFrame(1)));
-  ASSERT_TRUE(quiet.Write(JpegFrame(2)));
-  auto got = quiet.ReadAll();
-  EXPECT_EQ(got.size(), 2u);
-  EXPECT_EQ(quiet.Finish().error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  auto active = [&](uint32_t n) {
+    return WaitForStats(*server, [n](const pb::Stats& s) { return s.active_streams() == n; });
+  };
+  {
+    // A call that sends nothing ends at the first-frame timeout.
+    Call silent(Channel(*server));
+    ASSERT_TRUE(active(1));
+    CallEnd end(&silent);
+    EXPECT_FALSE(end.Ended(std::chrono::milliseconds(0)));
+    ASSERT_TRUE(AdvanceUntilEnded(&clock, std::chrono::seconds(10), &end));
+    EXPECT_EQ(end.status().error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+    EXPECT_NE(end.status().error_message().find("no frame within 10000 ms"), std::string::npos)
+        << end.status().error_message();
+  }
+  {
+    // A stream that sends, then goes quiet, gets its results first, then ends at the idle timeout
+    // (the first-frame timeout no longer applies).
+    Call quiet(Channel(*server));
+    ASSERT_TRUE(quiet.Write(JpegFrame(1)));
+    ASSERT_TRUE(quiet.Write(JpegFrame(2)));
+    ASSERT_TRUE(WaitForStats(*server, [](const pb::Stats& s) { return s.frames_out() >= 2; }));
+    CallEnd end(&quiet);
+    clock.Advance(std::chrono::seconds(59));
+    EXPECT_FALSE(end.Ended(std::chrono::milliseconds(0))) << "not idle for 60 s yet";
+    ASSERT_TRUE(AdvanceUntilEnded(&clock, std::chrono::seconds(1), &end));
+    EXPECT_EQ(end.results(), 2u);
+    EXPECT_EQ(end.status().error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+    EXPECT_NE(end.status().error_message().find("no message received for 60000 ms"),
+              std::string::npos)
+        << end.status().error_message();
+  }
   EXPECT_TRUE(WaitForStats(
       *server, [](const pb::Stats& s) { return s.active_streams() == 0 && s.in_flight() == 0; }));
 }
@@ -145,13 +215,20 @@ pb::Stats StatsOf(int port) {
   return st;
 }
 
-bool WaitIdle(int port) {
-  for (int i = 0; i < 2000; ++i) {
-    pb::Stats s = StatsOf(port);
-    if (s.active_streams() == 0 && s.in_flight() == 0) return true;
+// Polls the server at `port` until `pred` holds (bounded at 20 s).
+template <typename Pred>
+bool WaitForStatsOf(int port, Pred pred) {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (std::chrono::steady_clock::now() < end) {
+    if (pred(StatsOf(port))) return true;
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   return false;
+}
+
+bool WaitIdle(int port) {
+  return WaitForStatsOf(
+      port, [](const pb::Stats& s) { return s.active_streams() == 0 && s.in_flight() == 0; });
 }
 
 // One misbehaving client; `kind` picks the misbehaviour.
@@ -211,10 +288,14 @@ TEST(ReliabilityTest, AThousandMisbehavingClientsLeakNothing) {
   // Plus clients that really vanish: processes killed mid-stream, and idle streams the server
   // ends itself.
   for (int k = 0; k < 5; ++k) {
+    const uint64_t out_before = StatsOf(port).frames_out();
     ChildProcess client({FRAMEPIPE_BINARY, "stream", "--target",
                          "127.0.0.1:" + std::to_string(port), "--frames", "1000", "--size",
                          "320x240", "--no-progress"});
-    std::this_thread::sleep_for(std::chrono::milliseconds(150));
+    // Killed mid-stream: once its results are flowing.
+    ASSERT_TRUE(WaitForStatsOf(port, [&](const pb::Stats& s) {
+      return s.active_streams() > 0 && s.frames_out() >= out_before + 10;
+    })) << client.output();
     client.Signal(SIGKILL);
     client.Wait();
   }
@@ -361,7 +442,8 @@ TEST(ReliabilityTest, SigkillThenRestartClientsRetryAndReportLostFrames) {
     report = RunStreamClient(o);
     finished = true;
   });
-  std::this_thread::sleep_for(std::chrono::milliseconds(1000));  // ~50 frames per stream in
+  // Killed once about a third of the frames are answered (~50 per stream).
+  ASSERT_TRUE(WaitForStatsOf(port, [](const pb::Stats& s) { return s.frames_out() >= 100; }));
   server->Signal(SIGKILL);
   server->Wait();
   server = start();  // same port; the clients reconnect with backoff

@@ -6,6 +6,7 @@
 #include <set>
 
 #include "client/health_probe.h"
+#include "fake_clock.h"
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/descriptor.pb.h"
 #include "google/protobuf/dynamic_message.h"
@@ -271,15 +272,18 @@ TEST(ServiceTest, SlowReaderIsBoundedByTheCreditWindow) {
     }
     call.WritesDone();
   });
-  // Nobody reads: the server fills its window of 4 and stops reading.
-  ASSERT_TRUE(WaitForStats(*server, [](const pb::Stats& s) { return s.in_flight() == 4; }));
-  // Give a broken bound time to show itself (the writer would get all its frames through); the
-  // pass does not depend on this wait, only a failure's detection does.
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  // Nobody reads: the server fills its window of 4 and stops reading. In flight moves while
+  // results are written into the client's window; once that is full the server holds all 4
+  // credits and stays there: the same frames_in twice, with in_flight 4 both times.
+  uint64_t stuck_at = 0;
+  ASSERT_TRUE(WaitForStats(*server, [&](const pb::Stats& s) {
+    const bool again = s.in_flight() == 4 && s.frames_in() == stuck_at;
+    stuck_at = s.in_flight() == 4 ? s.frames_in() : 0;
+    return again;
+  }));
+  // The server is stuck and reads nothing more: an unbounded path (the server reading ahead, or
+  // buffering without flow control) would have let the writer finish by now.
   EXPECT_LT(sent.load(), kFrames) << "the writer should be held back by flow control";
-  // In flight moves while results are written into the client's window; once that is full the
-  // server holds all 4 credits and stays there (on a slow machine that can take a moment longer).
-  ASSERT_TRUE(WaitForStats(*server, [](const pb::Stats& s) { return s.in_flight() == 4; }));
   pb::Stats st = GetStats(*server);
   EXPECT_LE(st.peak_in_flight(), 4u);
   EXPECT_LT(st.frames_in(), static_cast<uint64_t>(kFrames)) << "the server stopped reading";
@@ -325,18 +329,32 @@ TEST(ServiceTest, DropOldestAnswersEverySeqInOrder) {
 
 TEST(ServiceTest, FrameTimeoutGivesDeadlineExceededInPlace) {
   Gate release;
+  Counter hung;
+  FakeClock clock;  // deadlines move only when the test moves time
   ServerOptions o;
   o.workers = 2;
+  o.time = &clock;
   o.wrap_stages = WrapAnalyse(0, [&](FrameContext& ctx) {
-    if (ctx.input.seq == 4) release.Wait();
+    if (ctx.input.seq == 4) {
+      hung.Add();
+      release.Wait();
+    }
   });
   auto server = StartTestServer(o);
   ASSERT_TRUE(server);
   Call call(Channel(*server));
   ASSERT_TRUE(call.Write(ConfigMsg(4, pb::OVERLOAD_POLICY_BLOCK, 1500)));
-  for (int i = 1; i <= 10; ++i) ASSERT_TRUE(call.Write(JpegFrame(i)));
+  // Frames 1-4 admitted at t0 (deadline t0 + 1.5 s): 1-3 come back, 4 hangs.
+  for (int i = 1; i <= 4; ++i) ASSERT_TRUE(call.Write(JpegFrame(i)));
+  std::vector<pb::FrameResult> got(3);
+  for (auto& r : got) ASSERT_TRUE(call.Read(&r));
+  ASSERT_TRUE(hung.WaitAtLeast(1));
+  // The rest at t0 + 1 s (deadlines from t0 + 2.5 s on); then t0 + 1.5 s: frame 4's deadline.
+  clock.Advance(std::chrono::seconds(1));
+  for (int i = 5; i <= 10; ++i) ASSERT_TRUE(call.Write(JpegFrame(i)));
   call.WritesDone();
-  auto got = call.ReadAll();
+  clock.Advance(std::chrono::milliseconds(500));
+  for (auto& r : call.ReadAll()) got.push_back(r);
   EXPECT_TRUE(call.Finish().ok());
   release.Open();
   ASSERT_EQ(got.size(), 10u);
@@ -346,6 +364,49 @@ TEST(ServiceTest, FrameTimeoutGivesDeadlineExceededInPlace) {
         << i << ": " << got[i].error();
   }
   EXPECT_NE(got[3].error().find("deadline of 1500 ms"), std::string::npos) << got[3].error();
+}
+
+TEST(ServiceTest, DrainTimeoutEndsWhatDoesNotFinish) {
+  Gate release;
+  Counter hung;
+  FakeClock clock;
+  ServerOptions o;
+  o.time = &clock;
+  o.drain_timeout = std::chrono::seconds(10);
+  o.wrap_stages = WrapAnalyse(0, [&](FrameContext& ctx) {
+    if (ctx.input.seq == 2) {
+      hung.Add();
+      release.Wait();
+    }
+  });
+  auto server = StartTestServer(o);
+  ASSERT_TRUE(server);
+  const std::string target = "127.0.0.1:" + std::to_string(server->port());
+  Call call(Channel(*server));
+  ASSERT_TRUE(call.Write(ConfigMsg(4)));
+  for (int i = 1; i <= 2; ++i) ASSERT_TRUE(call.Write(JpegFrame(i)));
+  pb::FrameResult first;
+  ASSERT_TRUE(call.Read(&first));
+  EXPECT_EQ(first.seq(), 1u);
+  ASSERT_TRUE(hung.WaitAtLeast(1));
+  bool drained = true;
+  std::thread stopper([&] { drained = server->Shutdown(); });
+  // The drain has begun (and read its deadline) once health says NOT_SERVING.
+  bool not_serving = false;
+  const auto bound = std::chrono::steady_clock::now() + kWaitBound;
+  while (!not_serving && std::chrono::steady_clock::now() < bound) {
+    absl::Status h = CheckHealth(target, "", 5);
+    not_serving = !h.ok() && h.message().find("NOT_SERVING") != std::string::npos;
+  }
+  ASSERT_TRUE(not_serving);
+  // Frame 2 never finishes: at the drain timeout the server stops waiting and ends the call.
+  clock.Advance(std::chrono::seconds(10));
+  EXPECT_TRUE(call.ReadAll().empty());
+  const grpc::Status st = call.Finish();
+  EXPECT_NE(st.error_code(), grpc::StatusCode::OK) << "the call was cut, not completed";
+  release.Open();  // the pipeline's stop waits for the stuck stage body to return
+  stopper.join();
+  EXPECT_FALSE(drained) << "Shutdown reports that a stream did not finish in time";
 }
 
 TEST(ServiceTest, HealthGoesNotServingDuringDrainAndAdmittedFramesAreAnswered) {

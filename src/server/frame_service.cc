@@ -183,7 +183,8 @@ void FrameService::CheckTimeouts() {
 void FrameService::WatchdogLoop() {
   std::unique_lock<std::mutex> l(mu_);
   while (!watchdog_exit_) {
-    cv_.wait_for(l, options_.watchdog_tick, [&] { return watchdog_exit_; });
+    time_->WaitUntil(cv_, l, time_->Now() + options_.watchdog_tick,
+                     [&] { return watchdog_exit_; });
     if (watchdog_exit_) break;
     l.unlock();
     CheckTimeouts();
@@ -233,7 +234,7 @@ void FrameService::BeginDrain() {
 
 bool FrameService::WaitForStreams(TimePoint deadline) {
   std::unique_lock<std::mutex> l(mu_);
-  return cv_.wait_until(l, deadline, [&] { return reactors_.empty(); });
+  return time_->WaitUntil(cv_, l, deadline, [&] { return reactors_.empty(); });
 }
 
 uint32_t FrameService::active_streams() const {

@@ -115,6 +115,7 @@ absl::Status Server::Impl::StartMetrics(int workers) {
 absl::Status Server::Impl::StartPipeline(int workers, uint64_t memory) {
   PipelineOptions po;
   po.observer = metrics.get();
+  po.time = options.time;
   po.workers = workers;
   po.global_max_in_flight = options.global_max_in_flight;
   // --max-memory-mb: 5/8 for frames in flight (payload + decoded pixels + luma), 1/4 for
@@ -284,6 +285,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   FP_RETURN_IF_ERROR(impl->StartPipeline(workers, memory));
 
   ServiceOptions svc;
+  svc.time = options.time;
   svc.default_max_in_flight = options.max_in_flight;
   svc.max_stream_in_flight = std::max(options.max_stream_in_flight, options.max_in_flight);
   svc.max_streams = options.max_streams;
@@ -350,7 +352,8 @@ bool Server::Shutdown() {
     if (impl_->shutting_down) return impl_->drained;
     impl_->shutting_down = true;
   }
-  const TimePoint start = Now();
+  const TimeSource* time = impl_->options.time;
+  const TimePoint start = time->Now();
   const TimePoint deadline = start + impl_->options.drain_timeout;
   const uint32_t open = impl_->service->active_streams();
   SetServing(impl_->grpc_server.get(), false);
@@ -364,7 +367,7 @@ bool Server::Shutdown() {
   // server's socket answers its next write with a reset that can overtake that status ("Broken
   // pipe" instead of "...answered (N frames)"). Idle gRPC clients close at once on GOAWAY.
   const Clock::duration grace =
-      drained ? std::clamp<Clock::duration>(deadline - Now(), {}, std::chrono::seconds(1))
+      drained ? std::clamp<Clock::duration>(deadline - time->Now(), {}, std::chrono::seconds(1))
               : Clock::duration::zero();
   // No new connections from here (gRPC must not be handed one while it shuts down).
   if (impl_->front_door) impl_->front_door->StopAccepting();
@@ -383,7 +386,7 @@ bool Server::Shutdown() {
   LogLine("server_stopped")
       .Add("drained", drained)
       .Add("streams_at_shutdown", open)
-      .Add("drain_s", SecondsBetween(start, Now()))
+      .Add("drain_s", SecondsBetween(start, time->Now()))
       .Emit();
   // Notify under the lock: a waiter may destroy this Server as soon as it sees shut_down.
   std::lock_guard<std::mutex> l(impl_->mu);

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "common/clock.h"
 #include "analysis/decoder.h"
 #include "enrich/enricher.h"
 #include "pipeline/stage.h"
@@ -56,6 +57,9 @@ struct ServerOptions {
   bool intra_frame_parallel = true;
   DecodeLimits limits;
   EnrichConfig enrich;
+  // The clock of stream timeouts (first frame, idle), frame deadlines and the drain; tests pass a
+  // fake one and move it. The front door's connection limits keep the real clock.
+  const TimeSource* time = TimeSource::Real();
   // Decorates the standard stages before the pipeline is built (tracing, fault injection in
   // tests). Empty = use them as they are.
   std::function<Stages(Stages)> wrap_stages;
