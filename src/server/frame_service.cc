@@ -183,8 +183,7 @@ void FrameService::CheckTimeouts() {
 void FrameService::WatchdogLoop() {
   std::unique_lock<std::mutex> l(mu_);
   while (!watchdog_exit_) {
-    time_->WaitUntil(cv_, l, time_->Now() + options_.watchdog_tick,
-                     [&] { return watchdog_exit_; });
+    time_->WaitUntil(cv_, l, time_->Now() + options_.watchdog_tick, [&] { return watchdog_exit_; });
     if (watchdog_exit_) break;
     l.unlock();
     CheckTimeouts();

@@ -9,8 +9,8 @@
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "common/clock.h"
 #include "analysis/decoder.h"
+#include "common/clock.h"
 #include "enrich/enricher.h"
 #include "pipeline/stage.h"
 #include "server/front_door.h"
