@@ -19,6 +19,8 @@
 #include "client/stream_client.h"
 #include "common/clock.h"
 #include "common/log.h"
+#include "enrich/scene_cut.h"
+#include "enrich/temporal_stage.h"
 #include "opencv2/core.hpp"
 #include "server/server.h"
 
@@ -191,6 +193,46 @@ void GraphOverhead(Ctx& c) {
                       std::max(us1, us4), 2.0, true,
                       absl::StrFormat("1 stream %.2f us, 4 streams %.2f us; plain oneTBB %.2f us",
                                       us1, us4, 1e6 / tbb)});
+}
+
+// The ordered temporal stage runs serially per stream, so its cost per frame bounds one stream's
+// rate: the scene-cut detector alone and the whole stage (scene change, motion, detector), on the
+// analyses of real frames, in calls per second.
+void TemporalCost(Ctx& c) {
+  const std::string sec = "Ordered temporal stage, per frame (serial within a stream)";
+  const FrameSet set = MakeFrameSet(1280, 720, Encoding::kJpeg, 16);
+  CpuAnalyzer analyzer(CpuAnalyzerOptions{false, 0});
+  std::vector<FrameResult> frames(set.frames.size());
+  for (size_t i = 0; i < frames.size(); ++i) {
+    Image img, luma;
+    if (!DecodeFrame(set.frames[i], {}, &img).ok() ||
+        !analyzer.Analyze(img, &frames[i].analysis, &luma).ok()) {
+      std::abort();
+    }
+    frames[i].status = FrameStatus::kOk;
+  }
+  const int64_t n = c.o->quick ? 300000 : 2000000;
+  volatile double sink = 0;
+  auto rate = [&](auto&& body) {
+    const TimePoint t0 = Now();
+    for (int64_t i = 0; i < n; ++i) body(frames[static_cast<size_t>(i) % frames.size()]);
+    return static_cast<double>(n) / SecondsBetween(t0, Now());
+  };
+  const Samples m = Interleaved(
+      c.repeats, {[&] {
+                    SceneCutDetector d;
+                    return rate([&](FrameResult& r) { sink = sink + d.Observe(r.analysis); });
+                  },
+                  [&] {
+                    TemporalStage t;
+                    return rate([&](FrameResult& r) { t.Apply(r); });
+                  }});
+  const double detector = 1e6 / m.Median(0), stage = 1e6 / m.Median(1);
+  c.report.Add(sec, "scene-cut detector (SceneCutDetector::Observe)", detector, "us/frame");
+  c.report.Add(sec, "whole stage: scene change + motion + detector", stage, "us/frame");
+  c.report.AddTarget({"scene-cut detector <= 1 us/frame beyond the existing temporal stage",
+                      detector, 1.0, true,
+                      absl::StrFormat("detector %.2f us of the stage's %.2f us", detector, stage)});
 }
 
 void MetricsCost(Ctx& c, const FrameSet& set) {
@@ -529,6 +571,10 @@ int RunBench(const BenchOptions& o) {
   if (c.Want("overhead")) {
     step("graph overhead");
     GraphOverhead(c);
+  }
+  if (c.Want("temporal")) {
+    step("temporal stage cost");
+    TemporalCost(c);
   }
   if (c.Want("metrics")) {
     step("metrics cost");

@@ -18,9 +18,10 @@ void AddBenchCommand(CLI::App& app, std::function<int()>* run) {
   cmd->add_option("--json", o->json_path, "Write the results as JSON");
   cmd->add_option("--plot", o->plot_dir, "Write PNG plots into this directory");
   cmd->add_option("--workers", o->workers, "Workers / threads (0 = hardware threads)");
-  cmd->add_option("--only", o->only,
-                  "Only sections whose name contains this: in-process, overhead, metrics, "
-                  "latency, grpc, limits, slow, gpu");
+  cmd->add_option(
+      "--only", o->only,
+      "Only sections whose name contains this: in-process, overhead, temporal, metrics, "
+      "latency, grpc, limits, slow, gpu");
   cmd->add_option("--python", o->python, "Interpreter for the Python peer")->capture_default_str();
   cmd->callback([run, o] {
     *run = [o] {

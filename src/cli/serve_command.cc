@@ -179,8 +179,10 @@ void AddEnrichFlags(CLI::App* cmd, EnrichConfig* e) {
   cmd->add_option("--blurry-sharpness", e->blurry_sharpness,
                   "Enrichment.blurry when sharpness (Laplacian variance) is below this")
       ->capture_default_str();
-  cmd->add_option("--scene-cut", e->scene_cut_threshold,
-                  "Enrichment.scene_cut when scene_change is above this (0..1)")
+  cmd->add_option("--scene-cut", e->scene_cut.threshold,
+                  "Enrichment.scene_cut when cut_score (the causal scene-cut detector's "
+                  "confidence) is at least this (0..1; lower finds more cuts, and more false ones)")
+      ->check(CLI::Range(0.0, 1.0))
       ->capture_default_str();
 }
 

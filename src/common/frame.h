@@ -75,6 +75,7 @@ struct Enrichment {
   double scene_change = 0;
   bool scene_cut = false;
   double motion = 0;
+  double cut_score = 0;  // the scene-cut detector's confidence, 0..1
 };
 
 struct Timings {

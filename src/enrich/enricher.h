@@ -7,6 +7,7 @@
 #include "absl/status/status.h"
 #include "common/frame.h"
 #include "common/image.h"
+#include "enrich/scene_cut.h"
 
 namespace framepipe {
 
@@ -15,7 +16,7 @@ struct EnrichConfig {
   double dark_mean_luma = 40.0;          // dark: mean luma below this
   double overexposed_mean_luma = 215.0;  // overexposed: mean luma above this
   double blurry_sharpness = 100.0;       // blurry: Laplacian variance below this
-  double scene_cut_threshold = 0.5;      // scene_cut: scene_change above this
+  SceneCutConfig scene_cut;              // the scene-cut detector (threshold: --scene-cut)
   int fast_threshold = 20;               // FAST corner threshold (contract: 20, nonmax)
 };
 
@@ -26,8 +27,8 @@ std::array<float, 3> DominantBgr(const Image& frame);
 // Number of FAST-9 corners of `luma` with nonmax suppression.
 uint32_t CountFastCorners(const Image& luma, int threshold);
 
-// Fills every per-frame Enrichment field (not scene_change/scene_cut/motion: those are set by
-// the ordered TemporalStage).
+// Fills every per-frame Enrichment field (not scene_change/scene_cut/cut_score/motion: those are
+// set by the ordered TemporalStage).
 absl::Status Enrich(const Image& frame, const Image& luma, const Analysis& analysis,
                     const EnrichConfig& config, Enrichment* out);
 

@@ -38,7 +38,8 @@ void TemporalStage::Apply(FrameResult& r) {
     r.enrichment.scene_change = 0.0;
     r.enrichment.motion = 0.0;
   }
-  r.enrichment.scene_cut = r.enrichment.scene_change > scene_cut_threshold_;
+  r.enrichment.cut_score = cuts_.Observe(r.analysis);
+  r.enrichment.scene_cut = cuts_.IsCut(r.enrichment.cut_score);
   has_prev_ = true;
   prev_pixels_ = n;
   prev_hist_ = r.analysis.histogram;

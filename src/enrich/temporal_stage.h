@@ -1,21 +1,22 @@
 // TemporalStage: the ordered per-stream stage. Compares each OK frame with the previous OK frame
-// of the same stream: scene_change (1/2 L1 distance of normalised luma histograms, 0..1),
-// scene_cut (scene_change above the threshold) and motion (mean |thumbnail difference| / 255).
-// The first OK frame of a stream gets 0. Not thread-safe: the pipeline calls it in frame order,
-// one frame at a time.
+// of the same stream: scene_change (1/2 L1 distance of normalised luma histograms, 0..1) and
+// motion (mean |thumbnail difference| / 255); runs the causal scene-cut detector (cut_score and
+// scene_cut, enrich/scene_cut.h). The first OK frame of a stream gets 0 and no cut. Frames that
+// are not OK are skipped: the next OK frame compares with the last OK one. Not thread-safe: the
+// pipeline calls it in frame order, one frame at a time.
 #pragma once
 
 #include <array>
 #include <cstdint>
 
 #include "common/frame.h"
+#include "enrich/scene_cut.h"
 
 namespace framepipe {
 
 class TemporalStage {
  public:
-  explicit TemporalStage(double scene_cut_threshold = 0.5)
-      : scene_cut_threshold_(scene_cut_threshold) {}
+  explicit TemporalStage(const SceneCutConfig& scene_cut = {}) : cuts_(scene_cut) {}
   void Apply(FrameResult& result);
 
   // The two measures, exposed for tests and other backends.
@@ -25,7 +26,7 @@ class TemporalStage {
                        const std::array<uint8_t, kThumbnailBytes>& b);
 
  private:
-  double scene_cut_threshold_;
+  SceneCutDetector cuts_;
   bool has_prev_ = false;
   uint64_t prev_pixels_ = 0;
   std::array<uint32_t, kHistogramBins> prev_hist_{};

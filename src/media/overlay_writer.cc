@@ -55,7 +55,8 @@ struct OverlayWriter::Impl {
       const Enrichment& e = r.enrichment;
       lines.push_back(absl::StrFormat("luma %.1f  sharpness %.0f  keypoints %d", a.mean_luma,
                                       a.sharpness, e.keypoints));
-      lines.push_back(absl::StrFormat("motion %.4f  scene change %.3f%s", e.motion, e.scene_change,
+      lines.push_back(absl::StrFormat("motion %.4f  scene change %.3f  cut score %.2f%s", e.motion,
+                                      e.scene_change, e.cut_score,
                                       e.scene_cut ? "  SCENE CUT" : ""));
     } else {
       lines.push_back(r.error.substr(0, 90));

@@ -56,7 +56,7 @@ Stages MakeStandardStages(std::shared_ptr<Analyzer> analyzer, const StandardStag
   s.enrich = [enrich](FrameContext& ctx) {
     return Enrich(ctx.image, ctx.luma, ctx.result->analysis, enrich, &ctx.result->enrichment);
   };
-  const double cut = enrich.scene_cut_threshold;
+  const SceneCutConfig cut = enrich.scene_cut;
   s.ordered = [cut]() -> OrderedFn {
     auto stage = std::make_shared<TemporalStage>(cut);
     return [stage](FrameResult& r) { stage->Apply(r); };

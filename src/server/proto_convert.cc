@@ -82,6 +82,7 @@ void ToProto(const FrameResult& r, bool include_thumbnail, pb::FrameResult* out)
     e->set_keypoints(r.enrichment.keypoints);
     e->set_scene_change(r.enrichment.scene_change);
     e->set_scene_cut(r.enrichment.scene_cut);
+    e->set_cut_score(r.enrichment.cut_score);
     e->set_motion(r.enrichment.motion);
   }
   pb::Timings* t = out->mutable_timings();
@@ -123,6 +124,7 @@ FrameResult FromProto(const pb::FrameResult& in) {
   r.enrichment.keypoints = e.keypoints();
   r.enrichment.scene_change = e.scene_change();
   r.enrichment.scene_cut = e.scene_cut();
+  r.enrichment.cut_score = e.cut_score();
   r.enrichment.motion = e.motion();
   const pb::Timings& t = in.timings();
   r.timings = {t.queue_us(),  t.decode_us(),  t.analyse_us(),

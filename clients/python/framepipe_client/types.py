@@ -97,8 +97,9 @@ class Enrichment:
     dominant_bgr: Tuple[float, ...]
     keypoints: int  # FAST corners
     scene_change: float  # 0..1 vs the previous OK frame of the stream
-    scene_cut: bool
+    scene_cut: bool  # the scene-cut detector's decision: cut_score >= the server's --scene-cut
     motion: float  # 0..1 vs the previous OK frame of the stream
+    cut_score: float  # the causal scene-cut detector's confidence, 0..1
 
 
 @dataclass(frozen=True)
@@ -159,7 +160,8 @@ class FrameResult:
                                 tuple(a.luma_histogram), a.sharpness, a.edge_density, thumb,
                                 a.backend)
             enrichment = Enrichment(e.dark, e.overexposed, e.blurry, tuple(e.dominant_bgr),
-                                    e.keypoints, e.scene_change, e.scene_cut, e.motion)
+                                    e.keypoints, e.scene_change, e.scene_cut, e.motion,
+                                    e.cut_score)
         t = r.timings
         return FrameResult(
             seq=r.seq, status=status, error=r.error, capture_time_us=r.capture_time_us,
