@@ -14,6 +14,7 @@ int main(int argc, char** argv) {
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   PrimeProcessClocks();
   CLI::App app{"framepipe: ordered, bounded analysis of live video frames over gRPC"};
+  app.set_version_flag("--version", "framepipe " FRAMEPIPE_VERSION);
   app.require_subcommand(1);
   CommandRun run;
   AddServeCommand(app, &run);

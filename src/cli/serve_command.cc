@@ -78,6 +78,7 @@ void AddPipelineFlags(CLI::App* cmd, ServeArgs* a) {
       ->capture_default_str();
   cmd->add_option("--backend", o->backend,
                   "Analysis backend: auto (CUDA when a GPU is usable, else CPU), cpu, cuda")
+      ->envname("FRAMEPIPE_BACKEND")
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}))
       ->capture_default_str();
   cmd->add_option("--device", o->device, "CUDA device index")->capture_default_str();

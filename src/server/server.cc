@@ -23,7 +23,7 @@
 
 namespace framepipe {
 
-inline constexpr const char* kVersion = "0.1.0";
+inline constexpr const char* kVersion = FRAMEPIPE_VERSION;
 
 namespace {
 

@@ -258,7 +258,8 @@ def test_dockerfile_parses_and_copies_what_exists(name: str) -> None:
                 assert any(script == c or script.startswith(c.rstrip("/") + "/")
                            for c in copied), f"{name}: RUN uses {script} before COPYing it"
     # Everything CMake needs is in the context copies.
-    for needed in ["CMakeLists.txt", "proto", "src", "kernels", "bench", "scripts"]:
+    for needed in ["CMakeLists.txt", "proto", "src", "kernels", "bench", "tests/support",
+                   "scripts"]:
         assert needed in copied, f"{name}: the build stage does not COPY {needed}"
     build_run = " ".join(a for i, a in st[0]["ins"] if i == "RUN")
     m = re.search(r"scripts/bundle-runtime\.sh\s+(\S+)\s+(\S+)", build_run)
@@ -343,6 +344,7 @@ def dockerfile_cmd(name: str) -> Tuple[List[str], List[str]]:
 
 def test_compose_agrees_with_the_images(serve_help) -> None:
     compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+    assert "name" not in compose, "Debian's docker-compose 1.29 rejects a top-level name:"
     svcs = compose["services"]
     assert {"framepipe-cpu", "framepipe-gpu", "prometheus", "grafana"} <= set(svcs)
     for svc, dockerfile in [("framepipe-cpu", "Dockerfile.cpu"), ("framepipe-gpu", "Dockerfile")]:
@@ -353,7 +355,7 @@ def test_compose_agrees_with_the_images(serve_help) -> None:
         flags_exist(s["command"], serve_help)
         assert s["healthcheck"]["test"] == ["CMD", *hc]
         assert "framepipe" in s["networks"]["default"]["aliases"]
-        published = {int(p.split(":")[1]) for p in s["ports"]}
+        published = {int(p.rsplit(":", 1)[1]) for p in s["ports"]}
         assert published <= {int(p) for p in re.findall(r"0\.0\.0\.0:(\d+)", " ".join(cmd))}
         grace = int(str(s["stop_grace_period"]).rstrip("s"))
         drain = int(s["command"][s["command"].index("--drain-timeout") + 1].rstrip("s"))
