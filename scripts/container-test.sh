@@ -127,4 +127,4 @@ fi
 # ---- 4. the tests
 export FRAMEPIPE_BINARY="$repo/build/default/bin/framepipe" FRAMEPIPE_CONTAINER_WORK="$work"
 export FRAMEPIPE_BASE_IMAGE="$base"
-/usr/bin/python3 -m pytest -v -p no:cacheprovider tests/container/test_containers.py "$@"
+/usr/bin/python3 -m pytest -v -s -p no:cacheprovider tests/container/test_containers.py "$@"
