@@ -409,24 +409,17 @@ std::optional<ConnectionRefusal> FrontDoor::Impl::Admit(const std::string& host,
   if (active >= options.max_connections) return ConnectionRefusal::kMaxConnections;
   uint32_t& mine = by_peer[host];
   if (mine >= options.max_connections_per_peer) return ConnectionRefusal::kPeerLimit;
-  auto [it, fresh] = connect_rate.try_emplace(host, Bucket{options.peer_connect_burst, now});
-  Bucket& b = it->second;
-  if (!fresh) {
-    b.tokens = std::min(options.peer_connect_burst,
-                        b.tokens + options.peer_connects_per_second * SecondsBetween(b.last, now));
-    b.last = now;
-  }
-  if (b.tokens < 1) {
+  TokenBucket& b =
+      connect_rate.try_emplace(host, TokenBucket{options.peer_connect_burst}).first->second;
+  if (!b.Take(options.peer_connects_per_second, options.peer_connect_burst, now)) {
     if (mine == 0) by_peer.erase(host);
     return ConnectionRefusal::kPeerRate;
   }
-  b.tokens -= 1;
   // Forget addresses whose bucket is full again (bounded memory under address churn).
   if (connect_rate.size() > 4096) {
     for (auto r = connect_rate.begin(); r != connect_rate.end();) {
-      const bool full = r->second.tokens + options.peer_connects_per_second *
-                                               SecondsBetween(r->second.last, now) >=
-                        options.peer_connect_burst;
+      const bool full =
+          r->second.FullAt(options.peer_connects_per_second, options.peer_connect_burst, now);
       r = full ? connect_rate.erase(r) : std::next(r);
     }
   }

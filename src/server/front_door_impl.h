@@ -15,6 +15,7 @@
 #include <thread>
 #include <vector>
 
+#include "common/token_bucket.h"
 #include "server/front_door.h"
 
 namespace grpc {
@@ -40,11 +41,6 @@ struct Buffer {
   size_t size() const { return data.size() - off; }
   const char* begin() const { return data.data() + off; }
   void Consume(size_t n);
-};
-
-struct Bucket {
-  double tokens;
-  TimePoint last;
 };
 
 struct Connection;
@@ -82,7 +78,6 @@ struct Connection {
 
 }  // namespace front_door
 
-using front_door::Bucket;
 using front_door::Buffer;
 using front_door::Connection;
 using front_door::Endpoint;
@@ -122,7 +117,7 @@ struct FrontDoor::Impl {
   mutable std::mutex mu;
   uint32_t active = 0;
   std::map<std::string, uint32_t> by_peer;
-  std::map<std::string, Bucket> connect_rate;
+  std::map<std::string, TokenBucket> connect_rate;  // connects per address
   std::vector<std::string> peer_by_fd;  // gRPC's end of the pair -> the client's address
   std::atomic<uint64_t> total{0};
   std::atomic<uint64_t> refused[static_cast<int>(ConnectionRefusal::kCount)] = {};

@@ -150,16 +150,6 @@ std::string Http2Guard::RefusalFrames(std::string_view reason) {
   return out;
 }
 
-bool Http2Guard::Take(Bucket* b, double rate, double burst, TimePoint now) {
-  if (b->last != TimePoint{}) {
-    b->tokens = std::min(burst, b->tokens + rate * SecondsBetween(b->last, now));
-  }
-  b->last = now;
-  if (b->tokens < 1) return false;
-  b->tokens -= 1;
-  return true;
-}
-
 bool Http2Guard::Violation(Http2Violation v, std::string detail, Http2Out* to_client) {
   violation_ = v;
   detail_ = std::move(detail);
@@ -278,7 +268,7 @@ bool Http2Guard::HandleClientFrame(const uint8_t* h, const uint8_t* payload, Tim
     case kRstStream:
       if (rejected_.count(sid)) return true;  // already reset towards gRPC
       streams_.erase(sid);
-      if (!Take(&resets_, limits_.resets_per_second, limits_.reset_burst, now)) {
+      if (!resets_.Take(limits_.resets_per_second, limits_.reset_burst, now)) {
         return Violation(Http2Violation::kResetFlood,
                          absl::StrCat("over ", limits_.resets_per_second,
                                       " stream resets a second (HTTP/2 rapid reset)"),
@@ -289,7 +279,7 @@ bool Http2Guard::HandleClientFrame(const uint8_t* h, const uint8_t* payload, Tim
     case kGoAway:
       break;
     default:  // PING, SETTINGS, PRIORITY, PUSH_PROMISE and unknown types
-      if (!Take(&control_, limits_.control_frames_per_second, limits_.control_frame_burst, now)) {
+      if (!control_.Take(limits_.control_frames_per_second, limits_.control_frame_burst, now)) {
         return Violation(
             Http2Violation::kControlFlood,
             absl::StrCat("over ", limits_.control_frames_per_second, " control frames a second"),
@@ -484,7 +474,7 @@ bool Http2Guard::FromServer(std::string_view bytes, TimePoint now, Http2Out* to_
         // A stream gRPC had to refuse (over its concurrent-stream limit) counts as a reset:
         // opening streams only to have them refused is the same flood.
         if (len == 4 && bytes.size() - i >= 4 && Be32(b + i) == kRefusedStream &&
-            !Take(&resets_, limits_.resets_per_second, limits_.reset_burst, now) &&
+            !resets_.Take(limits_.resets_per_second, limits_.reset_burst, now) &&
             violation_ == Http2Violation::kNone) {
           violation_ = Http2Violation::kResetFlood;
           detail_ = "over the reset limit with streams the server refused";

@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "common/clock.h"
+#include "common/token_bucket.h"
 
 namespace framepipe {
 
@@ -112,10 +113,6 @@ class Http2Guard {
     uint8_t prefix_have = 0;
     bool server_headers = false;  // gRPC has sent this stream's response headers
   };
-  struct Bucket {
-    double tokens;
-    TimePoint last{};
-  };
 
   size_t UnitSize(std::string_view data) const;
   bool ProcessUnit(std::string_view unit, TimePoint now, Http2Out* to_server, Http2Out* to_client);
@@ -133,7 +130,6 @@ class Http2Guard {
   bool ScanData(StreamIn* s, const uint8_t* p, size_t n, StreamRejection* why, uint64_t* declared);
   void RejectStream(uint32_t id, StreamIn* s, StreamRejection why, uint64_t declared);
   bool Violation(Http2Violation v, std::string detail, Http2Out* to_client);
-  bool Take(Bucket* b, double rate, double burst, TimePoint now);
   void FlushInjected(Http2Out* to_server, Http2Out* to_client);
 
   const Http2Limits limits_;
@@ -149,8 +145,8 @@ class Http2Guard {
   uint32_t last_stream_ = 0;  // highest client stream id passed to gRPC
   std::map<uint32_t, StreamIn> streams_;
   std::set<uint32_t> rejected_;  // streams the guard ended (bounded, oldest dropped)
-  Bucket resets_;
-  Bucket control_;
+  TokenBucket resets_;
+  TokenBucket control_;
   Http2Violation violation_ = Http2Violation::kNone;
   std::string detail_;
   uint64_t rejections_[static_cast<int>(StreamRejection::kCount)] = {};

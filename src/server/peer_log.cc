@@ -10,16 +10,6 @@ PeerLog::PeerLog(PeerLogOptions options) : options_(options) {
   global_.tokens = options_.global_burst;
 }
 
-bool PeerLog::Take(Bucket* b, double rate, double burst, TimePoint now) {
-  if (b->last != TimePoint{}) {
-    b->tokens = std::min(burst, b->tokens + rate * SecondsBetween(b->last, now));
-  }
-  b->last = now;
-  if (b->tokens < 1) return false;
-  b->tokens -= 1;
-  return true;
-}
-
 PeerLog::Counts& PeerLog::PeerLocked(const std::string& peer) {
   auto it = peers_.find(peer);
   if (it != peers_.end()) return it->second;
@@ -33,8 +23,8 @@ bool PeerLog::AllowStream(const std::string& peer, TimePoint now) {
   std::lock_guard<std::mutex> l(mu_);
   Counts& c = PeerLocked(peer);
   // The peer's bucket first: a peer out of budget does not drain the global one.
-  const bool ok = Take(&c.bucket, options_.peer_lines_per_second, options_.peer_burst, now) &&
-                  Take(&global_, options_.global_lines_per_second, options_.global_burst, now);
+  const bool ok = c.bucket.Take(options_.peer_lines_per_second, options_.peer_burst, now) &&
+                  global_.Take(options_.global_lines_per_second, options_.global_burst, now);
   ++(ok ? c.logged : c.unlogged);
   c.dirty |= !ok;
   return ok;
@@ -57,8 +47,8 @@ void PeerLog::CountRefused(const std::string& peer, const std::string& reason) {
 bool PeerLog::AllowEvent(const std::string& peer, const std::string& key, TimePoint now) {
   std::lock_guard<std::mutex> l(mu_);
   Counts& c = PeerLocked(peer);
-  if (Take(&c.bucket, options_.peer_lines_per_second, options_.peer_burst, now) &&
-      Take(&global_, options_.global_lines_per_second, options_.global_burst, now)) {
+  if (c.bucket.Take(options_.peer_lines_per_second, options_.peer_burst, now) &&
+      global_.Take(options_.global_lines_per_second, options_.global_burst, now)) {
     return true;
   }
   ++c.events[key];
@@ -86,9 +76,7 @@ void PeerLog::Flush(TimePoint now, bool force) {
         c.dirty = false;
       }
       // A peer with a full bucket and nothing to report is forgotten (bounded memory).
-      const bool idle =
-          c.bucket.tokens + options_.peer_lines_per_second * SecondsBetween(c.bucket.last, now) >=
-          options_.peer_burst;
+      const bool idle = c.bucket.FullAt(options_.peer_lines_per_second, options_.peer_burst, now);
       it = (!c.dirty && idle) ? peers_.erase(it) : std::next(it);
     }
   }

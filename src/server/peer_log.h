@@ -13,6 +13,7 @@
 #include <string>
 
 #include "common/clock.h"
+#include "common/token_bucket.h"
 
 namespace framepipe {
 
@@ -42,12 +43,8 @@ class PeerLog {
   void Flush(TimePoint now, bool force = false);
 
  private:
-  struct Bucket {
-    double tokens = 0;
-    TimePoint last{};
-  };
   struct Counts {
-    Bucket bucket;
+    TokenBucket bucket;
     uint64_t logged = 0;
     uint64_t unlogged = 0;
     std::map<std::string, uint64_t> closed;   // by status
@@ -55,12 +52,11 @@ class PeerLog {
     std::map<std::string, uint64_t> events;   // AllowEvent's, not written, by key
     bool dirty = false;
   };
-  static bool Take(Bucket* b, double rate, double burst, TimePoint now);
   Counts& PeerLocked(const std::string& peer);
 
   const PeerLogOptions options_;
   std::mutex mu_;
-  Bucket global_;
+  TokenBucket global_;
   std::map<std::string, Counts> peers_;
   TimePoint last_flush_{};
 };
