@@ -97,9 +97,12 @@ absl::Status CheckBearerToken(const std::multimap<grpc::string_ref, grpc::string
   return ok ? absl::OkStatus() : absl::UnauthenticatedError("invalid bearer token");
 }
 
-absl::Status ValidateServerSecurity(const ServerSecurityOptions& o) {
-  const bool tls = !o.tls_cert.empty() || !o.tls_key.empty();
-  if (!tls) {
+namespace {
+
+// Which security flags go together: TLS needs both a certificate and a key, and client CAs and
+// tokens need TLS. No files are read.
+absl::Status CheckSecurityFlags(const ServerSecurityOptions& o) {
+  if (o.tls_cert.empty() && o.tls_key.empty()) {
     if (!o.tls_client_ca.empty()) {
       return absl::InvalidArgumentError("--tls-client-ca needs --tls-cert and --tls-key");
     }
@@ -113,6 +116,14 @@ absl::Status ValidateServerSecurity(const ServerSecurityOptions& o) {
   if (o.tls_cert.empty() || o.tls_key.empty()) {
     return absl::InvalidArgumentError("TLS needs both --tls-cert and --tls-key");
   }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status ValidateServerSecurity(const ServerSecurityOptions& o) {
+  FP_RETURN_IF_ERROR(CheckSecurityFlags(o));
+  if (o.tls_cert.empty()) return absl::OkStatus();  // plaintext
   FP_RETURN_IF_ERROR(ReadFile(o.tls_cert, "TLS certificate").status());
   FP_RETURN_IF_ERROR(ReadFile(o.tls_key, "TLS key").status());
   if (!o.tls_client_ca.empty()) FP_RETURN_IF_ERROR(ReadFile(o.tls_client_ca, "client CA").status());
@@ -122,21 +133,8 @@ absl::Status ValidateServerSecurity(const ServerSecurityOptions& o) {
 
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
     const ServerSecurityOptions& o) {
-  const bool tls = !o.tls_cert.empty() || !o.tls_key.empty();
-  if (!tls) {
-    if (!o.tls_client_ca.empty()) {
-      return absl::InvalidArgumentError("--tls-client-ca needs --tls-cert and --tls-key");
-    }
-    if (!o.auth_token_file.empty()) {
-      return absl::InvalidArgumentError(
-          "--auth-token-file needs TLS (--tls-cert, --tls-key): bearer tokens must not travel "
-          "in plaintext");
-    }
-    return grpc::InsecureServerCredentials();
-  }
-  if (o.tls_cert.empty() || o.tls_key.empty()) {
-    return absl::InvalidArgumentError("TLS needs both --tls-cert and --tls-key");
-  }
+  FP_RETURN_IF_ERROR(CheckSecurityFlags(o));
+  if (o.tls_cert.empty()) return grpc::InsecureServerCredentials();  // plaintext
   FP_ASSIGN_OR_RETURN(std::string cert, ReadFile(o.tls_cert, "TLS certificate"));
   FP_ASSIGN_OR_RETURN(std::string key, ReadFile(o.tls_key, "TLS key"));
   grpc::SslServerCredentialsOptions ssl(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
