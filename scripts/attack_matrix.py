@@ -14,7 +14,6 @@ import argparse
 import os
 import socket
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -24,7 +23,7 @@ sys.path.insert(0, str(ROOT / "tests" / "support"))
 sys.path.insert(0, str(ROOT / "tests" / "security"))
 
 from attack import (H2Client, Prober, config_msg, grpc_headers, grpc_message, gzip_bomb,  # noqa
-                    header_flood_frames, health_check, honest_stream, png_of_zeros, raw_frame_msg)
+                    header_flood, health_check, honest_stream, png_of_zeros, raw_frame_msg)
 from framepipe_testing import FramepipeServer  # noqa: E402
 
 
@@ -141,26 +140,7 @@ def m_header_flood(binary, extra):
     s.reset_peak()
     base = s.rss_mib()
     prober = Prober(s.target, period=0.2)
-    flood = header_flood_frames(1, 20 << 20)
-    stop = threading.Event()
-
-    def flooder():
-        while not stop.is_set():
-            try:
-                c = H2Client(s.port, timeout=5)
-                for off in range(0, len(flood), 1 << 20):
-                    c.send_raw(flood[off:off + (1 << 20)])
-                c.close()
-            except OSError:
-                time.sleep(0.01)
-
-    threads = [threading.Thread(target=flooder) for _ in range(32)]
-    for t in threads:
-        t.start()
-    time.sleep(4)
-    stop.set()
-    for t in threads:
-        t.join()
+    header_flood(s.port)  # 32 connections x 20 MB header blocks for 4 s
     during = prober.stop()
     after = Prober(s.target, period=0.2)
     time.sleep(2)

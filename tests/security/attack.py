@@ -179,6 +179,32 @@ def header_flood_frames(stream_id: int, total_bytes: int, frame_bytes: int = 163
     return b"".join(out)
 
 
+def header_flood(port: int, seconds: float = 4, connections: int = 32,
+                 block_bytes: int = 20 << 20) -> None:
+    """`connections` threads, each sending one header block of `block_bytes` per connection (in
+    1 MiB writes) for `seconds`, reconnecting whenever the server closes one mid-flood."""
+    flood = header_flood_frames(1, block_bytes)
+    stop = threading.Event()
+
+    def flooder():
+        while not stop.is_set():
+            try:
+                c = H2Client(port, timeout=5)
+                for off in range(0, len(flood), 1 << 20):
+                    c.send_raw(flood[off:off + (1 << 20)])
+                c.close()
+            except OSError:
+                pass  # closed by the server mid-flood: reconnect and go again
+
+    threads = [threading.Thread(target=flooder) for _ in range(connections)]
+    for t in threads:
+        t.start()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join()
+
+
 def gzip_bomb(inflated_bytes: int) -> bytes:
     """A gzip stream of zeros: ~1 MiB of it inflates to 1 GiB."""
     chunk = b"\0" * (1 << 20)

@@ -6,8 +6,6 @@ import re
 import threading
 import time
 
-import grpc
-import pytest
 
 from attack import (H2Client, config_msg, grpc_headers, grpc_message, honest_stream,
                     raw_frame_msg)
