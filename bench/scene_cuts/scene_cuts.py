@@ -164,13 +164,13 @@ def build_sets(recipe: dict, root: Path, out: Path) -> list:
 
 # ----------------------------------------------------------------------------- detectors
 
-def run_framepipe(server_port: int, binary: str, s: dict, extra: list) -> tuple:
+def run_framepipe(server_port: int, binary: str, s: dict) -> tuple:
     """Per frame, from the real client's --out lines in frame order: (scene_cut, cut_score), and
     (scene_change > 0.5, scene_change) - the histogram rule that scene_cut was before."""
     with tempfile.NamedTemporaryFile(suffix=".jsonl") as out:
         subprocess.run([binary, "stream", "--target", f"127.0.0.1:{server_port}",
                         "--input", str(s["dir"]), "--frames", str(s["frames"]),
-                        "--out", out.name, "--no-progress", *extra],
+                        "--out", out.name, "--no-progress"],
                        check=True, stdout=subprocess.DEVNULL)
         rows = [json.loads(line) for line in open(out.name)]
     rows.sort(key=lambda r: int(r["seq"]))
@@ -209,14 +209,19 @@ def run_scdet(s: dict, fps: int) -> list:
 
 # ----------------------------------------------------------------------------- scoring
 
+def window(lab: dict) -> tuple:
+    """The frames where a detection matches a label: a cut within +-1, a fade anywhere in it."""
+    return ((lab["frame"] - 1, lab["frame"] + 1) if lab["kind"] == "cut"
+            else (lab["from"], lab["to"]))
+
+
 def score(labels: list, detections: list) -> dict:
     """Match detections to labels: a cut within +-1 frame, a fade anywhere in its span; each
     label takes at most one detection, every other detection is a false positive."""
     hits = sorted(i for i, (d, _) in enumerate(detections) if d)
     used, matched = set(), {}
     for k, lab in enumerate(labels):
-        lo, hi = ((lab["frame"] - 1, lab["frame"] + 1) if lab["kind"] == "cut"
-                  else (lab["from"], lab["to"]))
+        lo, hi = window(lab)
         for h in hits:
             if lo <= h <= hi and h not in used:
                 used.add(h)
@@ -235,15 +240,13 @@ def max_unlabelled(labels: list, det: list) -> float:
     """The highest score on a frame outside every label's match window: the margin."""
     inside = set()
     for lab in labels:
-        lo, hi = ((lab["frame"] - 1, lab["frame"] + 1) if lab["kind"] == "cut"
-                  else (lab["from"], lab["to"]))
+        lo, hi = window(lab)
         inside |= set(range(lo, hi + 1))
     return max((x[1] for i, x in enumerate(det) if i not in inside), default=0.0)
 
 
 def label_score(lab: dict, det: list) -> float:
-    lo, hi = ((lab["frame"] - 1, lab["frame"] + 1) if lab["kind"] == "cut"
-              else (lab["from"], lab["to"]))
+    lo, hi = window(lab)
     return max(det[i][1] for i in range(max(0, lo), min(len(det), hi + 1)))
 
 
@@ -276,7 +279,7 @@ def main() -> int:
     server = framepipe_testing.FramepipeServer(args.server_arg)
     try:
         for s in sets:
-            ours, hist = run_framepipe(server.port, binary, s, [])
+            ours, hist = run_framepipe(server.port, binary, s)
             ff = run_scdet(s, recipe["fps"])
             results.append((s, ours, ff, score(s["labels"], ours), score(s["labels"], ff)))
             old_rule.append(score(s["labels"], hist))

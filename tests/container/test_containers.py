@@ -46,26 +46,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_healthy(port: int, alive, what: str, bound: float = 60) -> None:
+    """Until `framepipe health` through `port` answers SERVING; fails after `bound` seconds or as
+    soon as `alive()` says the server is gone, with `what()` (its logs) in the message."""
+    deadline = time.monotonic() + bound
+    while True:
+        p = subprocess.run([BIN, "health", "--target", f"127.0.0.1:{port}", "--timeout", "2"],
+                           capture_output=True, text=True)
+        if p.returncode == 0:
+            return
+        if time.monotonic() > deadline or not alive():
+            raise AssertionError(f"never healthy: {p.stdout}{p.stderr}\n{what()}")
+        time.sleep(0.1)
+
+
 class Container:
-    """`docker run -d` with the three ports published on loopback; waits for health."""
+    """`docker run -d` with gRPC and /metrics published on loopback; waits for health."""
 
     def __init__(self, image: str, *run_args: str, cmd: Tuple[str, ...] = ()):
         t0 = time.monotonic()
         self.id = sh("docker", "run", "-d", "-p", "127.0.0.1::50051", "-p", "127.0.0.1::9464",
-                     "-p", "127.0.0.1::8081", *run_args, image, *cmd).strip()
+                     *run_args, image, *cmd).strip()
         self.grpc = self.port(50051)
         self.metrics = self.port(9464)
-        self.health = self.port(8081)
-        deadline = time.monotonic() + 60
-        while True:
-            p = subprocess.run([BIN, "health", "--target", f"127.0.0.1:{self.grpc}", "--timeout",
-                                "2"], capture_output=True, text=True)
-            if p.returncode == 0:
-                break
-            if time.monotonic() > deadline or not self.running():
-                raise AssertionError(f"{image} never became healthy: {p.stdout}{p.stderr}\n"
-                                     f"{self.logs()}")
-            time.sleep(0.1)
+        wait_healthy(self.grpc, self.running, lambda: f"{image}: {self.logs()}")
         self.startup_s = time.monotonic() - t0
 
     def port(self, p: int) -> int:
@@ -216,11 +220,7 @@ def test_compose_brings_up_framepipe_with_prometheus_scraping_it(compose):
         up = run("up", "-d", *services)
         assert up.returncode == 0, up.stdout + up.stderr
         port = int(env["FRAMEPIPE_GRPC_PORT"])
-        deadline = time.monotonic() + 60
-        while subprocess.run([BIN, "health", "--target", f"127.0.0.1:{port}", "--timeout", "2"],
-                             capture_output=True).returncode != 0:
-            assert time.monotonic() < deadline, run("logs").stdout
-            time.sleep(0.2)
+        wait_healthy(port, lambda: True, lambda: run("logs").stdout)
         p, lines = stream(port, 100)
         assert_complete_in_order(p, lines, 100)
         if "prometheus" not in services:
