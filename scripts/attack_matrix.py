@@ -122,12 +122,7 @@ def m_gzip_bomb(binary, extra):
     c.conn.send_headers(1, grpc_headers(extra=[("grpc-encoding", "gzip")]))
     c.conn.send_data(1, grpc_message(config_msg()))
     t0 = time.time()
-    off = 0
-    msg = grpc_message(bomb, compressed=True)
-    while off < len(msg) and not c.closed and c.trailers(1) is None and time.time() - t0 < 20:
-        off += c.send_data(1, msg[off:])
-        c.pump(0.02)
-    c.pump(20, until=lambda: c.trailers(1) is not None)
+    c.send_until_answered(1, grpc_message(bomb, compressed=True), seconds=20, wait=20)
     t = c.trailers(1) or {}
     out = (f"status {t.get('grpc-status', '-')} after {time.time() - t0:.2f}s, peak RSS "
            f"+{s.peak_rss_mib() - base:.0f} MiB")
@@ -229,12 +224,7 @@ def m_huge_prefix(binary, extra):
     c.conn.send_headers(1, grpc_headers())
     c.send_data(1, grpc_message(config_msg()))
     lie = grpc_message(b"\0" * (64 << 20), declared=0xFFFFFFFF)
-    t0 = time.time()
-    off = 0
-    while off < len(lie) and not c.closed and c.trailers(1) is None and time.time() - t0 < 10:
-        off += c.send_data(1, lie[off:])
-        c.pump(0.01)
-    c.pump(5, until=lambda: c.trailers(1) is not None)
+    off = c.send_until_answered(1, lie, seconds=10, wait=5, step=0.01)
     t = c.trailers(1) or {}
     out = (f"status {t.get('grpc-status', '-')} after {off >> 20} MiB sent, peak RSS "
            f"+{s.peak_rss_mib() - base:.0f} MiB")

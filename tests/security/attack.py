@@ -146,6 +146,20 @@ class H2Client:
                     return d
         return None
 
+    def send_until_answered(self, stream_id: int, data: bytes, seconds: float, wait: float,
+                            step: float = 0.02) -> int:
+        """Sends `data` as flow control allows, for at most `seconds`, stopping early when the
+        server has answered the stream (trailers) or closed the connection; then waits up to
+        `wait` seconds for the trailers. Returns the bytes sent."""
+        end = time.time() + seconds
+        off = 0
+        while time.time() < end and self.trailers(stream_id) is None and not self.closed and \
+                off < len(data):
+            off += self.send_data(stream_id, data[off:])
+            self.pump(step)
+        self.pump(wait, until=lambda: self.trailers(stream_id) is not None)
+        return off
+
     def messages(self, stream_id: int) -> List[bytes]:
         buf = b"".join(e.data for e in self.events
                        if isinstance(e, h2.events.DataReceived) and e.stream_id == stream_id)
