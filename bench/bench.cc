@@ -313,15 +313,21 @@ ClientReport MustRun(const StreamClientOptions& o) {
   return *std::move(r);
 }
 
-void EndToEnd(Ctx& c) {
-  const std::string sec = "End to end over gRPC on loopback (server and client share the machine)";
+// A real server for the gRPC figures: loopback port 0, no metrics port, the CPU backend, frames
+// not split across cores (the streams are the parallelism).
+ServerOptions LoopbackServerOptions(const Ctx& c) {
   ServerOptions so;
   so.listen = "127.0.0.1:0";
   so.metrics = "";
   so.workers = c.workers;
   so.backend = "cpu";
   so.intra_frame_parallel = false;
-  auto server = Server::Start(so);
+  return so;
+}
+
+void EndToEnd(Ctx& c) {
+  const std::string sec = "End to end over gRPC on loopback (server and client share the machine)";
+  auto server = Server::Start(LoopbackServerOptions(c));
   if (!server.ok()) {
     std::fprintf(stderr, "bench: %s\n", std::string(server.status().message()).c_str());
     return;
@@ -402,12 +408,7 @@ void LimitsCost(Ctx& c) {
   const std::string sec = "Hostile-client limits: front door on vs off (same process, paired)";
   std::unique_ptr<Server> servers[2];
   for (int i = 0; i < 2; ++i) {
-    ServerOptions so;
-    so.listen = "127.0.0.1:0";
-    so.metrics = "";
-    so.workers = c.workers;
-    so.backend = "cpu";
-    so.intra_frame_parallel = false;
+    ServerOptions so = LoopbackServerOptions(c);
     so.guard = i == 0;
     so.max_receive_message_bytes = 64u << 20;
     auto s = Server::Start(so);
