@@ -164,6 +164,13 @@ absl::Status DecodeFrame(const FrameInput& frame, const DecodeLimits& limits, Im
       return DecodeRaw(frame, limits, out);
     case PayloadKind::kEncoded:
       break;
+    case PayloadKind::kPicture:
+      if (!frame.picture) return absl::InternalError("video picture missing");
+      return frame.picture->ToBgr(out);
+    case PayloadKind::kVideoPacket:
+      return absl::InvalidArgumentError(
+          "frame carries a video_packet but the stream is not a video stream (set "
+          "StreamConfig.video, or send encoded or raw images)");
     default:
       return absl::InvalidArgumentError("frame has no payload (set encoded or raw)");
   }
@@ -224,6 +231,10 @@ uint64_t MaxEncodedBytes(uint64_t width, uint64_t height, int channels) {
 uint64_t EstimateFrameBytes(const FrameInput& frame, const DecodeLimits& limits) {
   uint64_t w = 0, h = 0;
   int channels = 3;
+  if (frame.kind == PayloadKind::kPicture && frame.picture) {
+    const uint64_t px = static_cast<uint64_t>(frame.picture->width()) * frame.picture->height();
+    return frame.picture->bytes() + px * 4 + 16384;  // + BGR copy + luma
+  }
   if (frame.kind == PayloadKind::kRaw) {
     w = frame.raw_width;
     h = frame.raw_height;

@@ -82,6 +82,12 @@ void AddPipelineFlags(CLI::App* cmd, ServeArgs* a) {
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}))
       ->capture_default_str();
   cmd->add_option("--device", o->device, "CUDA device index")->capture_default_str();
+  cmd->add_option("--video-decoder", o->video_decoder,
+                  "Where H.264/HEVC streams decode: auto (NVDEC when the CUDA backend is active "
+                  "and FFmpeg opens a CUDA device, else CPU), cpu, nvdec (try NVDEC; falls back "
+                  "to CPU with one log line)")
+      ->check(CLI::IsMember({"auto", "cpu", "nvdec"}))
+      ->capture_default_str();
   cmd->add_option("--max-in-flight", o->max_in_flight,
                   "Default per-stream window: frames admitted and not yet answered. A client "
                   "may ask for another value in StreamConfig, up to --max-stream-in-flight")

@@ -103,6 +103,13 @@ void AddSourceFlags(CLI::App* cmd, StreamArgs* a) {
               {"jpeg", Encoding::kJpeg}, {"png", Encoding::kPng}, {"raw", Encoding::kRaw}},
           CLI::ignore_case))
       ->default_str("jpeg");
+  cmd->add_option("--send", o->send_packets,
+                  "What a video input sends: images (each frame decoded here and re-encoded "
+                  "with --encode) or packets (the file's or camera's H.264/HEVC packets as they "
+                  "are: no decode, no re-encode; the server decodes)")
+      ->transform(CLI::CheckedTransformer(
+          std::map<std::string, bool>{{"images", false}, {"packets", true}}, CLI::ignore_case))
+      ->default_str("images");
   cmd->add_option("--jpeg-quality", o->jpeg_quality, "JPEG quality")->capture_default_str();
   cmd->add_option("--scene-length", o->scene_length, "Synthetic: frames per scene")
       ->capture_default_str();

@@ -109,6 +109,8 @@ std::string ReportJson(const ClientReport& r) {
       .Num("results", static_cast<double>(r.results))
       .Num("seconds", r.seconds)
       .Num("frames_per_second", r.frames_per_second)
+      .Num("bytes_per_frame", r.bytes_per_frame)
+      .Num("client_cpu_ms_per_frame", r.client_cpu_ms_per_frame)
       .Bool("ok", r.ok())
       .Obj("latency", std::move(latency))
       .Num("server_total_p99_ms", r.server_total_p99_ms)
@@ -159,6 +161,8 @@ std::string FormatReport(const ClientReport& r, int show) {
   }
   absl::StrAppend(&s, "status: ", statuses, "\n");
   absl::StrAppend(&s, absl::StrFormat("throughput: %.1f frames/s\n", r.frames_per_second));
+  absl::StrAppend(&s, absl::StrFormat("sent: %.0f bytes/frame   client CPU: %.2f ms/frame\n",
+                                      r.bytes_per_frame, r.client_cpu_ms_per_frame));
   absl::StrAppend(
       &s, absl::StrFormat("latency (send -> result): p50 %.2f ms  p90 %.2f ms  p99 %.2f ms  "
                           "p99.9 %.2f ms  max %.2f ms\n",

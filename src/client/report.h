@@ -40,6 +40,10 @@ struct ClientReport {
   int64_t results = 0;
   double seconds = 0;
   double frames_per_second = 0;
+  // What sending cost the client: payload bytes per frame sent (encoded image, raw pixels or
+  // video packet), and this process's CPU time (all threads: capture, encode, gRPC) per frame.
+  double bytes_per_frame = 0;
+  double client_cpu_ms_per_frame = 0;
   // End-to-end latency (client send -> result received), milliseconds.
   double p50_ms = 0, p90_ms = 0, p99_ms = 0, p999_ms = 0, max_ms = 0, mean_ms = 0;
   std::vector<double> latencies_ms;     // every result, in receive order (all streams)

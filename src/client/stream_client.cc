@@ -97,6 +97,7 @@ SourceOptions SourceOptionsOf(const StreamClientOptions& o) {
   so.encoding = o.encoding;
   so.jpeg_quality = o.jpeg_quality;
   so.keep_images = !o.overlay_path.empty();
+  so.send_packets = o.send_packets;
   return so;
 }
 
@@ -181,6 +182,11 @@ void Summarise(ClientTotals* sh, ClientReport* report) {
   }
   report->frames_per_second =
       report->seconds > 0 ? static_cast<double>(report->results) / report->seconds : 0;
+  if (report->frames_sent > 0) {
+    const double n = static_cast<double>(report->frames_sent);
+    report->bytes_per_frame = static_cast<double>(sh->payload_bytes.load()) / n;
+    report->client_cpu_ms_per_frame = (ProcessCpuSeconds() - sh->cpu_start_s) * 1000 / n;
+  }
   report->latencies_ms = std::move(sh->latencies_ms);
   report->latency_times_s = std::move(sh->latency_times_s);
   const auto& lat = report->latencies_ms;
@@ -209,6 +215,10 @@ absl::StatusOr<ClientReport> RunStreamClient(const StreamClientOptions& o) {
   PrimeProcessClocks();
   if (o.streams < 1) return absl::InvalidArgumentError("--streams must be at least 1");
   FP_RETURN_IF_ERROR(CheckOverlayPath(o.overlay_path));
+  if (o.send_packets && !o.overlay_path.empty()) {
+    return absl::InvalidArgumentError(
+        "--overlay draws on decoded frames; with --send packets the client decodes nothing");
+  }
   ClientTotals sh;
   sh.options = &o;
   FP_ASSIGN_OR_RETURN(sh.make_source, MakeSourceFactory(SourceOptionsOf(o)));
@@ -228,6 +238,7 @@ absl::StatusOr<ClientReport> RunStreamClient(const StreamClientOptions& o) {
   ClientReport report;
   report.streams.resize(static_cast<size_t>(o.streams));
   sh.start = Now();
+  sh.cpu_start_s = ProcessCpuSeconds();
   {
     ProgressLine progress(o, sh);
     auto stub = v1::FramePipeline::NewStub(channel);

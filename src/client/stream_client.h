@@ -31,6 +31,7 @@ struct StreamClientOptions {
   // else = a video file or camera URL read with OpenCV videoio (FFmpeg).
   std::string input;
   bool loop = false;         // video files: start over at the end
+  bool send_packets = false;  // video inputs: send the H.264/HEVC packets (StreamConfig.video)
   bool unpaced = false;      // video files: as fast as the server takes them, not at their rate
   std::string overlay_path;  // write the frames back with their results drawn (mp4)
   // StreamConfig (0 / empty = server default).

@@ -104,6 +104,13 @@ void StreamDriver::BuildConfig(v1::ProcessRequest* req) {
   cfg->set_overload(o_.drop_oldest ? v1::OVERLOAD_POLICY_DROP_OLDEST : v1::OVERLOAD_POLICY_BLOCK);
   cfg->set_frame_timeout_ms(o_.frame_timeout_ms);
   cfg->set_include_thumbnail(o_.include_thumbnail);
+  if (const VideoInfo* v = source_->video()) {
+    v1::VideoFormat* vf = cfg->mutable_video();
+    vf->set_codec(static_cast<v1::VideoCodec>(v->codec));
+    vf->set_extradata(v->extradata);
+    vf->set_time_base_num(static_cast<uint32_t>(std::max(v->time_base_num, 0)));
+    vf->set_time_base_den(static_cast<uint32_t>(std::max(v->time_base_den, 0)));
+  }
 }
 
 FrameSource::Next StreamDriver::NextFrame(v1::ProcessRequest* req, Attempt* waiter) {
@@ -137,7 +144,10 @@ FrameSource::Next StreamDriver::NextFrame(v1::ProcessRequest* req, Attempt* wait
   if (o_.send_capture_time) {
     fr->set_capture_time_us(f.capture_time_us ? f.capture_time_us : WallMicros());
   }
-  if (f.raw) {
+  if (f.video_packet) {
+    fr->set_video_packet(*f.payload);
+    fr->set_pts(f.pts);
+  } else if (f.raw) {
     v1::RawImage* raw = fr->mutable_raw();
     raw->set_width(static_cast<uint32_t>(f.width));
     raw->set_height(static_cast<uint32_t>(f.height));
@@ -147,6 +157,8 @@ FrameSource::Next StreamDriver::NextFrame(v1::ProcessRequest* req, Attempt* wait
     fr->set_encoded(*f.payload);
   }
   (*fr->mutable_tags())["frame"] = absl::StrCat(i);
+  sh_->payload_bytes.fetch_add(static_cast<int64_t>(f.payload->size()),
+                                   std::memory_order_relaxed);
   InFlight entry{i, Now().time_since_epoch().count(), {}};
   if (overlay_) entry.frame = std::move(f);
   std::lock_guard<std::mutex> l(mu_);

@@ -31,6 +31,7 @@ struct ClientTotals {
   const StreamClientOptions* options;
   std::function<std::unique_ptr<FrameSource>(int)> make_source;
   TimePoint start;
+  double cpu_start_s = 0;  // ProcessCpuSeconds() at start
   std::mutex mu;  // guards everything below
   std::vector<double> latencies_ms;
   std::vector<double> latency_times_s;
@@ -41,6 +42,7 @@ struct ClientTotals {
   std::vector<FrameResult> first_results;
   std::ofstream out;
   std::atomic<int64_t> received{0};
+  std::atomic<int64_t> payload_bytes{0};  // frame payloads sent (image bytes or video packets)
 };
 
 // Runs callbacks at given times, on one thread for the whole client (stream pacing, a slow

@@ -1,5 +1,7 @@
 #include "common/clock.h"
 
+#include <ctime>
+
 #include "absl/base/internal/sysinfo.h"
 
 namespace framepipe {
@@ -18,6 +20,12 @@ class RealTimeSource final : public TimeSource {
 const TimeSource* TimeSource::Real() {
   static const RealTimeSource* real = new RealTimeSource;  // never destroyed: used at exit
   return real;
+}
+
+double ProcessCpuSeconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
 }
 
 void PrimeProcessClocks() { (void)absl::base_internal::NominalCPUFrequency(); }

@@ -48,6 +48,9 @@ inline double SecondsBetween(TimePoint from, TimePoint to) {
 // calls this before it starts gRPC. Idempotent and thread-safe.
 void PrimeProcessClocks();
 
+// CPU time this process has used, all threads, in seconds.
+double ProcessCpuSeconds();
+
 // Wall clock in microseconds since the Unix epoch (the unit of capture_time_us).
 inline int64_t WallMicros() {
   return std::chrono::duration_cast<std::chrono::microseconds>(

@@ -4,6 +4,7 @@
 
 #include <array>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -35,7 +36,22 @@ FrameStatus FrameStatusFromCode(absl::StatusCode code);
 
 using Tags = std::vector<std::pair<std::string, std::string>>;
 
-enum class PayloadKind : uint8_t { kNone = 0, kEncoded = 1, kRaw = 2 };
+// kVideoPacket: one compressed access unit of a video stream (decoded by the stream's video
+// decoder, never by the decode stage). kPicture: a picture that decoder produced, waiting to be
+// converted to BGR by the decode stage.
+enum class PayloadKind : uint8_t { kNone = 0, kEncoded = 1, kRaw = 2, kVideoPacket = 3, kPicture = 4 };
+
+// A decoded video picture in the decoder's own format (YUV), converted to 8-bit BGR on a
+// pipeline worker. Implemented by analysis/video_decoder; immutable and shareable.
+class Picture {
+ public:
+  virtual ~Picture() = default;
+  virtual int width() const = 0;
+  virtual int height() const = 0;
+  // Bytes the picture holds (charged to the memory budget with its BGR copy).
+  virtual uint64_t bytes() const = 0;
+  virtual absl::Status ToBgr(Image* out) const = 0;
+};
 
 // One frame as received. `data` holds the encoded bytes (JPEG/PNG) or the raw pixels.
 struct FrameInput {
@@ -48,6 +64,9 @@ struct FrameInput {
   uint32_t raw_width = 0;
   uint32_t raw_height = 0;
   int raw_format_code = 0;
+  int64_t pts = 0;  // video packets: presentation time, echoed
+  std::shared_ptr<const Picture> picture;  // kPicture only
+  uint64_t order_key = 0;  // echoed in the result untouched (adapters such as VideoStream)
   Tags tags;
   // Set by the ingest when the frame is already known to be bad (tags over the limits, say):
   // the frame is admitted and answered in order with this error; no stage runs on it.
@@ -96,6 +115,8 @@ struct FrameResult {
   Enrichment enrichment;
   Timings timings;
   Tags tags;
+  int64_t pts = 0;
+  uint64_t order_key = 0;  // the FrameInput's, echoed
 };
 
 }  // namespace framepipe

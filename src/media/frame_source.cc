@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/clock.h"
 #include "common/status.h"
+#include "media/packet_source.h"
 #include "opencv2/core.hpp"
 #include "opencv2/imgcodecs.hpp"
 #include "opencv2/imgproc.hpp"
@@ -227,6 +228,13 @@ absl::StatusOr<std::function<std::unique_ptr<FrameSource>(int)>> MakeSourceFacto
     const SourceOptions& o) {
   namespace fs = std::filesystem;
   std::error_code ec;
+  if (o.send_packets) {
+    if (o.input.empty() || fs::is_directory(o.input, ec)) {
+      return absl::InvalidArgumentError(
+          "--send packets needs --input to be a video file or camera URL (H.264 or HEVC)");
+    }
+    return MakePacketSourceFactory(o);
+  }
   if (!o.input.empty() && !fs::is_directory(o.input, ec)) {
     // Each stream opens the video for itself (K streams = K cameras).
     FP_ASSIGN_OR_RETURN(std::unique_ptr<cv::VideoCapture> first, OpenVideo(o.input));

@@ -16,12 +16,25 @@
 namespace framepipe {
 
 struct SourceFrame {
-  std::shared_ptr<const std::string> payload;  // encoded image, or raw BGR8 pixels
+  // Encoded image, raw BGR8 pixels, or (video_packet) one compressed access unit.
+  std::shared_ptr<const std::string> payload;
   bool raw = false;
+  bool video_packet = false;
+  int64_t pts = 0;  // video packets: presentation time in VideoInfo's time base
   int width = 0;
   int height = 0;
   int64_t capture_time_us = 0;        // wall clock at capture; 0 = stamp when sent
   std::shared_ptr<const void> image;  // the captured BGR cv::Mat, kept for overlays
+};
+
+// What a packet source's stream config needs: the codec and its parameter sets.
+struct VideoInfo {
+  int codec = 0;  // framepipe.v1.VideoCodec: 1 = H264, 2 = HEVC
+  std::string codec_name;
+  std::string extradata;  // avcC/hvcC (MP4, MKV) or Annex-B parameter sets (TS), or empty
+  int time_base_num = 0, time_base_den = 0;
+  int width = 0, height = 0;
+  double fps = 0;
 };
 
 class FrameSource {
@@ -39,6 +52,8 @@ class FrameSource {
   // Frames the source discarded because the stream could not keep up (live cameras only).
   virtual int64_t dropped() const { return 0; }
   virtual double fps() const { return 0; }
+  // Packet sources: the video's format (sent in StreamConfig.video); null for image sources.
+  virtual const VideoInfo* video() const { return nullptr; }
 };
 
 struct SourceOptions {
@@ -51,6 +66,9 @@ struct SourceOptions {
   Encoding encoding = Encoding::kJpeg;
   int jpeg_quality = 90;
   bool keep_images = false;  // keep each captured image for overlays
+  // Video files and cameras: send the compressed packets as they are (libavformat demux, no
+  // decode, no re-encode) instead of decoded frames re-encoded as images. H.264/HEVC only.
+  bool send_packets = false;
 };
 
 // Checks the input (a clear error for a path that does not open or a codec that is missing)

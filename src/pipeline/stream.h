@@ -62,22 +62,33 @@ struct StreamCounters {
   uint32_t peak_outstanding = 0;
 };
 
-class Stream {
+// What a producer (the gRPC reactor) feeds: a pipeline Stream, or an adapter in front of one
+// (VideoStream decodes compressed video into pictures first). Same contract as Stream.
+class StreamHandle {
  public:
-  ~Stream();
+  virtual ~StreamHandle() = default;
+  virtual AdmitOutcome TryAdmit(FrameInput& frame, uint64_t cost_bytes) = 0;
+  virtual void Close() = 0;
+  virtual void Cancel() = 0;
+};
+
+class Stream final : public StreamHandle {
+ public:
+  ~Stream() override;
   Stream(const Stream&) = delete;
   Stream& operator=(const Stream&) = delete;
 
   // Non-blocking admission. `cost_bytes` is the frame's memory estimate, counted against the
   // pipeline's global byte budget until its result is delivered.
-  AdmitOutcome TryAdmit(FrameInput& frame, uint64_t cost_bytes = 0);
+  AdmitOutcome TryAdmit(FrameInput& frame, uint64_t cost_bytes) override;
+  AdmitOutcome TryAdmit(FrameInput& frame) { return TryAdmit(frame, 0); }
   // Blocking admission (in-process producers): waits for a credit. kClosed -> FailedPrecondition.
   absl::Status Submit(FrameInput frame, uint64_t cost_bytes = 0);
   // No more frames; the admitted ones finish, then on_complete runs.
-  void Close();
+  void Close() override;
   // Discards the stream: frames not yet delivered are dropped without results, their credits
   // return, and no callback runs after Cancel returns.
-  void Cancel();
+  void Cancel() override;
 
   const std::string& id() const;
   StreamCounters counters() const;

@@ -57,6 +57,9 @@ struct ServiceOptions {
   PeerLog* peer_log = nullptr;  // shared aggregated log (not owned); null: the service has its own
   std::string backend = "cpu";
   std::string version;
+  // Video streams decode on the GPU (NVDEC through FFmpeg); set by the server when the CUDA
+  // backend is active and FFmpeg could open a CUDA device.
+  bool video_hardware = false;
 };
 
 class ProcessReactor;

@@ -155,7 +155,7 @@ void ProcessReactor::EndInput(absl::Status status) {
 // Closes the pipeline stream once input has ended and no frame waits to be admitted; the
 // pipeline then answers what was admitted and calls on_complete.
 void ProcessReactor::CloseStreamIfEnding() {
-  Stream* s = nullptr;
+  StreamHandle* s = nullptr;
   {
     std::lock_guard<std::mutex> l(mu_);
     if (phase_ != Phase::kClosing || !stream_ || stream_closed_ || producer_busy_ || pending_) {
@@ -217,7 +217,7 @@ void ProcessReactor::OnComplete() {
 
 void ProcessReactor::CancelStream() {
   TsanScope tsan_scope(this);
-  Stream* s = nullptr;
+  StreamHandle* s = nullptr;
   {
     std::lock_guard<std::mutex> l(mu_);
     s = stream_.get();

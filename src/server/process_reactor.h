@@ -135,7 +135,7 @@ class ProcessReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
   bool producer_busy_ = false;           // a thread is inside stream_->TryAdmit or stream_->Close
   bool retry_admit_ = false;             // a credit came back while the producer was busy
   std::optional<PendingFrame> pending_;  // read, waiting for a credit (reads pause meanwhile)
-  std::unique_ptr<Stream> stream_;
+  std::unique_ptr<StreamHandle> stream_;  // a pipeline Stream, or a VideoStream in front of one
   bool stream_closed_ = false;
   bool stream_complete_ = false;
   // Input.

@@ -7,6 +7,7 @@
 #include "common/log.h"
 #include "common/status.h"
 #include "common/tsan.h"
+#include "pipeline/video_stream.h"
 #include "server/frame_service.h"
 #include "server/process_reactor.h"
 #include "server/proto_convert.h"
@@ -221,12 +222,25 @@ absl::Status ProcessReactor::OpenStream(const v1::StreamConfig* config) {
   o.max_in_flight = so.default_max_in_flight;
   o.id = id_;
   bool thumbnail = false;
-  if (config)
-    FP_RETURN_IF_ERROR(ApplyStreamConfig(*config, so.max_stream_in_flight, &o, &thumbnail));
+  std::optional<VideoFormatSpec> video;
+  if (config) {
+    FP_RETURN_IF_ERROR(
+        ApplyStreamConfig(*config, so.max_stream_in_flight, &o, &thumbnail, &video));
+  }
   o.on_result = [this](Delivery d) { OnResult(std::move(d)); };
   o.on_credit = [this] { AdmitPending(); };
   o.on_complete = [this] { OnComplete(); };
-  auto s = svc_->pipeline_->OpenStream(o);
+  absl::StatusOr<std::unique_ptr<StreamHandle>> s;
+  if (video) {
+    // A codec or extradata the decoder cannot use ends the call INVALID_ARGUMENT here.
+    VideoDecoderOptions vo;
+    vo.limits = so.limits;
+    vo.try_hardware = so.video_hardware;
+    FP_ASSIGN_OR_RETURN(std::unique_ptr<VideoDecoder> decoder, CreateVideoDecoder(*video, vo));
+    s = VideoStream::Open(*svc_->pipeline_, o, std::move(decoder), svc_->observer_);
+  } else {
+    s = svc_->pipeline_->OpenStream(o);
+  }
   if (!s.ok()) {
     return absl::UnavailableError(
         absl::StrCat("server cannot open a stream: ", s.status().message()));
@@ -253,7 +267,7 @@ void ProcessReactor::AdmitPending() {
   TsanScope tsan_scope(this);
   for (;;) {
     PendingFrame p;
-    Stream* stream;
+    StreamHandle* stream;
     {
       std::lock_guard<std::mutex> l(mu_);
       if (producer_busy_) {

@@ -10,6 +10,7 @@ FrameInput FromProto(pb::Frame* frame) {
   FrameInput in;
   in.seq = frame->seq();
   in.capture_time_us = frame->capture_time_us();
+  in.pts = frame->pts();
   switch (frame->payload_case()) {
     case pb::Frame::kEncoded:
       in.kind = PayloadKind::kEncoded;
@@ -24,6 +25,10 @@ FrameInput FromProto(pb::Frame* frame) {
       in.data.swap(*raw->mutable_data());
       break;
     }
+    case pb::Frame::kVideoPacket:
+      in.kind = PayloadKind::kVideoPacket;
+      in.data.swap(*frame->mutable_video_packet());
+      break;
     default:
       in.kind = PayloadKind::kNone;
       break;
@@ -59,6 +64,7 @@ void ToProto(const FrameResult& r, bool include_thumbnail, pb::FrameResult* out)
   out->set_status(ToProtoStatus(r.status));
   if (!r.error.empty()) out->set_error(r.error);
   out->set_capture_time_us(r.capture_time_us);
+  if (r.pts != 0) out->set_pts(r.pts);
   if (r.status == FrameStatus::kOk) {
     pb::Analysis* a = out->mutable_analysis();
     a->set_width(r.analysis.width);
@@ -101,6 +107,7 @@ FrameResult FromProto(const pb::FrameResult& in) {
   r.status = FromProtoStatus(in.status());
   r.error = in.error();
   r.capture_time_us = in.capture_time_us();
+  r.pts = in.pts();
   const pb::Analysis& a = in.analysis();
   r.analysis.width = a.width();
   r.analysis.height = a.height();

@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "analysis/analyzer_factory.h"
+#include "analysis/video_decoder.h"
 #include "common/log.h"
 #include "common/secrets.h"
 #include "common/status.h"
@@ -72,6 +73,7 @@ void SetServing(grpc::Server* s, bool serving) {
 struct Server::Impl {
   ServerOptions options;
   BackendChoice backend;
+  std::string video_device = "cpu";  // where video streams decode: "cpu" | "nvdec"
   std::unique_ptr<PeerLog> peer_log;  // shared by the front doors and the service
   std::unique_ptr<Metrics> metrics;   // outlives the pipeline and the service
   std::unique_ptr<Pipeline> pipeline;
@@ -233,6 +235,7 @@ void Server::Impl::LogStarted(int workers) const {
       .Add("port", port)
       .Add("backend", backend.name)
       .Add("backend_detail", backend.detail)
+      .Add("video_decoder", video_device)
       .Add("tls", !options.security.tls_cert.empty())
       .Add("mtls", !options.security.tls_client_ca.empty())
       .Add("auth", !options.security.auth_token_file.empty())
@@ -299,6 +302,18 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   svc.first_read_bytes = std::min<uint64_t>(options.max_receive_message_bytes, memory / 16);
   svc.backend = impl->backend.name;
   svc.version = kVersion;
+  if (options.video_decoder == "nvdec" ||
+      (options.video_decoder == "auto" && impl->backend.name == "cuda")) {
+    const std::string why_not = PrepareHardwareVideoDecoding();
+    svc.video_hardware = why_not.empty();
+    if (!why_not.empty()) {
+      LogLine("video_decoder_fallback").Add("device", "cpu").Add("reason", why_not).Emit();
+    }
+  } else if (options.video_decoder != "auto" && options.video_decoder != "cpu") {
+    return absl::InvalidArgumentError(absl::StrCat("--video-decoder must be auto, cpu or nvdec, not '",
+                                                   options.video_decoder, "'"));
+  }
+  impl->video_device = svc.video_hardware ? "nvdec" : "cpu";
   svc.peer_log = impl->peer_log.get();
   if (impl->front_door) {
     FrontDoor* fd = impl->front_door.get();

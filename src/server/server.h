@@ -56,6 +56,10 @@ struct ServerOptions {
   std::chrono::milliseconds idle_timeout{60000};         // a stream silent this long ends (0=off)
   bool intra_frame_parallel = true;
   DecodeLimits limits;
+  // Where video streams decode: "auto" (NVDEC when the CUDA backend is active and FFmpeg can open
+  // a CUDA device, else the CPU), "cpu", or "nvdec" (try NVDEC whatever the analysis backend).
+  // A failed NVDEC attempt falls back to the CPU with one log line (video_decoder_fallback).
+  std::string video_decoder = "auto";
   EnrichConfig enrich;
   // The clock of stream timeouts (first frame, idle), frame deadlines and the drain; tests pass a
   // fake one and move it. The front door's connection limits keep the real clock.

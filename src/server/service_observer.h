@@ -5,6 +5,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "pipeline/video_stream.h"
+
 namespace framepipe {
 
 // Why a Process call was refused before it could open a stream.
@@ -15,9 +17,10 @@ const char* StreamRefusalLabel(StreamRefusal r);  // "max_streams", "peer_limit"
 enum class StreamExpiry { kFirstFrame, kIdle, kCount };
 const char* StreamExpiryLabel(StreamExpiry e);  // "first_frame", "idle"
 
-class ServiceObserver {
+// Also the video decoders' hooks (VideoObserver: decode time, pictures, errors per codec).
+class ServiceObserver : public VideoObserver {
  public:
-  virtual ~ServiceObserver() = default;
+  ~ServiceObserver() override = default;
   virtual void OnStreamOpened() {}
   virtual void OnStreamClosed() {}
   virtual void OnStreamRejected(StreamRefusal /*why*/) {}

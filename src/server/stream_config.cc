@@ -3,11 +3,13 @@
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
+#include "common/status.h"
 
 namespace framepipe {
 
 absl::Status ApplyStreamConfig(const v1::StreamConfig& config, uint32_t max_stream_in_flight,
-                               StreamOptions* o, bool* include_thumbnail) {
+                               StreamOptions* o, bool* include_thumbnail,
+                               std::optional<VideoFormatSpec>* video) {
   if (config.stream_id().size() > 256) {
     return absl::InvalidArgumentError("StreamConfig.stream_id is longer than 256 bytes");
   }
@@ -33,6 +35,30 @@ absl::Status ApplyStreamConfig(const v1::StreamConfig& config, uint32_t max_stre
   }
   o->frame_timeout = std::chrono::milliseconds(config.frame_timeout_ms());
   *include_thumbnail = config.include_thumbnail();
+  if (config.has_video()) {
+    const v1::VideoFormat& v = config.video();
+    VideoFormatSpec spec;
+    switch (v.codec()) {
+      case v1::VIDEO_CODEC_H264:
+        spec.codec = VideoCodecId::kH264;
+        break;
+      case v1::VIDEO_CODEC_HEVC:
+        spec.codec = VideoCodecId::kHevc;
+        break;
+      default:
+        return absl::InvalidArgumentError(absl::StrCat(
+            "StreamConfig.video.codec ", static_cast<int>(v.codec()),
+            " is not supported (expected VIDEO_CODEC_H264=1 or VIDEO_CODEC_HEVC=2)"));
+    }
+    if (v.extradata().size() > (1u << 20)) {
+      return absl::InvalidArgumentError(absl::StrCat("StreamConfig.video.extradata is ",
+                                                     v.extradata().size(),
+                                                     " bytes, over the limit of 1 MiB"));
+    }
+    spec.extradata = v.extradata();
+    FP_RETURN_IF_ERROR(NalLengthSize(spec).status());
+    *video = std::move(spec);
+  }
   return absl::OkStatus();
 }
 

@@ -338,6 +338,7 @@ void Core::Finish(Job& j) {
   j.ctx.image = Image();
   j.ctx.luma = Image();
   std::string().swap(j.ctx.input.data);
+  j.ctx.input.picture.reset();
   j.stream->OnJobDone(j);
 }
 

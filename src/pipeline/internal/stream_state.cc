@@ -34,13 +34,18 @@ struct CallbackScope {
   }
 };
 
-void FreePayload(Job& job) { std::string().swap(job.ctx.input.data); }
+void FreePayload(Job& job) {
+  std::string().swap(job.ctx.input.data);
+  job.ctx.input.picture.reset();
+}
 
 // What every result echoes of its frame, whoever answers it (a worker, the deadline timer, an
 // overload drop): seq, capture time and tags.
 void EchoFrame(const FrameInput& in, FrameResult* r) {
   r->seq = in.seq;
   r->capture_time_us = in.capture_time_us;
+  r->pts = in.pts;
+  r->order_key = in.order_key;
   r->tags = in.tags;
 }
 // The same, when the frame is done with: its tags are moved, not copied.

@@ -1,0 +1,90 @@
+// Compressed video decoding (H.264, HEVC) for video streams: one decoder per stream, fed one
+// access unit at a time in decode order, serial (no frame threading). Pictures come out in
+// display order, each naming the packet that carried it. The FFmpeg (libavcodec) implementation
+// is behind CreateVideoDecoder; this header has no FFmpeg types so the pipeline and tests can
+// use fakes.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "analysis/decoder.h"
+#include "common/frame.h"
+
+namespace framepipe {
+
+enum class VideoCodecId { kH264, kHevc };
+const char* VideoCodecName(VideoCodecId codec);  // "h264" | "hevc"
+
+struct VideoFormatSpec {
+  VideoCodecId codec = VideoCodecId::kH264;
+  // avcC/hvcC record (packets are length-prefixed NAL units), Annex-B parameter sets, or empty
+  // (Annex-B packets with in-band parameter sets).
+  std::string extradata;
+};
+
+struct VideoPacket {
+  uint64_t id = 0;  // the caller's name for the packet; comes back with its picture
+  std::string_view data;
+  int64_t pts = 0;
+};
+
+struct DecodedPicture {
+  uint64_t packet_id = 0;
+  int64_t pts = 0;
+  std::shared_ptr<const Picture> picture;
+  // Non-OK when the decoder reported damage in this picture (concealed errors, missing
+  // references): the picture is not analysed, its packet is answered with this error.
+  absl::Status damage;
+};
+
+class VideoDecoder {
+ public:
+  virtual ~VideoDecoder() = default;
+  // Whether `packet` can start decoding on its own (H.264 IDR, HEVC IRAP).
+  virtual bool IsKeyframe(std::string_view packet) const = 0;
+  // Decodes one access unit and appends the pictures that came out (display order; possibly
+  // none, possibly earlier packets' pictures). An error: the decoder rejected this packet.
+  virtual absl::Status Decode(const VideoPacket& packet, std::vector<DecodedPicture>* out) = 0;
+  // End of stream: appends every picture the decoder still holds.
+  virtual void Flush(std::vector<DecodedPicture>* out) = 0;
+  // The most pictures the codec may hold back before output (reorder delay); 16 for H.264/HEVC
+  // until the decoder knows better.
+  virtual int MaxDelay() const = 0;
+  virtual VideoCodecId codec() const = 0;
+  // "cpu", or "nvdec" when the hardware decoder is in use.
+  virtual const char* device() const { return "cpu"; }
+};
+
+// The largest reorder delay H.264 and HEVC allow (a decoded picture buffer of 16 frames).
+inline constexpr int kMaxVideoReorderDelay = 16;
+
+// Finds the NAL units of a packet: length-prefixed (`length_size` 1..4) or Annex-B (0).
+// Calls fn(type_byte_pointer, size) for each; returns false if the framing is broken.
+bool ForEachNal(std::string_view packet, int length_size,
+                const std::function<void(const uint8_t*, size_t)>& fn);
+
+// Reads the packet framing from extradata: 1..4 for avcC/hvcC, 0 for Annex-B or empty;
+// InvalidArgument if it is neither.
+absl::StatusOr<int> NalLengthSize(const VideoFormatSpec& format);
+
+// Whether the CUDA hardware decoder (NVDEC through FFmpeg) should be tried for new decoders.
+// Returns the reason it cannot be used when it is not available ("" = available).
+std::string PrepareHardwareVideoDecoding();
+
+struct VideoDecoderOptions {
+  DecodeLimits limits;
+  bool try_hardware = false;  // NVDEC through FFmpeg when PrepareHardwareVideoDecoding allowed it
+};
+
+// libavcodec decoder. InvalidArgument (naming what is wrong) for an unsupported codec or
+// unusable extradata.
+absl::StatusOr<std::unique_ptr<VideoDecoder>> CreateVideoDecoder(const VideoFormatSpec& format,
+                                                                 const VideoDecoderOptions& options);
+
+}  // namespace framepipe

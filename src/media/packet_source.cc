@@ -1,0 +1,257 @@
+#include "media/packet_source.h"
+
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <filesystem>
+#include <mutex>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "common/clock.h"
+#include "common/status.h"
+
+extern "C" {
+#include <libavcodec/avcodec.h>
+#include <libavformat/avformat.h>
+#include <libavutil/error.h>
+}
+
+namespace framepipe {
+namespace {
+
+std::string AvError(int err) {
+  char buf[AV_ERROR_MAX_STRING_SIZE] = {};
+  av_strerror(err, buf, sizeof(buf));
+  return buf;
+}
+
+bool IsLiveUrl(const std::string& input) {
+  return input.find("://") != std::string::npos || input.rfind("/dev/video", 0) == 0;
+}
+
+struct InputFree {
+  void operator()(AVFormatContext* f) const { avformat_close_input(&f); }
+};
+using InputPtr = std::unique_ptr<AVFormatContext, InputFree>;
+
+struct Demuxer {
+  InputPtr input;
+  int stream = -1;
+  VideoInfo info;
+};
+
+absl::StatusOr<Demuxer> OpenDemuxer(const std::string& url) {
+  if (!IsLiveUrl(url) && !std::filesystem::exists(url)) {
+    return absl::InvalidArgumentError(absl::StrCat("--input '", url, "' does not exist"));
+  }
+  AVDictionary* opts = nullptr;
+  if (url.rfind("rtsp://", 0) == 0) av_dict_set(&opts, "rtsp_transport", "tcp", 0);
+  AVFormatContext* raw = nullptr;
+  int err = avformat_open_input(&raw, url.c_str(), nullptr, &opts);
+  av_dict_free(&opts);
+  if (err < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot open '", url, "' for --send packets: ", AvError(err)));
+  }
+  Demuxer d;
+  d.input.reset(raw);
+  err = avformat_find_stream_info(raw, nullptr);
+  if (err < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot read the streams of '", url, "': ", AvError(err)));
+  }
+  d.stream = av_find_best_stream(raw, AVMEDIA_TYPE_VIDEO, -1, -1, nullptr, 0);
+  if (d.stream < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("'", url, "' has no video stream"));
+  }
+  const AVStream* st = raw->streams[d.stream];
+  const AVCodecParameters* par = st->codecpar;
+  if (par->codec_id == AV_CODEC_ID_H264) {
+    d.info.codec = 1;
+  } else if (par->codec_id == AV_CODEC_ID_HEVC) {
+    d.info.codec = 2;
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--send packets sends H.264 or HEVC video; '", url, "' is ",
+                     avcodec_get_name(par->codec_id),
+                     ": use --send images (decoded and re-encoded as JPEG on the client)"));
+  }
+  d.info.codec_name = avcodec_get_name(par->codec_id);
+  if (par->extradata && par->extradata_size > 0) {
+    d.info.extradata.assign(reinterpret_cast<const char*>(par->extradata),
+                            static_cast<size_t>(par->extradata_size));
+  }
+  d.info.time_base_num = st->time_base.num;
+  d.info.time_base_den = st->time_base.den;
+  d.info.width = par->width;
+  d.info.height = par->height;
+  const AVRational rate = st->avg_frame_rate.num > 0 ? st->avg_frame_rate : st->r_frame_rate;
+  if (rate.num > 0 && rate.den > 0) d.info.fps = av_q2d(rate);
+  if (!(d.info.fps > 0 && d.info.fps < 1000)) d.info.fps = 0;
+  return d;
+}
+
+// Reads packets on a thread of its own, a few ahead, at the video's frame rate (or --fps, or
+// unpaced). Files wait for the stream; a live camera keeps being read, and when the stream
+// falls behind it skips to the next keyframe (a lost packet would break the ones after it).
+class PacketSource : public FrameSource {
+ public:
+  PacketSource(const SourceOptions& o, Demuxer d)
+      : o_(o), live_(IsLiveUrl(o.input)), d_(std::move(d)) {
+    thread_ = std::thread([this] { Demux(); });
+  }
+  ~PacketSource() override {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      exit_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+
+  Next TryNext(SourceFrame* out) override {
+    std::lock_guard<std::mutex> l(mu_);
+    if (!queue_.empty()) {
+      *out = std::move(queue_.front());
+      queue_.pop_front();
+      cv_.notify_all();
+      return Next::kFrame;
+    }
+    if (ended_) return Next::kEnd;
+    waiting_ = true;
+    return Next::kNotReady;
+  }
+  void OnReady(std::function<void()> fn) override {
+    std::lock_guard<std::mutex> l(mu_);
+    ready_ = std::move(fn);
+  }
+  bool paces_itself() const override { return true; }
+  bool live() const override { return live_; }
+  int64_t dropped() const override { return dropped_.load(); }
+  double fps() const override { return o_.fps > 0 ? o_.fps : d_.info.fps; }
+  const VideoInfo* video() const override { return &d_.info; }
+
+ private:
+  void Demux() {
+    const double pace = o_.unpaced && !live_ ? 0 : fps();
+    const auto period = pace > 0 ? std::chrono::nanoseconds(static_cast<int64_t>(1e9 / pace))
+                                 : std::chrono::nanoseconds(0);
+    TimePoint next = Now();
+    int64_t produced = 0;
+    int64_t counter = 0;
+    int64_t pts_offset = 0, pts_end = 0;  // --loop: pts keep increasing across passes
+    bool skipping = false;                // live: skipping to the next keyframe
+    AVPacket* pkt = av_packet_alloc();
+    while (pkt) {
+      if (o_.frames > 0 && produced >= o_.frames) break;
+      const int err = av_read_frame(d_.input.get(), pkt);
+      if (err < 0) {
+        if (live_ || !o_.loop || produced == 0) break;
+        if (av_seek_frame(d_.input.get(), d_.stream, 0, AVSEEK_FLAG_BACKWARD) < 0) break;
+        pts_offset = pts_end;
+        continue;
+      }
+      if (pkt->stream_index != d_.stream || pkt->size <= 0) {
+        av_packet_unref(pkt);
+        continue;
+      }
+      if (!live_ && period.count() > 0) {
+        std::this_thread::sleep_until(next);
+        next += period;
+      }
+      SourceFrame f;
+      f.video_packet = true;
+      f.capture_time_us = WallMicros();
+      const int64_t ts = pkt->pts != AV_NOPTS_VALUE ? pkt->pts
+                         : pkt->dts != AV_NOPTS_VALUE ? pkt->dts
+                                                      : counter;
+      ++counter;
+      f.pts = ts + pts_offset;
+      pts_end = std::max(pts_end, f.pts + std::max<int64_t>(pkt->duration, 1));
+      f.payload = std::make_shared<const std::string>(reinterpret_cast<const char*>(pkt->data),
+                                                      static_cast<size_t>(pkt->size));
+      f.width = d_.info.width;
+      f.height = d_.info.height;
+      const bool key = (pkt->flags & AV_PKT_FLAG_KEY) != 0;
+      av_packet_unref(pkt);
+      std::function<void()> ready;
+      {
+        std::unique_lock<std::mutex> l(mu_);
+        if (live_) {
+          if (skipping && !key) {
+            ++dropped_;
+            continue;
+          }
+          skipping = false;
+          if (queue_.size() >= kAhead) {
+            skipping = true;  // behind: this packet and the rest of its GOP are dropped
+            ++dropped_;
+            continue;
+          }
+        } else {
+          cv_.wait(l, [&] { return exit_ || queue_.size() < kAhead; });
+        }
+        if (exit_) break;
+        queue_.push_back(std::move(f));
+        ++produced;
+        if (waiting_) {
+          waiting_ = false;
+          ready = ready_;
+        }
+      }
+      if (ready) ready();
+    }
+    av_packet_free(&pkt);
+    std::function<void()> ready;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      ended_ = true;
+      if (waiting_) {
+        waiting_ = false;
+        ready = ready_;
+      }
+    }
+    if (ready) ready();
+  }
+
+  static constexpr size_t kAhead = 8;
+  const SourceOptions o_;
+  const bool live_;
+  Demuxer d_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<SourceFrame> queue_;
+  bool waiting_ = false;
+  bool ended_ = false;
+  bool exit_ = false;
+  std::function<void()> ready_;
+  std::atomic<int64_t> dropped_{0};
+  std::thread thread_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::function<std::unique_ptr<FrameSource>(int)>> MakePacketSourceFactory(
+    const SourceOptions& o) {
+  av_log_set_level(AV_LOG_ERROR);
+  FP_ASSIGN_OR_RETURN(Demuxer first, OpenDemuxer(o.input));
+  auto spare = std::make_shared<std::unique_ptr<Demuxer>>(std::make_unique<Demuxer>(std::move(first)));
+  auto mu = std::make_shared<std::mutex>();
+  return std::function<std::unique_ptr<FrameSource>(int)>(
+      [o, spare, mu](int) -> std::unique_ptr<FrameSource> {
+        std::unique_ptr<Demuxer> d;
+        {
+          std::lock_guard<std::mutex> l(*mu);
+          d = std::move(*spare);
+        }
+        if (!d) {
+          auto again = OpenDemuxer(o.input);
+          if (!again.ok()) return nullptr;
+          d = std::make_unique<Demuxer>(std::move(again).value());
+        }
+        return std::make_unique<PacketSource>(o, std::move(*d));
+      });
+}
+
+}  // namespace framepipe
