@@ -5,6 +5,7 @@
 
 #include <set>
 
+#include "analysis/video_decoder.h"
 #include "client/health_probe.h"
 #include "fake_clock.h"
 #include "google/protobuf/descriptor.h"
@@ -13,6 +14,7 @@
 #include "google/protobuf/unknown_field_set.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "test_server.h"
+#include "video_fixture.h"
 
 namespace framepipe {
 namespace {
@@ -626,6 +628,210 @@ TEST(ServiceTest, ReflectionServesTheContractSoGrpcurlCanCallIt) {
   const gp::Descriptor* d = reply->GetDescriptor();
   EXPECT_EQ(r->GetUInt64(*reply, d->FindFieldByName("frames_ok")), 1u);
   EXPECT_EQ(r->GetString(*reply, d->FindFieldByName("backend")), "cpu");
+}
+
+
+// ---- Compressed video over gRPC ------------------------------------------------------------------
+
+pb::ProcessRequest VideoConfig(pb::VideoCodec codec, const std::string& extradata,
+                               uint32_t max_in_flight = 4) {
+  pb::ProcessRequest r = ConfigMsg(max_in_flight);
+  r.mutable_config()->mutable_video()->set_codec(codec);
+  r.mutable_config()->mutable_video()->set_extradata(extradata);
+  return r;
+}
+
+pb::ProcessRequest PacketMsg(uint64_t seq, const EncodedPacket& p) {
+  pb::ProcessRequest r;
+  r.mutable_frame()->set_seq(seq);
+  r.mutable_frame()->set_pts(p.pts);
+  r.mutable_frame()->set_video_packet(p.data);
+  (*r.mutable_frame()->mutable_tags())["n"] = std::to_string(seq);
+  return r;
+}
+
+const EncodedClip& H264Clip() {
+  static const EncodedClip* clip =
+      new EncodedClip(EncodeClip("libx264", 192, 108, 60, 24, 3, false));
+  return *clip;
+}
+
+TEST(ServiceVideoTest, ConcurrentVideoStreamsAreAnsweredPerPacketInSendOrder) {
+  ServerOptions o;
+  o.wrap_stages = WrapAnalyse(3000);
+  auto server = StartTestServer(o);
+  ASSERT_TRUE(server);
+  const EncodedClip annexb_extradata = EncodeClip("libx264", 160, 96, 40, 20, 2, true);
+  const EncodedClip hevc = EncodeClip("libx265", 160, 96, 40, 20, 3, false);
+  ASSERT_TRUE(H264Clip().error.empty() && annexb_extradata.error.empty() && hevc.error.empty());
+  struct Case {
+    pb::VideoCodec codec;
+    const EncodedClip* clip;
+    uint32_t window;
+  };
+  const std::vector<Case> cases = {{pb::VIDEO_CODEC_H264, &H264Clip(), 1},
+                                   {pb::VIDEO_CODEC_H264, &annexb_extradata, 3},
+                                   {pb::VIDEO_CODEC_HEVC, &hevc, 8}};
+  std::vector<std::thread> threads;
+  for (const Case& c : cases) {
+    threads.emplace_back([&server, c] {
+      Call call(Channel(*server));
+      ASSERT_TRUE(call.Write(VideoConfig(c.codec, c.clip->extradata, c.window)));
+      std::thread writer([&] {
+        for (size_t i = 0; i < c.clip->packets.size(); ++i) {
+          ASSERT_TRUE(call.Write(PacketMsg(10 + 2 * i, c.clip->packets[i])));
+        }
+        call.WritesDone();
+      });
+      auto got = call.ReadAll();
+      writer.join();
+      EXPECT_TRUE(call.Finish().ok());
+      ASSERT_EQ(got.size(), c.clip->packets.size());
+      for (size_t i = 0; i < got.size(); ++i) {
+        EXPECT_EQ(got[i].seq(), 10 + 2 * i);
+        EXPECT_EQ(got[i].pts(), c.clip->packets[i].pts);
+        EXPECT_EQ(got[i].status(), pb::FRAME_STATUS_OK) << got[i].error();
+        EXPECT_EQ(TagOf(got[i], "n"), std::to_string(10 + 2 * i));
+        EXPECT_EQ(got[i].analysis().width(), c.clip == &H264Clip() ? 192u : 160u);
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_TRUE(WaitForStats(*server, [](const pb::Stats& s) {
+    return s.in_flight() == 0 && s.active_streams() == 0 && s.frames_in() == s.frames_out();
+  }));
+}
+
+TEST(ServiceVideoTest, VideoConfigAndPayloadMixupsAreInvalidArgument) {
+  auto server = StartTestServer({});
+  ASSERT_TRUE(server);
+  const EncodedClip& clip = H264Clip();
+  {
+    Call call(Channel(*server));
+    call.Write(VideoConfig(static_cast<pb::VideoCodec>(7), ""));
+    call.WritesDone();
+    EXPECT_TRUE(call.ReadAll().empty());
+    grpc::Status st = call.Finish();
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_NE(st.error_message().find("codec 7 is not supported"), std::string::npos)
+        << st.error_message();
+  }
+  {
+    Call call(Channel(*server));
+    call.Write(VideoConfig(pb::VIDEO_CODEC_HEVC, "\x05not a record"));
+    call.WritesDone();
+    grpc::Status st = call.Finish();
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_NE(st.error_message().find("neither an hvcC record nor Annex-B"), std::string::npos)
+        << st.error_message();
+  }
+  {
+    // An image in a video stream, then a packet before any keyframe: per-frame errors, and the
+    // stream goes on to decode everything from its keyframe.
+    Call call(Channel(*server));
+    ASSERT_TRUE(call.Write(VideoConfig(pb::VIDEO_CODEC_H264, "")));
+    ASSERT_TRUE(call.Write(JpegFrame(1)));
+    ASSERT_TRUE(call.Write(PacketMsg(2, clip.packets[3])));
+    for (size_t i = 0; i < clip.packets.size(); ++i) {
+      ASSERT_TRUE(call.Write(PacketMsg(3 + i, clip.packets[i])));
+    }
+    call.WritesDone();
+    auto got = call.ReadAll();
+    EXPECT_TRUE(call.Finish().ok());
+    ASSERT_EQ(got.size(), clip.packets.size() + 2);
+    EXPECT_EQ(got[0].status(), pb::FRAME_STATUS_INVALID_ARGUMENT);
+    EXPECT_NE(got[0].error().find("frame seq=1: frame carries an image"), std::string::npos)
+        << got[0].error();
+    EXPECT_EQ(got[1].status(), pb::FRAME_STATUS_INVALID_ARGUMENT);
+    EXPECT_NE(got[1].error().find("before the stream's first keyframe"), std::string::npos)
+        << got[1].error();
+    EXPECT_EQ(got[1].pts(), clip.packets[3].pts);
+    for (size_t i = 2; i < got.size(); ++i) {
+      EXPECT_EQ(got[i].status(), pb::FRAME_STATUS_OK) << got[i].error();
+    }
+  }
+  {
+    // A packet in an image stream.
+    Call call(Channel(*server));
+    ASSERT_TRUE(call.Write(JpegFrame(1)));
+    ASSERT_TRUE(call.Write(PacketMsg(2, clip.packets[0])));
+    ASSERT_TRUE(call.Write(JpegFrame(3)));
+    call.WritesDone();
+    auto got = call.ReadAll();
+    EXPECT_TRUE(call.Finish().ok());
+    ASSERT_EQ(got.size(), 3u);
+    EXPECT_EQ(got[0].status(), pb::FRAME_STATUS_OK);
+    EXPECT_EQ(got[1].status(), pb::FRAME_STATUS_INVALID_ARGUMENT);
+    EXPECT_NE(got[1].error().find("not a video stream"), std::string::npos) << got[1].error();
+    EXPECT_EQ(got[2].status(), pb::FRAME_STATUS_OK);
+  }
+}
+
+// The decoder holds B-frame pictures back: a cancel then finds pictures in the decoder, in the
+// pipeline and in the send-order buffer at once.
+TEST(ServiceVideoTest, CancelWithPicturesHeldInTheDecoderFreesEverything) {
+  ServerOptions o;
+  o.wrap_stages = WrapAnalyse(20000);
+  auto server = StartTestServer(o);
+  ASSERT_TRUE(server);
+  const EncodedClip& clip = H264Clip();
+  for (int round = 0; round < 3; ++round) {
+    Call call(Channel(*server));
+    ASSERT_TRUE(call.Write(VideoConfig(pb::VIDEO_CODEC_H264, "", 2)));
+    for (size_t i = 0; i < 12; ++i) ASSERT_TRUE(call.Write(PacketMsg(1 + i, clip.packets[i])));
+    pb::FrameResult r;
+    ASSERT_TRUE(call.Read(&r));
+    EXPECT_EQ(r.seq(), 1u);
+    call.Cancel();
+    EXPECT_EQ(call.Finish().error_code(), grpc::StatusCode::CANCELLED);
+  }
+  EXPECT_TRUE(WaitForStats(
+      *server, [](const pb::Stats& s) { return s.in_flight() == 0 && s.active_streams() == 0; }));
+}
+
+// A drain closes the stream's input: the decoder is flushed, so packets whose pictures it still
+// held are answered too.
+TEST(ServiceVideoTest, DrainFlushesTheDecoderAndAnswersEveryPacket) {
+  Gate release;
+  Counter held;
+  ServerOptions o;
+  o.drain_timeout = std::chrono::seconds(30);
+  o.wrap_stages = WrapAnalyse(0, [&](FrameContext& ctx) {
+    if (ctx.input.seq == 1) {
+      held.Add();
+      release.Wait();
+    }
+  });
+  auto server = StartTestServer(o);
+  ASSERT_TRUE(server);
+  const EncodedClip& clip = H264Clip();
+  constexpr size_t kPackets = 14;
+  // Pictures a decoder gives out for these packets before it is flushed.
+  auto dec = CreateVideoDecoder(VideoFormatSpec{VideoCodecId::kH264, ""}, {}).value();
+  std::vector<DecodedPicture> before_flush;
+  for (size_t i = 0; i < kPackets; ++i) {
+    ASSERT_TRUE(dec->Decode({i, clip.packets[i].data, clip.packets[i].pts}, &before_flush).ok());
+  }
+  ASSERT_LT(before_flush.size(), kPackets) << "the clip's B-frames keep pictures in the decoder";
+  Call call(Channel(*server));
+  ASSERT_TRUE(call.Write(VideoConfig(pb::VIDEO_CODEC_H264, "", 32)));
+  for (size_t i = 0; i < kPackets; ++i) ASSERT_TRUE(call.Write(PacketMsg(1 + i, clip.packets[i])));
+  ASSERT_TRUE(held.WaitAtLeast(1));
+  const uint64_t want = before_flush.size();
+  ASSERT_TRUE(WaitForStats(*server, [want](const pb::Stats& s) { return s.frames_in() == want; }));
+  std::thread stopper([&] { EXPECT_TRUE(server->Shutdown()); });
+  release.Open();
+  auto got = call.ReadAll();
+  grpc::Status st = call.Finish();
+  stopper.join();
+  ASSERT_EQ(got.size(), kPackets) << "every packet is answered";
+  for (size_t i = 0; i < kPackets; ++i) {
+    EXPECT_EQ(got[i].seq(), i + 1);
+    EXPECT_EQ(got[i].status(), pb::FRAME_STATUS_OK) << got[i].error();
+  }
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_NE(st.error_message().find("every admitted frame was answered"), std::string::npos)
+      << st.error_message();
 }
 
 }  // namespace

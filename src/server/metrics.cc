@@ -112,6 +112,7 @@ Metrics::Metrics(std::string version, std::string backend, int workers)
   for (auto& h : stages_) h = std::make_unique<AtomicHistogram>(LatencyBuckets());
   reorder_depth_at_insert_ = std::make_unique<AtomicHistogram>(DepthBuckets());
   capture_lag_ = std::make_unique<AtomicHistogram>(LagBuckets());
+  for (auto& h : video_decode_) h = std::make_unique<AtomicHistogram>(LatencyBuckets());
   busy_thread_ = std::thread([this] { BusyLoop(); });
 }
 
@@ -230,6 +231,16 @@ void Metrics::OnResultsDiscarded(uint64_t results) {
   dropped_[static_cast<int>(DropReason::kClientGone)].fetch_add(results, std::memory_order_relaxed);
 }
 
+void Metrics::OnVideoDecoded(VideoCodecId codec, double seconds, int pictures) {
+  const int c = static_cast<int>(codec);
+  video_decode_[c]->Observe(seconds);
+  video_pictures_[c].fetch_add(static_cast<uint64_t>(pictures), std::memory_order_relaxed);
+}
+
+void Metrics::OnVideoError(VideoCodecId codec) {
+  video_errors_[static_cast<int>(codec)].fetch_add(1, std::memory_order_relaxed);
+}
+
 // Builds the families of one scrape: one call per metric, labelled ones from a value per label.
 class MetricFamilies {
  public:
@@ -275,7 +286,29 @@ std::vector<prometheus::MetricFamily> Metrics::Collect() const {
   CollectStreams(&f);
   CollectProcess(&f);
   CollectFrontDoor(&f);
+  CollectVideo(&f);
   return std::move(f.out());
+}
+
+void Metrics::CollectVideo(MetricFamilies* f) const {
+  using T = prometheus::MetricType;
+  auto codec = [](int i) { return VideoCodecName(static_cast<VideoCodecId>(i)); };
+  auto decode = Family("framepipe_video_decode_seconds",
+                       "Time the video decoder took per packet (libavcodec, one decoder per "
+                       "stream), by codec.",
+                       T::Histogram);
+  for (int c = 0; c < kVideoCodecs; ++c) {
+    decode.metric.push_back(HistogramMetric(*video_decode_[c], {{"codec", codec(c)}}));
+  }
+  f->out().push_back(std::move(decode));
+  f->Labelled("framepipe_video_frames_decoded_total",
+              "Pictures the video decoders produced, by codec.", T::Counter, "codec",
+              kVideoCodecs, codec, [&](int i) { return video_pictures_[i].load(); });
+  f->Labelled("framepipe_video_decode_errors_total",
+              "Video packets answered INVALID_ARGUMENT by the video path (rejected or damaged "
+              "packets, packets before a keyframe or after a broken one, no picture), by codec.",
+              T::Counter, "codec", kVideoCodecs, codec,
+              [&](int i) { return video_errors_[i].load(); });
 }
 
 void Metrics::CollectFrames(MetricFamilies* f) const {

@@ -87,6 +87,9 @@ class Metrics final : public prometheus::Collectable,
   void OnResultWritten(double write_seconds, size_t bytes, int64_t capture_time_us) override;
   void OnNotAdmitted(uint64_t frames) override;
   void OnResultsDiscarded(uint64_t results) override;
+  // VideoObserver
+  void OnVideoDecoded(VideoCodecId codec, double seconds, int pictures) override;
+  void OnVideoError(VideoCodecId codec) override;
 
   // Direct access for tests.
   const AtomicHistogram& stage(Stage s) const { return *stages_[static_cast<int>(s)]; }
@@ -115,6 +118,11 @@ class Metrics final : public prometheus::Collectable,
   std::array<std::atomic<uint64_t>, static_cast<int>(StreamRefusal::kCount)> streams_rejected_{};
   std::array<std::atomic<uint64_t>, static_cast<int>(StreamExpiry::kCount)> streams_expired_{};
   std::atomic<uint64_t> malformed_messages_{0};
+  // Video decoding, per codec (h264, hevc).
+  static constexpr int kVideoCodecs = 2;
+  std::array<std::unique_ptr<AtomicHistogram>, kVideoCodecs> video_decode_;
+  std::array<std::atomic<uint64_t>, kVideoCodecs> video_pictures_{};
+  std::array<std::atomic<uint64_t>, kVideoCodecs> video_errors_{};
   std::atomic<uint64_t> bytes_in_{0};
   std::atomic<uint64_t> bytes_out_{0};
   std::atomic<uint64_t> frames_read_{0};
@@ -126,6 +134,7 @@ class Metrics final : public prometheus::Collectable,
   void CollectStreams(MetricFamilies* f) const;
   void CollectProcess(MetricFamilies* f) const;
   void CollectFrontDoor(MetricFamilies* f) const;
+  void CollectVideo(MetricFamilies* f) const;
 
   // Non-owning handle to this object for the exposer's weak reference.
   std::shared_ptr<prometheus::Collectable> self_;

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import threading
 import time
 from pathlib import Path
@@ -12,7 +13,8 @@ import numpy as np
 
 from ._stubs import pb2, pb2_grpc
 from .errors import FramePipeError
-from .types import Frame, FrameResult, PixelFormat, ServerStats, StreamConfig, TlsConfig
+from .types import (Frame, FrameResult, PixelFormat, ServerStats, StreamConfig, TlsConfig,
+                    VideoPacket)
 
 _MAX_MESSAGE = 64 << 20
 _ENCODINGS = ("raw", "jpeg", "png")
@@ -183,6 +185,29 @@ class FramePipeClient:
         return _Stream(self._stub, frames, cfg, window, encode, jpeg_quality, timeout,
                        list(metadata)).results()
 
+    def process_video(self, source: str, *, config: Optional[StreamConfig] = None,
+                      max_in_flight: Optional[int] = None, realtime: bool = False,
+                      fps: Optional[float] = None, frames: Optional[int] = None,
+                      timeout: Optional[float] = None,
+                      metadata: Sequence[Tuple[str, str]] = ()) -> Iterator[FrameResult]:
+        """Streams the H.264/HEVC packets of a video file (MP4, MKV, TS...) or camera URL
+        (rtsp://...) as they are - demuxed with PyAV (Debian: python3-av), never decoded or
+        re-encoded here - and yields one result per packet, in the order sent, each describing
+        the picture that packet carried (``pts`` echoed).
+
+        ``realtime``: send at the pace of the packets' timestamps (a recording played as if
+        live); ``fps``: send at this rate; neither: as fast as the server takes them.
+        ``frames``: stop after this many packets. ``config``: stream settings; its ``video`` is
+        filled in from the file. Packets the server cannot decode come back INVALID_ARGUMENT
+        (before the first keyframe, damaged, depending on a damaged one); the stream goes on.
+        """
+        from .video import open_video_packets
+
+        fmt, packets = open_video_packets(source, realtime=realtime, fps=fps, limit=frames)
+        cfg = dataclasses.replace(config or StreamConfig(), video=fmt)
+        return self.process(packets, config=cfg, max_in_flight=max_in_flight, timeout=timeout,
+                            metadata=metadata)
+
     def analyse(self, image: Any, *, config: Optional[StreamConfig] = None,
                 encode: str = "raw", timeout: Optional[float] = 30.0) -> FrameResult:
         """One frame, one result (a stream of one: no temporal fields such as motion)."""
@@ -235,12 +260,13 @@ class _Stream:
     def _to_request(self, item: Any) -> Any:
         index = self._index
         self._index += 1
+        if isinstance(item, VideoPacket):
+            return self._packet_request(item, index)
+        if self._cfg.video is not None:
+            raise TypeError(f"frame {index}: a video stream (StreamConfig.video set) sends "
+                            f"VideoPacket objects, not {type(item).__name__}")
         frame = item if isinstance(item, Frame) else Frame(item)
-        seq = frame.seq if frame.seq is not None else self._last_seq + 1
-        if seq <= self._last_seq:
-            raise ValueError(f"frame {index}: seq {seq} is not above the previous seq "
-                             f"{self._last_seq} (seqs must increase within a stream)")
-        self._last_seq = seq
+        seq = self._next_seq(frame.seq, index)
         msg = pb2.Frame(seq=seq, capture_time_us=(frame.capture_time_us if frame.capture_time_us
                                                   is not None else time.time_ns() // 1000))
         for k, v in frame.tags.items():
@@ -253,6 +279,26 @@ class _Stream:
         else:
             raise TypeError(f"frame {index}: expected a numpy image, bytes or a Frame, not "
                             f"{type(img).__name__}")
+        return pb2.ProcessRequest(frame=msg)
+
+    def _next_seq(self, seq: Optional[int], index: int) -> int:
+        seq = seq if seq is not None else self._last_seq + 1
+        if seq <= self._last_seq:
+            raise ValueError(f"frame {index}: seq {seq} is not above the previous seq "
+                             f"{self._last_seq} (seqs must increase within a stream)")
+        self._last_seq = seq
+        return seq
+
+    def _packet_request(self, p: VideoPacket, index: int) -> Any:
+        if self._cfg.video is None:
+            raise TypeError(f"frame {index}: a VideoPacket needs StreamConfig(video=...) "
+                            "(or use process_video)")
+        msg = pb2.Frame(seq=self._next_seq(p.seq, index), pts=p.pts,
+                        video_packet=bytes(p.data),
+                        capture_time_us=(p.capture_time_us if p.capture_time_us is not None
+                                         else time.time_ns() // 1000))
+        for k, v in p.tags.items():
+            msg.tags[str(k)] = str(v)
         return pb2.ProcessRequest(frame=msg)
 
     def _set_image(self, msg: Any, img: np.ndarray, fmt: PixelFormat, index: int) -> None:

@@ -36,24 +36,65 @@ class PixelFormat(str, enum.Enum):
     GRAY = "gray"
 
 
+class VideoCodec(enum.IntEnum):
+    """Compressed video the server decodes (``VideoCodec`` in the wire contract)."""
+
+    H264 = 1
+    HEVC = 2
+
+
+@dataclass(frozen=True)
+class VideoFormat:
+    """A compressed video stream: its codec and parameter sets. ``extradata``: the avcC/hvcC
+    record of an MP4/MKV (packets are then length-prefixed, as stored there), Annex-B parameter
+    sets (TS, raw .h264), or empty (Annex-B packets carrying them in band). ``time_base``: the
+    unit of the packets' pts (informational)."""
+
+    codec: VideoCodec
+    extradata: bytes = b""
+    time_base: Tuple[int, int] = (0, 0)
+
+    def to_proto(self) -> Any:
+        return pb2.VideoFormat(codec=int(self.codec), extradata=bytes(self.extradata),
+                               time_base_num=self.time_base[0], time_base_den=self.time_base[1])
+
+
 @dataclass(frozen=True)
 class StreamConfig:
-    """Per-stream settings sent before the first frame. Zero / None means the server default."""
+    """Per-stream settings sent before the first frame. Zero / None means the server default.
+    ``video``: set for a stream of compressed video packets (:class:`VideoPacket`)."""
 
     stream_id: Optional[str] = None
     max_in_flight: int = 0
     overload: Overload = Overload.BLOCK
     frame_timeout_ms: int = 0
     include_thumbnail: bool = False
+    video: Optional[VideoFormat] = None
 
     def to_proto(self) -> Any:
-        return pb2.StreamConfig(
+        cfg = pb2.StreamConfig(
             stream_id=self.stream_id or "",
             max_in_flight=self.max_in_flight,
             overload=(pb2.OVERLOAD_POLICY_DROP_OLDEST if Overload(self.overload)
                       is Overload.DROP_OLDEST else pb2.OVERLOAD_POLICY_BLOCK),
             frame_timeout_ms=self.frame_timeout_ms,
             include_thumbnail=self.include_thumbnail)
+        if self.video is not None:
+            cfg.video.CopyFrom(self.video.to_proto())
+        return cfg
+
+
+@dataclass
+class VideoPacket:
+    """One compressed access unit of a video stream, in decode order (as a demuxer gives it),
+    with the presentation time of its picture. The result for it describes that picture and
+    echoes ``pts``."""
+
+    data: bytes
+    pts: int = 0
+    seq: Optional[int] = None
+    capture_time_us: Optional[int] = None
+    tags: Dict[str, str] = field(default_factory=dict)
 
 
 Payload = Union[np.ndarray, bytes, bytearray, memoryview]
@@ -133,6 +174,7 @@ class FrameResult:
     tags: Dict[str, str]
     frame: Any
     latency_ms: float
+    pts: int = 0  # the frame's pts, echoed (video packets)
 
     @property
     def ok(self) -> bool:
@@ -168,7 +210,7 @@ class FrameResult:
             analysis=analysis, enrichment=enrichment,
             timings=Timings(t.queue_us, t.decode_us, t.analyse_us, t.enrich_us, t.reorder_us,
                             t.total_us),
-            tags=dict(r.tags), frame=frame, latency_ms=latency_ms)
+            tags=dict(r.tags), frame=frame, latency_ms=latency_ms, pts=r.pts)
 
 
 @dataclass(frozen=True)
@@ -216,5 +258,6 @@ class TlsConfig:
 
 __all__: List[str] = [
     "Analysis", "Enrichment", "Frame", "FrameResult", "FrameStatus", "Overload", "PixelFormat",
-    "ServerStats", "StreamConfig", "Timings", "TlsConfig",
+    "ServerStats", "StreamConfig", "Timings", "TlsConfig", "VideoCodec", "VideoFormat",
+    "VideoPacket",
 ]

@@ -1,0 +1,86 @@
+"""Compressed video through the Python client: PyAV demux, the server decodes."""
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from framepipe_client import (FramePipeClient, FrameStatus, StreamConfig, VideoCodec,
+                              VideoFormat, VideoPacket, open_video_packets)
+
+av = pytest.importorskip("av")
+cv2 = pytest.importorskip("cv2")
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    """A short H.264 MP4 with B-frames (GOP 12), made by ffmpeg's libx264."""
+    path = tmp_path_factory.mktemp("video") / "clip.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i",
+                    "testsrc2=size=192x108:rate=25", "-frames:v", "40", "-c:v", "libx264",
+                    "-bf", "3", "-g", "12", "-pix_fmt", "yuv420p", str(path)], check=True)
+    return path
+
+
+def reference_luma(path: Path) -> dict:
+    """pts -> mean BT.601 luma of each picture, decoded independently (PyAV + OpenCV)."""
+    out = {}
+    with av.open(str(path)) as c:
+        for f in c.decode(video=0):
+            out[f.pts] = float(cv2.cvtColor(f.to_ndarray(format="bgr24"),
+                                            cv2.COLOR_BGR2GRAY).mean())
+    return out
+
+
+def test_process_video_answers_every_packet_in_order_with_its_picture(server, clip):
+    fmt, packets = open_video_packets(str(clip))
+    assert fmt.codec is VideoCodec.H264 and fmt.extradata[:1] == b"\x01"  # avcC
+    sent = list(packets)
+    assert any(b.pts < a.pts for a, b in zip(sent, sent[1:])), "B-frames reorder pictures"
+    luma = reference_luma(clip)
+    with FramePipeClient(server.target) as client:
+        results = list(client.process_video(str(clip)))
+    assert [r.seq for r in results] == list(range(1, len(sent) + 1))
+    assert [r.pts for r in results] == [p.pts for p in sent]
+    for r in results:
+        assert r.ok, r.error
+        assert r.analysis.mean_luma == pytest.approx(luma[r.pts], rel=0.01)
+
+
+def test_damaged_packets_are_answered_and_the_stream_recovers(server, clip):
+    fmt, packets = open_video_packets(str(clip))
+    sent = list(packets)
+    keys = [i for i, p in enumerate(sent) if _has_idr(p.data)]
+    assert keys[0] == 0
+    assert len(keys) >= 2
+    damaged = [VideoPacket(p.data, pts=p.pts) for p in sent]
+    for i in range(1, 4):  # truncate the packets after the first keyframe
+        damaged[i] = VideoPacket(damaged[i].data[: len(damaged[i].data) // 4], pts=damaged[i].pts)
+    with FramePipeClient(server.target) as client:
+        results = list(client.process(damaged, config=StreamConfig(video=fmt)))
+    assert [r.pts for r in results] == [p.pts for p in sent]
+    bad = [r for r in results if not r.ok]
+    assert bad and all(r.status is FrameStatus.INVALID_ARGUMENT for r in bad)
+    assert all(f"frame seq={r.seq}" in r.error for r in bad)
+    assert all(r.ok for r in results[keys[1]:]), "everything from the next keyframe decodes"
+
+
+def _has_idr(avcc: bytes) -> bool:
+    i = 0
+    while i + 4 <= len(avcc):
+        n = int.from_bytes(avcc[i:i + 4], "big")
+        if i + 4 < len(avcc) and avcc[i + 4] & 0x1f == 5:
+            return True
+        i += 4 + n
+    return False
+
+
+def test_video_packets_need_a_video_stream_and_vice_versa(server, clip):
+    with FramePipeClient(server.target) as client:
+        with pytest.raises(TypeError, match="needs StreamConfig"):
+            list(client.process([VideoPacket(b"\x00\x00\x01\x65")]))
+        fmt = VideoFormat(VideoCodec.H264)
+        with pytest.raises(TypeError, match="sends VideoPacket"):
+            list(client.process([np.zeros((8, 8, 3), np.uint8)], config=StreamConfig(video=fmt)))
