@@ -17,7 +17,7 @@ BUILD_PACKAGES=(
 DEV_PACKAGES=(
   git clang libclang-rt-14-dev clang-format libgtest-dev libgmock-dev libbenchmark-dev
   python3 python3-grpcio python3-grpc-tools python3-protobuf python3-numpy python3-opencv
-  python3-matplotlib python3-pytest python3-yaml python3-setuptools python3-h2 openssl ffmpeg
+  python3-matplotlib python3-pytest python3-yaml python3-setuptools python3-h2 python3-av openssl ffmpeg
   prometheus util-linux
   curl procps
 )

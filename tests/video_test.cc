@@ -57,7 +57,7 @@ class FakeDecoder final : public VideoDecoder {
   void Flush(std::vector<DecodedPicture>* out) override {
     while (!held_.empty()) Bump(out);
   }
-  int MaxDelay() const override { return delay_ + 1; }
+  int ReorderDelay() const override { return delay_; }
   VideoCodecId codec() const override { return VideoCodecId::kH264; }
 
  private:
@@ -143,13 +143,16 @@ void Model(const std::vector<Packet>& packets, int delay, std::vector<Expected>*
            std::vector<int64_t>* display_order, const std::function<bool(int64_t)>& fails) {
   FakeDecoder dec(delay);
   std::map<uint64_t, FrameStatus> status;
-  std::map<uint64_t, size_t> awaiting;  // id (send index) -> packet index
+  std::map<uint64_t, std::pair<size_t, uint64_t>> awaiting;  // id -> packet index, fed before
+  uint64_t fed = 0;
+  int max_lag = 0;
   bool need_key = true;
   auto emit = [&](std::vector<DecodedPicture>& pics) {
     for (auto& p : pics) {
       auto it = awaiting.find(p.packet_id);
       if (it == awaiting.end()) continue;
-      const Packet& pk = packets[it->second];
+      const Packet& pk = packets[it->second.first];
+      max_lag = std::max(max_lag, static_cast<int>(fed - 1 - it->second.second));
       awaiting.erase(it);
       if (!p.damage.ok()) {
         status[pk.seq] = FrameStatus::kInvalidArgument;
@@ -169,7 +172,7 @@ void Model(const std::vector<Packet>& packets, int delay, std::vector<Expected>*
       continue;
     }
     need_key = false;
-    awaiting[i] = i;
+    awaiting[i] = {i, fed++};
     std::vector<DecodedPicture> pics;
     if (!dec.Decode(VideoPacket{i, p.data, p.pts}, &pics).ok()) {
       awaiting.erase(i);
@@ -177,15 +180,18 @@ void Model(const std::vector<Packet>& packets, int delay, std::vector<Expected>*
       need_key = true;
     }
     emit(pics);
-    while (awaiting.size() > static_cast<size_t>(dec.MaxDelay()) + 1) {
-      status[packets[awaiting.begin()->second].seq] = FrameStatus::kInvalidArgument;
+    // No picture long after the reorder delay: the limit of video_stream.cc.
+    const uint64_t limit = static_cast<uint64_t>(
+        std::min(kMaxVideoReorderDelay + 1, std::max(2 * delay + 2, max_lag + 1)));
+    while (!awaiting.empty() && fed - 1 - awaiting.begin()->second.second > limit) {
+      status[packets[awaiting.begin()->second.first].seq] = FrameStatus::kInvalidArgument;
       awaiting.erase(awaiting.begin());
     }
   }
   std::vector<DecodedPicture> pics;
   dec.Flush(&pics);
   emit(pics);
-  for (auto& [id, idx] : awaiting) status[packets[idx].seq] = FrameStatus::kInvalidArgument;
+  for (auto& [id, a] : awaiting) status[packets[a.first].seq] = FrameStatus::kInvalidArgument;
   for (const Packet& p : packets) expected->push_back({p.seq, status.at(p.seq), p.pts});
 }
 
@@ -339,12 +345,16 @@ TEST(VideoStreamTest, WindowOfOneWithADeepReorderBufferNeverDeadlocks) {
   Feeder feeder;
   StreamOptions o = CollectingOptions(&got, 1);
   o.on_credit = [&feeder] { feeder.OnCredit(); };
-  constexpr int kDelay = 15;
+  constexpr int kDelay = 8;
   auto vs = VideoStream::Open(*pipeline, o, std::make_unique<FakeDecoder>(kDelay)).value();
-  // One GOP: the keyframe, then a P shown last and 30 B's shown before it, so every picture
-  // waits behind up to 15 later packets.
-  std::vector<Packet> packets{{1, 0, "K-"}, {2, 310, "P-"}};
-  for (int k = 1; k <= 30; ++k) packets.push_back({static_cast<uint64_t>(2 + k), 10 * k, "B-"});
+  // A keyframe, then groups of a P shown after the 7 B's that follow it: every picture waits
+  // behind up to 15 later packets, with one credit in the stream's window.
+  std::vector<Packet> packets{{1, 0, "K-"}};
+  for (int g = 0; g < 6; ++g) {
+    const int base = 1 + 8 * g;
+    packets.push_back({packets.size() + 1, 10 * (base + 7), "P-"});
+    for (int k = 0; k < 7; ++k) packets.push_back({packets.size() + 1, 10 * (base + k), "B-"});
+  }
   for (const Packet& p : packets) ASSERT_TRUE(feeder.Feed(*vs, ToInput(p)));
   vs->Close();
   ASSERT_TRUE(got.complete.Wait());

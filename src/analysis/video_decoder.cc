@@ -105,9 +105,11 @@ class FfmpegVideoDecoder final : public VideoDecoder {
     ctx_->thread_count = 1;  // serial: pictures leave in a known delay, no frame threads
     ctx_->thread_type = 0;
     ctx_->max_pixels = static_cast<int64_t>(limits_.max_width) * limits_.max_height;
-    // Report what the decoder finds instead of concealing it; damaged pictures are not output.
+    // Report what the decoder finds instead of concealing it: a packet it cannot parse is an
+    // error, and a damaged picture still comes out, flagged (decode_error_flags or
+    // AV_FRAME_FLAG_CORRUPT), so its packet is answered at once rather than never.
     ctx_->err_recognition = AV_EF_CRCCHECK | AV_EF_BITSTREAM | AV_EF_BUFFER | AV_EF_EXPLODE;
-    ctx_->flags &= ~AV_CODEC_FLAG_OUTPUT_CORRUPT;
+    ctx_->flags |= AV_CODEC_FLAG_OUTPUT_CORRUPT;
     ctx_->get_format = &FfmpegVideoDecoder::GetFormat;
     if (!format.extradata.empty()) {
       ctx_->extradata = static_cast<uint8_t*>(
@@ -183,7 +185,9 @@ class FfmpegVideoDecoder final : public VideoDecoder {
     Receive(out);
   }
 
-  int MaxDelay() const override { return kMaxVideoReorderDelay; }
+  int ReorderDelay() const override {
+    return std::clamp(ctx_->has_b_frames, 0, kMaxVideoReorderDelay);
+  }
   VideoCodecId codec() const override { return codec_; }
   const char* device() const override { return hardware_ ? "nvdec" : "cpu"; }
 

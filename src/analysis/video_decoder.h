@@ -53,9 +53,10 @@ class VideoDecoder {
   virtual absl::Status Decode(const VideoPacket& packet, std::vector<DecodedPicture>* out) = 0;
   // End of stream: appends every picture the decoder still holds.
   virtual void Flush(std::vector<DecodedPicture>* out) = 0;
-  // The most pictures the codec may hold back before output (reorder delay); 16 for H.264/HEVC
-  // until the decoder knows better.
-  virtual int MaxDelay() const = 0;
+  // How many later packets the decoder may need before a packet's picture comes out (its
+  // reorder delay), as far as it knows now: from the parameter sets once decoding started
+  // (FFmpeg's has_b_frames), 0 before. Never above kMaxVideoReorderDelay.
+  virtual int ReorderDelay() const = 0;
   virtual VideoCodecId codec() const = 0;
   // "cpu", or "nvdec" when the hardware decoder is in use.
   virtual const char* device() const { return "cpu"; }

@@ -137,7 +137,7 @@ class VideoStream::State {
     const int64_t pts = in.pts;
     const uint64_t seq = in.seq;
     in.data.clear();
-    awaiting_.emplace(key_id, std::move(in));
+    awaiting_.emplace(key_id, Awaiting{std::move(in), fed_++});
 
     std::vector<DecodedPicture> pictures;
     const auto t0 = std::chrono::steady_clock::now();
@@ -148,7 +148,7 @@ class VideoStream::State {
     if (!st.ok()) {
       auto it = awaiting_.find(key_id);
       if (it != awaiting_.end()) {
-        FrameInput failed = std::move(it->second);
+        FrameInput failed = std::move(it->second.input);
         awaiting_.erase(it);
         MarkBroken(seq);
         if (!Reject(std::move(failed), absl::StrCat("video packet pts=", pts, ": ", st.message()))) {
@@ -157,11 +157,17 @@ class VideoStream::State {
       }
     }
     if (!Emit(pictures)) return false;
-    // A packet whose picture did not come out within the largest delay the codec allows never
-    // will (the decoder dropped it): answer it now rather than hold the stream's order.
-    while (awaiting_.size() > static_cast<size_t>(decoder_->MaxDelay()) + 1) {
+    // A packet whose picture has not come out long after the decoder's reorder delay never
+    // will: the decoder dropped it. It is answered now rather than holding its stream's order -
+    // and the client's window - until the end. A decoder with reorder delay d outputs a picture
+    // once d + 1 are buffered and it is the first in display order, which can take up to about
+    // 2d later packets (a P-frame waits for the B-frames before it and then for d more); the
+    // limit is 2d + 2, or the longest wait seen so far plus one, and never over 16 + 1.
+    const uint64_t limit = static_cast<uint64_t>(std::min(
+        kMaxVideoReorderDelay + 1, std::max(2 * decoder_->ReorderDelay() + 2, max_lag_ + 1)));
+    while (!awaiting_.empty() && fed_ - 1 - awaiting_.begin()->second.fed > limit) {
       if (!RejectOldestAwaiting(absl::StrCat("the decoder returned no picture for it within ",
-                                             decoder_->MaxDelay() + 1, " packets"))) {
+                                             limit, " later packets"))) {
         return false;
       }
     }
@@ -175,10 +181,12 @@ class VideoStream::State {
       if (it == awaiting_.end()) {
         // The decoder lost the packet id (should not happen with H.264/HEVC): match by pts.
         it = std::find_if(awaiting_.begin(), awaiting_.end(),
-                          [&](const auto& kv) { return kv.second.pts == p.pts; });
+                          [&](const auto& kv) { return kv.second.input.pts == p.pts; });
       }
       if (it == awaiting_.end()) continue;  // a picture of a packet already answered
-      FrameInput in = std::move(it->second);
+      max_lag_ = std::max<int>(max_lag_, static_cast<int>(std::min<uint64_t>(
+                                             fed_ - 1 - it->second.fed, kMaxVideoReorderDelay)));
+      FrameInput in = std::move(it->second.input);
       awaiting_.erase(it);
       if (!p.damage.ok()) {
         MarkBroken(in.seq);
@@ -203,7 +211,7 @@ class VideoStream::State {
   }
 
   bool RejectOldestAwaiting(const std::string& why) {
-    FrameInput in = std::move(awaiting_.begin()->second);
+    FrameInput in = std::move(awaiting_.begin()->second.input);
     awaiting_.erase(awaiting_.begin());
     const int64_t pts = in.pts;
     return Reject(std::move(in), absl::StrCat("video packet pts=", pts, ": ", why));
@@ -274,7 +282,13 @@ class VideoStream::State {
   bool cancelled_ = false;
 
   // Decode thread only.
-  std::map<uint64_t, FrameInput> awaiting_;  // sent to the decoder, no picture yet; by send order
+  struct Awaiting {
+    FrameInput input;  // without its data
+    uint64_t fed;      // packets fed to the decoder before this one
+  };
+  std::map<uint64_t, Awaiting> awaiting_;  // sent to the decoder, no picture yet; by send order
+  uint64_t fed_ = 0;                       // packets fed to the decoder
+  int max_lag_ = 0;  // most later packets a picture has needed before it came out
   bool need_keyframe_ = true;
   bool seen_keyframe_ = false;
   uint64_t rejected_seq_ = 0;

@@ -18,6 +18,7 @@ from .types import (Frame, FrameResult, PixelFormat, ServerStats, StreamConfig, 
 
 _MAX_MESSAGE = 64 << 20
 _ENCODINGS = ("raw", "jpeg", "png")
+_VIDEO_WINDOW = 48
 
 
 def _pem(value: Union[str, bytes, None]) -> Optional[bytes]:
@@ -180,6 +181,10 @@ class FramePipeClient:
         cfg = config or StreamConfig()
         window = max_in_flight or self.max_in_flight or (2 * cfg.max_in_flight
                                                           if cfg.max_in_flight else 16)
+        if cfg.video is not None and not max_in_flight and not self.max_in_flight:
+            # A packet's result can wait for up to 17 later packets (a decoder's reorder delay):
+            # a smaller window would stop sending the packets that let it out.
+            window = max(window, _VIDEO_WINDOW)
         if window < 1:
             raise ValueError("max_in_flight must be at least 1")
         return _Stream(self._stub, frames, cfg, window, encode, jpeg_quality, timeout,
