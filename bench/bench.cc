@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <thread>
@@ -14,6 +15,7 @@
 #include "analysis/analyzer_factory.h"
 #include "analysis/cpu/cpu_analyzer.h"
 #include "bench/bench_report.h"
+#include "bench/video_ingest.h"
 #include "bench/workloads.h"
 #include "child_process.h"
 #include "client/stream_client.h"
@@ -21,6 +23,8 @@
 #include "common/log.h"
 #include "enrich/scene_cut.h"
 #include "enrich/temporal_stage.h"
+#include "google/protobuf/struct.pb.h"
+#include "google/protobuf/util/json_util.h"
 #include "opencv2/core.hpp"
 #include "server/server.h"
 
@@ -437,6 +441,110 @@ void LimitsCost(Ctx& c) {
   for (auto& s : servers) s->Shutdown();
 }
 
+// One `framepipe stream` run as a child process (so that its CPU time is its own, not the
+// in-process server's), read back from its --report JSON.
+struct ChildClient {
+  bool ok = false;
+  double fps = 0, bytes_per_frame = 0, cpu_ms_per_frame = 0;
+};
+
+ChildClient RunClientProcess(const Ctx& c, int port, const std::string& args,
+                             const std::string& report) {
+  const std::string cmd =
+      absl::StrCat("exec '", c.o->self_binary, "' stream --target 127.0.0.1:", port, " ", args,
+                   " --no-progress --report '", report, "' > /dev/null");
+  ChildProcess p({"/bin/sh", "-c", cmd});
+  const int status = p.Wait();
+  ChildClient out;
+  std::ifstream in(report);
+  std::stringstream text;
+  text << in.rdbuf();
+  google::protobuf::Struct json;
+  if (status != 0 || !google::protobuf::util::JsonStringToMessage(text.str(), &json).ok()) {
+    std::fprintf(stderr, "bench: client '%s' failed (status %d): %s\n", args.c_str(), status,
+                 p.output().c_str());
+    return out;
+  }
+  auto num = [&](const char* k) {
+    auto it = json.fields().find(k);
+    return it == json.fields().end() ? 0.0 : it->second.number_value();
+  };
+  out.ok = true;
+  out.fps = num("frames_per_second");
+  out.bytes_per_frame = num("bytes_per_frame");
+  out.cpu_ms_per_frame = num("client_cpu_ms_per_frame");
+  return out;
+}
+
+// Compressed video in: the same 720p footage sent as H.264 packets (the server decodes) and as
+// JPEG frames, side by side against one in-process server, and the decode-only ceiling.
+void VideoIngest(Ctx& c) {
+  const std::string sec = "Compressed video in: 720p H.264 packets vs JPEG frames (same footage)";
+  char tmpl[] = "/tmp/framepipe-bench-video-XXXXXX";
+  if (!mkdtemp(tmpl)) return;
+  const std::string dir = tmpl;
+  auto clip = c.o->video.empty() ? MakeH264Clip(dir, 150) : absl::StatusOr<std::string>(c.o->video);
+  auto info = clip.ok() ? ProbeClip(*clip) : absl::StatusOr<ClipInfo>(clip.status());
+  auto jpegs = info.ok() ? WriteJpegFrames(*clip, dir + "/jpeg") : absl::StatusOr<int>(info.status());
+  if (!jpegs.ok()) {
+    std::fprintf(stderr, "bench: video: %s\n", std::string(jpegs.status().message()).c_str());
+    return;
+  }
+  auto server = Server::Start(LoopbackServerOptions(c));
+  if (!server.ok()) return;
+  const int port = (*server)->port();
+  const int streams = c.o->quick ? 2 : 4;
+  const int64_t n = c.o->quick ? 150 : 450;  // per stream
+  const std::string each = absl::StrCat(" --streams ", streams, " --frames ", n);
+  ChildClient packets, ring;
+  const Samples m = Interleaved(
+      c.repeats,
+      {[&] {
+         packets = RunClientProcess(c, port, absl::StrCat("--input ", *clip,
+                                                          " --send packets --no-pace --loop", each),
+                                    dir + "/packets.json");
+         return packets.fps;
+       },
+       [&] {
+         ring = RunClientProcess(c, port, absl::StrCat("--input ", dir, "/jpeg", each),
+                                 dir + "/ring.json");
+         return ring.fps;
+       },
+       [&] { return DecodeCeiling(*clip, c.workers, c.secs).value_or(0); }});
+  // JPEG mode as a client really runs it: every frame decoded from the video and re-encoded.
+  const ChildClient live = RunClientProcess(
+      c, port,
+      absl::StrCat("--input ", *clip, " --send images --no-pace --loop --streams ", streams,
+                   " --frames ", n / 2),
+      dir + "/live.json");
+  (*server)->Shutdown();
+  std::filesystem::remove_all(dir);
+  const std::string what = absl::StrFormat("%dx%d, %d streams", info->width, info->height, streams);
+  c.report.Add(sec, what + ": H.264 packets, server frames/s", m.Median(0), "frames/s");
+  c.report.Add(sec, what + ": JPEG frames (pre-encoded), server frames/s", m.Median(1), "frames/s");
+  c.report.Add(sec, what + ": decode-only ceiling (libavcodec + our chain, plain threads)",
+               m.Median(2), "frames/s");
+  c.report.Add(sec, "bytes per frame: H.264 packets", packets.bytes_per_frame, "B");
+  c.report.Add(sec, "bytes per frame: JPEG q90", ring.bytes_per_frame, "B");
+  c.report.Add(sec, "client CPU per frame: H.264 packets (demux only)", packets.cpu_ms_per_frame,
+               "ms");
+  c.report.Add(sec, "client CPU per frame: JPEG (decode + re-encode each frame)",
+               live.cpu_ms_per_frame, "ms");
+  c.report.Add(sec, "JPEG mode with the client re-encoding, frames/s", live.fps, "frames/s");
+  c.report.AddTarget({"H.264 ingest >= 0.9 x the decode-only ceiling (720p)", m.Ratio(0, 2), 0.9,
+                      false, m.Versus(0, 2)});
+  c.report.AddTarget({"H.264 ingest server frames/s >= JPEG ingest's (720p)", m.Ratio(0, 1), 1.0,
+                      false, m.Versus(0, 1)});
+  c.report.AddTarget(
+      {"H.264 packets >= 10x fewer bytes per frame than JPEG q90",
+       ring.bytes_per_frame / std::max(1.0, packets.bytes_per_frame), 10.0, false,
+       absl::StrFormat("%.0f vs %.0f bytes", ring.bytes_per_frame, packets.bytes_per_frame)});
+  c.report.AddTarget(
+      {"H.264 packets >= 5x less client CPU per frame than JPEG mode",
+       live.cpu_ms_per_frame / std::max(1e-6, packets.cpu_ms_per_frame), 5.0, false,
+       absl::StrFormat("%.3f vs %.3f ms", live.cpu_ms_per_frame, packets.cpu_ms_per_frame)});
+}
+
 void PythonPeer(Ctx& c) {
   const std::string script = FRAMEPIPE_SOURCE_DIR "/bench/baselines/python_server.py";
   ChildProcess py({c.o->python, script, "--port", "0", "--workers", std::to_string(c.workers)},
@@ -594,6 +702,10 @@ int RunBench(const BenchOptions& o) {
   if (c.Want("limits")) {
     step("limits cost");
     LimitsCost(c);
+  }
+  if (c.Want("video")) {
+    step("compressed video ingest");
+    VideoIngest(c);
   }
   if (c.Want("slow")) {
     step("slow reader");

@@ -16,6 +16,7 @@ struct BenchOptions {
   std::string only;         // run only sections whose name contains this
   std::string self_binary;  // path of the framepipe binary (for server child processes)
   std::string python = "/usr/bin/python3";
+  std::string video;  // H.264/HEVC file for the video section ("" = a synthetic 720p clip)
 };
 
 int RunBench(const BenchOptions& options);

@@ -21,7 +21,10 @@ void AddBenchCommand(CLI::App& app, std::function<int()>* run) {
   cmd->add_option(
       "--only", o->only,
       "Only sections whose name contains this: in-process, overhead, temporal, metrics, "
-      "latency, grpc, limits, slow, gpu");
+      "latency, grpc, limits, video, slow, gpu");
+  cmd->add_option("--video", o->video,
+                  "H.264/HEVC file for the compressed-video section (default: a synthetic 720p "
+                  "clip encoded here with libx264)");
   cmd->add_option("--python", o->python, "Interpreter for the Python peer")->capture_default_str();
   cmd->callback([run, o] {
     *run = [o] {

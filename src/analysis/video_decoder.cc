@@ -47,14 +47,7 @@ class AvPicture final : public Picture {
   }
 
   absl::Status ToBgr(Image* out) const override {
-    const AVFrame* src = frame_.get();
-    FramePtr host;
-    if (src->hw_frames_ctx) {
-      host.reset(av_frame_alloc());
-      const int err = av_hwframe_transfer_data(host.get(), src, 0);
-      if (err < 0) return absl::InternalError("copying a hardware-decoded picture: " + AvError(err));
-      src = host.get();
-    }
+    const AVFrame* src = frame_.get();  // in host memory (NVDEC pictures are copied at output)
     // One conversion context per worker thread, reused while the format stays the same (as
     // OpenCV's FFmpeg capture does: same size, 8-bit BGR, SWS_BICUBIC).
     thread_local SwsContext* sws = nullptr;
@@ -122,7 +115,6 @@ class FfmpegVideoDecoder final : public VideoDecoder {
       std::lock_guard<std::mutex> l(hw_mu);
       if (hw_device) {
         ctx_->hw_device_ctx = av_buffer_ref(hw_device);
-        ctx_->extra_hw_frames = kMaxVideoReorderDelay + 8;  // pictures held in our queues
         hardware_ = true;
       }
     }
@@ -212,6 +204,16 @@ class FfmpegVideoDecoder final : public VideoDecoder {
         d.damage = absl::InvalidArgumentError(absl::StrCat(
             "the ", VideoCodecName(codec_), " decoder reported damage in this picture (flags ",
             f->decode_error_flags, f->flags & AV_FRAME_FLAG_CORRUPT ? ", corrupt" : "", ")"));
+      } else if (f->hw_frames_ctx) {
+        // NVDEC: the surface goes back to the decoder's small pool at once; the picture waits
+        // for analysis in host memory (a window of pictures could otherwise exhaust the pool).
+        FramePtr host(av_frame_alloc());
+        if (!host || av_hwframe_transfer_data(host.get(), f.get(), 0) < 0) {
+          d.damage = absl::InternalError("copying a hardware-decoded picture to host memory failed");
+        } else {
+          av_frame_copy_props(host.get(), f.get());
+          d.picture = std::make_shared<AvPicture>(std::move(host));
+        }
       } else {
         d.picture = std::make_shared<AvPicture>(std::move(f));
       }

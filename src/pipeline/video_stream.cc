@@ -15,7 +15,8 @@
 namespace framepipe {
 namespace {
 
-constexpr size_t kIntakePackets = 4;     // packets waiting for the decoder
+constexpr size_t kIntakePackets = 4;      // packets waiting for the decoder...
+constexpr size_t kIntakeBytes = 8u << 20;  // ...and their bytes (one packet is always taken)
 constexpr uint64_t kRejectionCost = 16384;  // a result with no pixels
 
 }  // namespace
@@ -48,11 +49,12 @@ class VideoStream::State {
   AdmitOutcome TryAdmit(FrameInput& frame) {
     std::lock_guard<std::mutex> l(mu_);
     if (closed_) return AdmitOutcome::kClosed;
-    if (intake_.size() >= kIntakePackets) {
+    if (intake_.size() >= kIntakePackets || (!intake_.empty() && intake_bytes_ >= kIntakeBytes)) {
       waiting_ = true;
       return AdmitOutcome::kNoCredit;
     }
     frame.order_key = next_key_++;
+    intake_bytes_ += frame.data.size();
     intake_.push_back(std::move(frame));
     cv_.notify_one();
     return AdmitOutcome::kAdmitted;
@@ -90,6 +92,7 @@ class VideoStream::State {
         if (intake_.empty()) break;  // closed, and every packet taken
         in = std::move(intake_.front());
         intake_.pop_front();
+        intake_bytes_ -= in.data.size();
         notify = waiting_;
         waiting_ = false;
       }
@@ -276,6 +279,7 @@ class VideoStream::State {
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<FrameInput> intake_;
+  size_t intake_bytes_ = 0;
   uint64_t next_key_ = 0;
   bool waiting_ = false;
   bool closed_ = false;

@@ -56,13 +56,13 @@ inline EncodedClip EncodeClip(const char* encoder, int width, int height, int fr
                  0);
     } else {
       av_opt_set(ctx->priv_data, "x265-params",
-                 ("log-level=error:bframes=" + std::to_string(b_frames) +
+                 ("log-level=error:pools=none:frame-threads=1:bframes=" + std::to_string(b_frames) +
                   ":b-adapt=0:scenecut=0:keyint=" + std::to_string(gop))
                      .c_str(),
                  0);
     }
   } else if (std::string(encoder) == "libx265") {
-    av_opt_set(ctx->priv_data, "x265-params", "log-level=error", 0);
+    av_opt_set(ctx->priv_data, "x265-params", "log-level=error:pools=none:frame-threads=1", 0);
   }
   if (avcodec_open2(ctx, c, nullptr) < 0) {
     clip.error = std::string("cannot open encoder ") + encoder;
