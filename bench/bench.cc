@@ -485,7 +485,8 @@ void VideoIngest(Ctx& c) {
   const std::string dir = tmpl;
   auto clip = c.o->video.empty() ? MakeH264Clip(dir, 150) : absl::StatusOr<std::string>(c.o->video);
   auto info = clip.ok() ? ProbeClip(*clip) : absl::StatusOr<ClipInfo>(clip.status());
-  auto jpegs = info.ok() ? WriteJpegFrames(*clip, dir + "/jpeg") : absl::StatusOr<int>(info.status());
+  auto jpegs =
+      info.ok() ? WriteJpegFrames(*clip, dir + "/jpeg") : absl::StatusOr<int>(info.status());
   if (!jpegs.ok()) {
     std::fprintf(stderr, "bench: video: %s\n", std::string(jpegs.status().message()).c_str());
     return;
@@ -498,25 +499,25 @@ void VideoIngest(Ctx& c) {
   const std::string each = absl::StrCat(" --streams ", streams, " --frames ", n);
   ChildClient packets, ring;
   const Samples m = Interleaved(
-      c.repeats,
-      {[&] {
-         packets = RunClientProcess(c, port, absl::StrCat("--input ", *clip,
-                                                          " --send packets --no-pace --loop", each),
-                                    dir + "/packets.json");
-         return packets.fps;
-       },
-       [&] {
-         ring = RunClientProcess(c, port, absl::StrCat("--input ", dir, "/jpeg", each),
-                                 dir + "/ring.json");
-         return ring.fps;
-       },
-       [&] { return DecodeCeiling(*clip, c.workers, c.secs).value_or(0); }});
+      c.repeats, {[&] {
+                    packets = RunClientProcess(
+                        c, port,
+                        absl::StrCat("--input ", *clip, " --send packets --no-pace --loop", each),
+                        dir + "/packets.json");
+                    return packets.fps;
+                  },
+                  [&] {
+                    ring = RunClientProcess(c, port, absl::StrCat("--input ", dir, "/jpeg", each),
+                                            dir + "/ring.json");
+                    return ring.fps;
+                  },
+                  [&] { return DecodeCeiling(*clip, c.workers, c.secs).value_or(0); }});
   // JPEG mode as a client really runs it: every frame decoded from the video and re-encoded.
-  const ChildClient live = RunClientProcess(
-      c, port,
-      absl::StrCat("--input ", *clip, " --send images --no-pace --loop --streams ", streams,
-                   " --frames ", n / 2),
-      dir + "/live.json");
+  const ChildClient live =
+      RunClientProcess(c, port,
+                       absl::StrCat("--input ", *clip, " --send images --no-pace --loop --streams ",
+                                    streams, " --frames ", n / 2),
+                       dir + "/live.json");
   (*server)->Shutdown();
   std::filesystem::remove_all(dir);
   const std::string what = absl::StrFormat("%dx%d, %d streams", info->width, info->height, streams);

@@ -76,6 +76,7 @@ absl::StatusOr<Clip> ReadClip(const std::string& path) {
 }  // namespace
 
 absl::StatusOr<std::string> MakeH264Clip(const std::string& dir, int frames) {
+  av_log_set_level(AV_LOG_ERROR);  // libx264's statistics are not the benchmark's output
   const AVCodec* c = avcodec_find_encoder_by_name("libx264");
   if (!c) return absl::UnavailableError("libavcodec has no libx264 encoder");
   constexpr int kW = 1280, kH = 720;

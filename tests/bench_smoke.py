@@ -3,7 +3,7 @@
 
 Runs the quickest section (`--quick --only overhead`) with `--json` and `--plot`, stdout to a file
 as a user redirecting the report would, and checks the plumbing, never the speed (no timed
-asserts): the table has the section's four figures, positive and finite; the targets block has
+asserts): the compressed-video section's figures come back from its client processes; the table has the section's four figures, positive and finite; the targets block has
 the graph-overhead target with a PASS or FALL SHORT verdict that agrees with its numbers; the
 JSON carries the same figures and target; the report is complete before the plot script's
 output (stdout flushed before the child runs); the plots are PNG files.
@@ -86,6 +86,21 @@ def main():
             t = tg[0]
             check(t["at_most"] is True and t["target"] == 2.0, "target definition: %r" % t)
             check(t["pass"] == (t["measured"] <= t["target"]), "JSON verdict: %r" % t)
+
+        # The compressed-video section: its clients run as child processes and report through
+        # --report JSON; every figure must come back positive, and its four targets judged.
+        vjson = os.path.join(tmp, "video.json")
+        p = subprocess.run([args.framepipe, "bench", "--quick", "--only", "video", "--json", vjson],
+                           capture_output=True, text=True, timeout=240)
+        check(p.returncode == 0, f"bench --only video exited {p.returncode}: {p.stderr[-500:]}")
+        if p.returncode == 0:
+            vdata = json.load(open(vjson))
+            vfigs = [f for f in vdata["figures"] if f["section"].startswith("Compressed video in")]
+            check(len(vfigs) == 8 and all(f["value"] > 0 for f in vfigs),
+                  "video figures: %r" % vfigs)
+            vt = [t for t in vdata["targets"] if "H.264" in t["name"]]
+            check(len(vt) == 4 and all(t["pass"] == (t["measured"] >= t["target"]) for t in vt),
+                  "video targets: %r" % vt)
 
         # Plots: PNG files.
         files = [f for f in os.listdir(plots) if f.endswith(".png")]

@@ -630,8 +630,8 @@ TEST(ServiceTest, ReflectionServesTheContractSoGrpcurlCanCallIt) {
   EXPECT_EQ(r->GetString(*reply, d->FindFieldByName("backend")), "cpu");
 }
 
-
-// ---- Compressed video over gRPC ------------------------------------------------------------------
+// ---- Compressed video over gRPC
+// ------------------------------------------------------------------
 
 pb::ProcessRequest VideoConfig(pb::VideoCodec codec, const std::string& extradata,
                                uint32_t max_in_flight = 4) {

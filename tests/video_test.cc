@@ -12,13 +12,13 @@
 #include <random>
 #include <thread>
 
+#include "absl/strings/str_cat.h"
 #include "analysis/cpu/cpu_analyzer.h"
 #include "analysis/video_decoder.h"
 #include "gtest/gtest.h"
 #include "pipeline/pipeline.h"
 #include "pipeline/standard_stages.h"
 #include "pipeline/video_stream.h"
-#include "absl/strings/str_cat.h"
 #include "test_util.h"
 #include "video_fixture.h"
 
@@ -120,7 +120,8 @@ std::vector<Packet> RandomStream(std::mt19937& rng, int n, int max_b) {
       const int b = std::min<int>(left - 1, static_cast<int>(rng() % (max_b + 1)));
       const int64_t p_display = display + b;
       out.push_back({seq++, 10 * p_display, std::string("P") + flag()});
-      for (int k = 0; k < b; ++k) out.push_back({seq++, 10 * (display + k), std::string("B") + flag()});
+      for (int k = 0; k < b; ++k)
+        out.push_back({seq++, 10 * (display + k), std::string("B") + flag()});
       display += b + 1;
       left -= b + 1;
       if (rng() % 17 == 0) out.push_back({seq++, -1, "JPEG", true});
@@ -339,8 +340,9 @@ TEST(VideoStreamTest, WindowOfOneWithADeepReorderBufferNeverDeadlocks) {
   PipelineOptions po;
   po.workers = 2;
   Recorder rec;
-  auto pipeline =
-      Pipeline::Create(po, FakeStages(5, 200, [](int64_t) { return false; }, &rec)).value();
+  auto pipeline = Pipeline::Create(po, FakeStages(
+                                           5, 200, [](int64_t) { return false; }, &rec))
+                      .value();
   Collected got;
   Feeder feeder;
   StreamOptions o = CollectingOptions(&got, 1);
@@ -375,8 +377,9 @@ TEST(VideoStreamTest, CancelWhileTheDecoderHoldsPicturesStopsEverything) {
     PipelineOptions po;
     po.workers = 2;
     Recorder rec;
-    auto pipeline =
-        Pipeline::Create(po, FakeStages(round, 300, [](int64_t) { return false; }, &rec)).value();
+    auto pipeline = Pipeline::Create(po, FakeStages(
+                                             round, 300, [](int64_t) { return false; }, &rec))
+                        .value();
     std::atomic<int> held{0};
     std::atomic<bool> cancelled{false};
     std::atomic<int> after_cancel{0};
@@ -531,7 +534,8 @@ TEST(FfmpegVideoTest, UnusableExtradataIsRefusedAtConfig) {
   EXPECT_EQ(st.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(st.status().message().find("neither an avcC record nor Annex-B"), std::string::npos);
   // An avcC header whose parameter sets are cut off.
-  auto cut = CreateVideoDecoder(VideoFormatSpec{VideoCodecId::kH264, std::string("\x01\x64\x00\x1f\xff\xe1\x00\x40", 8)}, {});
+  auto cut = CreateVideoDecoder(
+      VideoFormatSpec{VideoCodecId::kH264, std::string("\x01\x64\x00\x1f\xff\xe1\x00\x40", 8)}, {});
   EXPECT_FALSE(cut.ok());
 }
 

@@ -51,9 +51,9 @@ class AvPicture final : public Picture {
     // One conversion context per worker thread, reused while the format stays the same (as
     // OpenCV's FFmpeg capture does: same size, 8-bit BGR, SWS_BICUBIC).
     thread_local SwsContext* sws = nullptr;
-    sws = sws_getCachedContext(sws, src->width, src->height, static_cast<AVPixelFormat>(src->format),
-                               src->width, src->height, AV_PIX_FMT_BGR24, SWS_BICUBIC, nullptr,
-                               nullptr, nullptr);
+    sws = sws_getCachedContext(sws, src->width, src->height,
+                               static_cast<AVPixelFormat>(src->format), src->width, src->height,
+                               AV_PIX_FMT_BGR24, SWS_BICUBIC, nullptr, nullptr, nullptr);
     if (!sws) {
       return absl::InternalError(
           absl::StrCat("no conversion from ",
@@ -86,11 +86,11 @@ class FfmpegVideoDecoder final : public VideoDecoder {
       : codec_(codec), length_size_(length_size), limits_(limits) {}
 
   absl::Status Open(const VideoFormatSpec& format, bool try_hardware) {
-    const AVCodec* c = avcodec_find_decoder(codec_ == VideoCodecId::kH264 ? AV_CODEC_ID_H264
-                                                                           : AV_CODEC_ID_HEVC);
+    const AVCodec* c =
+        avcodec_find_decoder(codec_ == VideoCodecId::kH264 ? AV_CODEC_ID_H264 : AV_CODEC_ID_HEVC);
     if (!c) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "this server's libavcodec has no ", VideoCodecName(codec_), " decoder"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("this server's libavcodec has no ", VideoCodecName(codec_), " decoder"));
     }
     ctx_.reset(avcodec_alloc_context3(c));
     if (!ctx_) return absl::ResourceExhaustedError("cannot allocate a video decoder");
@@ -105,8 +105,8 @@ class FfmpegVideoDecoder final : public VideoDecoder {
     ctx_->flags |= AV_CODEC_FLAG_OUTPUT_CORRUPT;
     ctx_->get_format = &FfmpegVideoDecoder::GetFormat;
     if (!format.extradata.empty()) {
-      ctx_->extradata = static_cast<uint8_t*>(
-          av_mallocz(format.extradata.size() + AV_INPUT_BUFFER_PADDING_SIZE));
+      ctx_->extradata =
+          static_cast<uint8_t*>(av_mallocz(format.extradata.size() + AV_INPUT_BUFFER_PADDING_SIZE));
       if (!ctx_->extradata) return absl::ResourceExhaustedError("cannot allocate extradata");
       std::memcpy(ctx_->extradata, format.extradata.data(), format.extradata.size());
       ctx_->extradata_size = static_cast<int>(format.extradata.size());
@@ -186,9 +186,8 @@ class FfmpegVideoDecoder final : public VideoDecoder {
  private:
   absl::Status Rejected(int err) {
     if (!size_error_.empty()) return absl::InvalidArgumentError(size_error_);
-    return absl::InvalidArgumentError(
-        absl::StrCat("the ", VideoCodecName(codec_), " decoder rejected the packet: ",
-                     AvError(err)));
+    return absl::InvalidArgumentError(absl::StrCat("the ", VideoCodecName(codec_),
+                                                   " decoder rejected the packet: ", AvError(err)));
   }
 
   void Receive(std::vector<DecodedPicture>* out) {
@@ -209,7 +208,8 @@ class FfmpegVideoDecoder final : public VideoDecoder {
         // for analysis in host memory (a window of pictures could otherwise exhaust the pool).
         FramePtr host(av_frame_alloc());
         if (!host || av_hwframe_transfer_data(host.get(), f.get(), 0) < 0) {
-          d.damage = absl::InternalError("copying a hardware-decoded picture to host memory failed");
+          d.damage =
+              absl::InternalError("copying a hardware-decoded picture to host memory failed");
         } else {
           av_frame_copy_props(host.get(), f.get());
           d.picture = std::make_shared<AvPicture>(std::move(host));
@@ -229,10 +229,10 @@ class FfmpegVideoDecoder final : public VideoDecoder {
     const int h = std::max(ctx->height, ctx->coded_height);
     if (w <= 0 || h <= 0 || static_cast<uint32_t>(ctx->width) > self->limits_.max_width ||
         static_cast<uint32_t>(ctx->height) > self->limits_.max_height) {
-      self->size_error_ = absl::StrCat(
-          "the stream's parameter sets declare ", ctx->width, "x", ctx->height,
-          " pictures, over this server's limit of ", self->limits_.max_width, "x",
-          self->limits_.max_height, " (--max-width/--max-height): not decoded");
+      self->size_error_ =
+          absl::StrCat("the stream's parameter sets declare ", ctx->width, "x", ctx->height,
+                       " pictures, over this server's limit of ", self->limits_.max_width, "x",
+                       self->limits_.max_height, " (--max-width/--max-height): not decoded");
       return AV_PIX_FMT_NONE;
     }
     AVPixelFormat software = AV_PIX_FMT_NONE;
@@ -316,8 +316,7 @@ absl::StatusOr<int> NalLengthSize(const VideoFormatSpec& format) {
   }
   return absl::InvalidArgumentError(absl::StrCat(
       "VideoFormat.extradata (", x.size(), " bytes) is neither an ",
-      format.codec == VideoCodecId::kH264 ? "avcC" : "hvcC",
-      " record nor Annex-B parameter sets"));
+      format.codec == VideoCodecId::kH264 ? "avcC" : "hvcC", " record nor Annex-B parameter sets"));
 }
 
 std::string PrepareHardwareVideoDecoding() {

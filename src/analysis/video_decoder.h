@@ -85,7 +85,7 @@ struct VideoDecoderOptions {
 
 // libavcodec decoder. InvalidArgument (naming what is wrong) for an unsupported codec or
 // unusable extradata.
-absl::StatusOr<std::unique_ptr<VideoDecoder>> CreateVideoDecoder(const VideoFormatSpec& format,
-                                                                 const VideoDecoderOptions& options);
+absl::StatusOr<std::unique_ptr<VideoDecoder>> CreateVideoDecoder(
+    const VideoFormatSpec& format, const VideoDecoderOptions& options);
 
 }  // namespace framepipe

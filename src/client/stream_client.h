@@ -30,10 +30,10 @@ struct StreamClientOptions {
   // Input: "" = synthetic video; a directory = its JPEG/PNG files (sorted, cycled); anything
   // else = a video file or camera URL read with OpenCV videoio (FFmpeg).
   std::string input;
-  bool loop = false;         // video files: start over at the end
+  bool loop = false;          // video files: start over at the end
   bool send_packets = false;  // video inputs: send the H.264/HEVC packets (StreamConfig.video)
-  bool unpaced = false;      // video files: as fast as the server takes them, not at their rate
-  std::string overlay_path;  // write the frames back with their results drawn (mp4)
+  bool unpaced = false;       // video files: as fast as the server takes them, not at their rate
+  std::string overlay_path;   // write the frames back with their results drawn (mp4)
   // StreamConfig (0 / empty = server default).
   uint32_t max_in_flight = 0;
   // Frames sent and not yet answered, per stream, on the client side (0 = unlimited - the

@@ -157,8 +157,7 @@ FrameSource::Next StreamDriver::NextFrame(v1::ProcessRequest* req, Attempt* wait
     fr->set_encoded(*f.payload);
   }
   (*fr->mutable_tags())["frame"] = absl::StrCat(i);
-  sh_->payload_bytes.fetch_add(static_cast<int64_t>(f.payload->size()),
-                                   std::memory_order_relaxed);
+  sh_->payload_bytes.fetch_add(static_cast<int64_t>(f.payload->size()), std::memory_order_relaxed);
   InFlight entry{i, Now().time_since_epoch().count(), {}};
   if (overlay_) entry.frame = std::move(f);
   std::lock_guard<std::mutex> l(mu_);

@@ -32,7 +32,7 @@ struct ClientTotals {
   std::function<std::unique_ptr<FrameSource>(int)> make_source;
   TimePoint start;
   double cpu_start_s = 0;  // ProcessCpuSeconds() at start
-  std::mutex mu;  // guards everything below
+  std::mutex mu;           // guards everything below
   std::vector<double> latencies_ms;
   std::vector<double> latency_times_s;
   std::vector<double> server_total_ms;

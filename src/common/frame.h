@@ -39,7 +39,13 @@ using Tags = std::vector<std::pair<std::string, std::string>>;
 // kVideoPacket: one compressed access unit of a video stream (decoded by the stream's video
 // decoder, never by the decode stage). kPicture: a picture that decoder produced, waiting to be
 // converted to BGR by the decode stage.
-enum class PayloadKind : uint8_t { kNone = 0, kEncoded = 1, kRaw = 2, kVideoPacket = 3, kPicture = 4 };
+enum class PayloadKind : uint8_t {
+  kNone = 0,
+  kEncoded = 1,
+  kRaw = 2,
+  kVideoPacket = 3,
+  kPicture = 4
+};
 
 // A decoded video picture in the decoder's own format (YUV), converted to 8-bit BGR on a
 // pipeline worker. Implemented by analysis/video_decoder; immutable and shareable.
@@ -64,7 +70,7 @@ struct FrameInput {
   uint32_t raw_width = 0;
   uint32_t raw_height = 0;
   int raw_format_code = 0;
-  int64_t pts = 0;  // video packets: presentation time, echoed
+  int64_t pts = 0;                         // video packets: presentation time, echoed
   std::shared_ptr<const Picture> picture;  // kPicture only
   uint64_t order_key = 0;  // echoed in the result untouched (adapters such as VideoStream)
   Tags tags;

@@ -163,7 +163,7 @@ class PacketSource : public FrameSource {
       SourceFrame f;
       f.video_packet = true;
       f.capture_time_us = WallMicros();
-      const int64_t ts = pkt->pts != AV_NOPTS_VALUE ? pkt->pts
+      const int64_t ts = pkt->pts != AV_NOPTS_VALUE   ? pkt->pts
                          : pkt->dts != AV_NOPTS_VALUE ? pkt->dts
                                                       : counter;
       ++counter;
@@ -236,7 +236,8 @@ absl::StatusOr<std::function<std::unique_ptr<FrameSource>(int)>> MakePacketSourc
     const SourceOptions& o) {
   av_log_set_level(AV_LOG_ERROR);
   FP_ASSIGN_OR_RETURN(Demuxer first, OpenDemuxer(o.input));
-  auto spare = std::make_shared<std::unique_ptr<Demuxer>>(std::make_unique<Demuxer>(std::move(first)));
+  auto spare =
+      std::make_shared<std::unique_ptr<Demuxer>>(std::make_unique<Demuxer>(std::move(first)));
   auto mu = std::make_shared<std::mutex>();
   return std::function<std::unique_ptr<FrameSource>(int)>(
       [o, spare, mu](int) -> std::unique_ptr<FrameSource> {

@@ -15,8 +15,8 @@
 namespace framepipe {
 namespace {
 
-constexpr size_t kIntakePackets = 4;      // packets waiting for the decoder...
-constexpr size_t kIntakeBytes = 8u << 20;  // ...and their bytes (one packet is always taken)
+constexpr size_t kIntakePackets = 4;        // packets waiting for the decoder...
+constexpr size_t kIntakeBytes = 8u << 20;   // ...and their bytes (one packet is always taken)
 constexpr uint64_t kRejectionCost = 16384;  // a result with no pixels
 
 }  // namespace
@@ -105,7 +105,8 @@ class VideoStream::State {
     decoder_->Flush(&pictures);
     if (!Emit(pictures)) return;
     while (!awaiting_.empty()) {
-      if (!RejectOldestAwaiting("the decoder returned no picture for it by the end of the stream")) {
+      if (!RejectOldestAwaiting(
+              "the decoder returned no picture for it by the end of the stream")) {
         return;
       }
     }
@@ -147,14 +148,16 @@ class VideoStream::State {
     absl::Status st = decoder_->Decode(VideoPacket{key_id, data, pts}, &pictures);
     const double secs =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    if (observer_) observer_->OnVideoDecoded(decoder_->codec(), secs, static_cast<int>(pictures.size()));
+    if (observer_)
+      observer_->OnVideoDecoded(decoder_->codec(), secs, static_cast<int>(pictures.size()));
     if (!st.ok()) {
       auto it = awaiting_.find(key_id);
       if (it != awaiting_.end()) {
         FrameInput failed = std::move(it->second.input);
         awaiting_.erase(it);
         MarkBroken(seq);
-        if (!Reject(std::move(failed), absl::StrCat("video packet pts=", pts, ": ", st.message()))) {
+        if (!Reject(std::move(failed),
+                    absl::StrCat("video packet pts=", pts, ": ", st.message()))) {
           return false;
         }
       }
@@ -194,7 +197,8 @@ class VideoStream::State {
       if (!p.damage.ok()) {
         MarkBroken(in.seq);
         const int64_t pts = in.pts;
-        if (!Reject(std::move(in), absl::StrCat("video packet pts=", pts, ": ", p.damage.message()))) {
+        if (!Reject(std::move(in),
+                    absl::StrCat("video packet pts=", pts, ": ", p.damage.message()))) {
           return false;
         }
         continue;

@@ -302,8 +302,8 @@ void Metrics::CollectVideo(MetricFamilies* f) const {
   }
   f->out().push_back(std::move(decode));
   f->Labelled("framepipe_video_frames_decoded_total",
-              "Pictures the video decoders produced, by codec.", T::Counter, "codec",
-              kVideoCodecs, codec, [&](int i) { return video_pictures_[i].load(); });
+              "Pictures the video decoders produced, by codec.", T::Counter, "codec", kVideoCodecs,
+              codec, [&](int i) { return video_pictures_[i].load(); });
   f->Labelled("framepipe_video_decode_errors_total",
               "Video packets answered INVALID_ARGUMENT by the video path (rejected or damaged "
               "packets, packets before a keyframe or after a broken one, no picture), by codec.",

@@ -132,9 +132,9 @@ class ProcessReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
   bool read_starting_ = false;    // StartRead is being called outside the lock
   bool awaiting_budget_ = false;  // queued for read budget
   bool write_in_flight_ = false;
-  bool producer_busy_ = false;           // a thread is inside stream_->TryAdmit or stream_->Close
-  bool retry_admit_ = false;             // a credit came back while the producer was busy
-  std::optional<PendingFrame> pending_;  // read, waiting for a credit (reads pause meanwhile)
+  bool producer_busy_ = false;            // a thread is inside stream_->TryAdmit or stream_->Close
+  bool retry_admit_ = false;              // a credit came back while the producer was busy
+  std::optional<PendingFrame> pending_;   // read, waiting for a credit (reads pause meanwhile)
   std::unique_ptr<StreamHandle> stream_;  // a pipeline Stream, or a VideoStream in front of one
   bool stream_closed_ = false;
   bool stream_complete_ = false;

@@ -224,8 +224,7 @@ absl::Status ProcessReactor::OpenStream(const v1::StreamConfig* config) {
   bool thumbnail = false;
   std::optional<VideoFormatSpec> video;
   if (config) {
-    FP_RETURN_IF_ERROR(
-        ApplyStreamConfig(*config, so.max_stream_in_flight, &o, &thumbnail, &video));
+    FP_RETURN_IF_ERROR(ApplyStreamConfig(*config, so.max_stream_in_flight, &o, &thumbnail, &video));
   }
   o.on_result = [this](Delivery d) { OnResult(std::move(d)); };
   o.on_credit = [this] { AdmitPending(); };

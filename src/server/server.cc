@@ -73,7 +73,7 @@ void SetServing(grpc::Server* s, bool serving) {
 struct Server::Impl {
   ServerOptions options;
   BackendChoice backend;
-  std::string video_device = "cpu";  // where video streams decode: "cpu" | "nvdec"
+  std::string video_device = "cpu";   // where video streams decode: "cpu" | "nvdec"
   std::unique_ptr<PeerLog> peer_log;  // shared by the front doors and the service
   std::unique_ptr<Metrics> metrics;   // outlives the pipeline and the service
   std::unique_ptr<Pipeline> pipeline;
@@ -310,8 +310,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
       LogLine("video_decoder_fallback").Add("device", "cpu").Add("reason", why_not).Emit();
     }
   } else if (options.video_decoder != "auto" && options.video_decoder != "cpu") {
-    return absl::InvalidArgumentError(absl::StrCat("--video-decoder must be auto, cpu or nvdec, not '",
-                                                   options.video_decoder, "'"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--video-decoder must be auto, cpu or nvdec, not '", options.video_decoder, "'"));
   }
   impl->video_device = svc.video_hardware ? "nvdec" : "cpu";
   svc.peer_log = impl->peer_log.get();

@@ -46,9 +46,9 @@ absl::Status ApplyStreamConfig(const v1::StreamConfig& config, uint32_t max_stre
         spec.codec = VideoCodecId::kHevc;
         break;
       default:
-        return absl::InvalidArgumentError(absl::StrCat(
-            "StreamConfig.video.codec ", static_cast<int>(v.codec()),
-            " is not supported (expected VIDEO_CODEC_H264=1 or VIDEO_CODEC_HEVC=2)"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("StreamConfig.video.codec ", static_cast<int>(v.codec()),
+                         " is not supported (expected VIDEO_CODEC_H264=1 or VIDEO_CODEC_HEVC=2)"));
     }
     if (v.extradata().size() > (1u << 20)) {
       return absl::InvalidArgumentError(absl::StrCat("StreamConfig.video.extradata is ",

@@ -49,10 +49,10 @@ inline EncodedClip EncodeClip(const char* encoder, int width, int height, int fr
   if (b_frames > 0) {
     // ultrafast turns B-frames off; put them back.
     if (std::string(encoder) == "libx264") {
-      av_opt_set(ctx->priv_data, "x264-params", ("bframes=" + std::to_string(b_frames) +
-                                                 ":b-adapt=0:scenecut=0:keyint=" +
-                                                 std::to_string(gop))
-                                                    .c_str(),
+      av_opt_set(ctx->priv_data, "x264-params",
+                 ("bframes=" + std::to_string(b_frames) +
+                  ":b-adapt=0:scenecut=0:keyint=" + std::to_string(gop))
+                     .c_str(),
                  0);
     } else {
       av_opt_set(ctx->priv_data, "x265-params",
@@ -81,9 +81,9 @@ inline EncodedClip EncodeClip(const char* encoder, int width, int height, int fr
   AVPacket* pkt = av_packet_alloc();
   auto drain = [&] {
     while (avcodec_receive_packet(ctx, pkt) == 0) {
-      clip.packets.push_back({std::string(reinterpret_cast<const char*>(pkt->data),
-                                          static_cast<size_t>(pkt->size)),
-                              pkt->pts, (pkt->flags & AV_PKT_FLAG_KEY) != 0});
+      clip.packets.push_back(
+          {std::string(reinterpret_cast<const char*>(pkt->data), static_cast<size_t>(pkt->size)),
+           pkt->pts, (pkt->flags & AV_PKT_FLAG_KEY) != 0});
       av_packet_unref(pkt);
     }
   };
