@@ -614,3 +614,59 @@ TEST(FfmpegVideoTest, CorruptionIsAnsweredPerPacketAndTheStreamRecoversAtTheNext
 
 }  // namespace
 }  // namespace framepipe
+
+namespace framepipe {
+namespace {
+
+// The decoder's reference pictures are charged to the memory budget from the parameter sets,
+// before any is allocated, and given back when the decoder goes; without room, packets are
+// refused with a message naming the budget.
+TEST(FfmpegVideoTest, DecoderPicturesAreChargedToTheMemoryBudget) {
+  for (const char* encoder : {"libx264", "libx265"}) {
+    SCOPED_TRACE(encoder);
+    auto clip = testing::EncodeClip(encoder, 320, 240, 30, 15, 2, false);
+    ASSERT_TRUE(clip.error.empty()) << clip.error;
+    const VideoCodecId codec =
+        std::string(encoder) == "libx264" ? VideoCodecId::kH264 : VideoCodecId::kHevc;
+    std::atomic<int64_t> used{0};
+    std::atomic<int64_t> peak{0};
+    auto options = [&](int64_t limit) {
+      VideoDecoderOptions o;
+      o.charge = [&used, &peak, limit](uint64_t b) {
+        if (used.load() + static_cast<int64_t>(b) > limit) return false;
+        peak.store(std::max(peak.load(),
+                            used.fetch_add(static_cast<int64_t>(b)) + static_cast<int64_t>(b)));
+        return true;
+      };
+      o.release = [&used](uint64_t b) { used.fetch_sub(static_cast<int64_t>(b)); };
+      return o;
+    };
+    const int64_t picture = 320 * 240 * 3 / 2;
+    {
+      auto dec = CreateVideoDecoder({codec, clip.extradata}, options(int64_t{1} << 30)).value();
+      std::vector<DecodedPicture> pics;
+      uint64_t id = 0;
+      for (const auto& p : clip.packets)
+        ASSERT_TRUE(dec->Decode({id++, p.data, p.pts}, &pics).ok());
+      dec->Flush(&pics);
+      EXPECT_EQ(pics.size(), clip.packets.size());
+      // At least the reference pictures and the one being decoded; at most the largest DPB.
+      EXPECT_GE(used.load(), 2 * picture);
+      EXPECT_LE(used.load(), 40 * picture);
+    }
+    EXPECT_EQ(used.load(), 0) << "given back with the decoder";
+    peak = 0;
+    {
+      auto dec = CreateVideoDecoder({codec, clip.extradata}, options(picture)).value();
+      std::vector<DecodedPicture> pics;
+      absl::Status st = dec->Decode({0, clip.packets[0].data, clip.packets[0].pts}, &pics);
+      EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+      EXPECT_NE(st.message().find("memory budget"), std::string::npos) << st;
+      EXPECT_TRUE(pics.empty());
+    }
+    EXPECT_EQ(used.load(), 0);
+  }
+}
+
+}  // namespace
+}  // namespace framepipe

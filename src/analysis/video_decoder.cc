@@ -82,8 +82,13 @@ std::string hw_reason;
 
 class FfmpegVideoDecoder final : public VideoDecoder {
  public:
-  FfmpegVideoDecoder(VideoCodecId codec, int length_size, const DecodeLimits& limits)
-      : codec_(codec), length_size_(length_size), limits_(limits) {}
+  FfmpegVideoDecoder(VideoCodecId codec, int length_size, const VideoDecoderOptions& options)
+      : codec_(codec), length_size_(length_size), limits_(options.limits), options_(options) {}
+  ~FfmpegVideoDecoder() override {
+    ctx_.reset();  // frees the decoder's pictures (those still referenced elsewhere are charged
+                   // to the pipeline as frames)
+    if (charged_ > 0 && options_.release) options_.release(charged_);
+  }
 
   absl::Status Open(const VideoFormatSpec& format, bool try_hardware) {
     const AVCodec* c =
@@ -236,12 +241,38 @@ class FfmpegVideoDecoder final : public VideoDecoder {
       return AV_PIX_FMT_NONE;
     }
     AVPixelFormat software = AV_PIX_FMT_NONE;
+    bool cuda = false;
     for (const AVPixelFormat* f = formats; *f != AV_PIX_FMT_NONE; ++f) {
-      if (*f == AV_PIX_FMT_CUDA && self->hardware_) return *f;
+      if (*f == AV_PIX_FMT_CUDA && self->hardware_) cuda = true;
       const AVPixFmtDescriptor* d = av_pix_fmt_desc_get(*f);
       if (software == AV_PIX_FMT_NONE && d && !(d->flags & AV_PIX_FMT_FLAG_HWACCEL)) software = *f;
     }
-    return software;
+    if (software != AV_PIX_FMT_NONE && !self->Charge(software, w, h)) return AV_PIX_FMT_NONE;
+    return cuda ? AV_PIX_FMT_CUDA : software;
+  }
+
+  // Charges the pictures this stream's decoder will hold, before it allocates any: its
+  // reference frames and reorder delay from the parameter sets, plus the picture being decoded
+  // and two in output (NVDEC surfaces are charged as host pictures: they are copied there).
+  bool Charge(AVPixelFormat format, int w, int h) {
+    const int refs =
+        std::clamp(ctx_->refs > 0 ? ctx_->refs : kMaxVideoReorderDelay, 1, kMaxVideoReorderDelay);
+    const int pictures = refs + std::clamp(ctx_->has_b_frames, 0, kMaxVideoReorderDelay) + 3;
+    const int one = av_image_get_buffer_size(format, w, h, 32);
+    const uint64_t bytes = static_cast<uint64_t>(std::max(one, 0)) * pictures;
+    if (bytes == charged_) return true;
+    if (charged_ > 0 && options_.release) options_.release(charged_);
+    charged_ = 0;
+    if (options_.charge && !options_.charge(bytes)) {
+      size_error_ = absl::StrCat(
+          "the server's memory budget (--max-memory-mb) has no room now for this stream's "
+          "decoder: ",
+          pictures, " pictures of ", w, "x", h, " (", bytes >> 20,
+          " MiB); packets are refused until a keyframe finds room");
+      return false;
+    }
+    charged_ = bytes;
+    return true;
   }
 
   struct PacketFree {
@@ -251,6 +282,8 @@ class FfmpegVideoDecoder final : public VideoDecoder {
   const VideoCodecId codec_;
   const int length_size_;
   const DecodeLimits limits_;
+  const VideoDecoderOptions options_;
+  uint64_t charged_ = 0;  // bytes charged to the memory budget
   bool hardware_ = false;
   std::unique_ptr<AVCodecContext, CodecContextFree> ctx_;
   std::unique_ptr<AVPacket, PacketFree> packet_;
@@ -339,7 +372,7 @@ absl::StatusOr<std::unique_ptr<VideoDecoder>> CreateVideoDecoder(
   static std::once_flag quiet;
   std::call_once(quiet, [] { av_log_set_level(AV_LOG_QUIET); });
   FP_ASSIGN_OR_RETURN(const int length_size, NalLengthSize(format));
-  auto d = std::make_unique<FfmpegVideoDecoder>(format.codec, length_size, options.limits);
+  auto d = std::make_unique<FfmpegVideoDecoder>(format.codec, length_size, options);
   FP_RETURN_IF_ERROR(d->Open(format, options.try_hardware));
   return std::unique_ptr<VideoDecoder>(std::move(d));
 }

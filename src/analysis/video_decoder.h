@@ -80,6 +80,12 @@ std::string PrepareHardwareVideoDecoding();
 
 struct VideoDecoderOptions {
   DecodeLimits limits;
+  // The memory budget: the decoder charges its reference pictures (refs + reorder delay + 3
+  // pictures of the stream's size, from the parameter sets, before any is allocated) and gives
+  // them back when it is destroyed or the size changes. A refusal fails the packet (and the
+  // stream's packets until a keyframe finds room). Empty: no budget.
+  std::function<bool(uint64_t)> charge;
+  std::function<void(uint64_t)> release;
   bool try_hardware = false;  // NVDEC through FFmpeg when PrepareHardwareVideoDecoding allowed it
 };
 

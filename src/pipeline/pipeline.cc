@@ -48,4 +48,7 @@ bool Pipeline::Stop(std::chrono::milliseconds drain_timeout) { return core_->Sto
 PipelineCounters Pipeline::counters() const { return core_->counters(); }
 int Pipeline::workers() const { return core_->workers(); }
 
+bool Pipeline::TryChargeBytes(uint64_t bytes) { return core_->TryChargeBytes(bytes); }
+void Pipeline::ReleaseBytes(uint64_t bytes) { core_->ReleaseGlobal(0, bytes); }
+
 }  // namespace framepipe

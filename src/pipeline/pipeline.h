@@ -83,6 +83,12 @@ class Pipeline {
   PipelineCounters counters() const;
   int workers() const;
 
+  // Charges memory that is not a frame's to the global byte budget (a video decoder's reference
+  // pictures): never waits; false when the budget has no room for all of it. Release with
+  // ReleaseBytes. Without a byte budget it always succeeds (and is counted).
+  bool TryChargeBytes(uint64_t bytes);
+  void ReleaseBytes(uint64_t bytes);
+
  private:
   explicit Pipeline(std::shared_ptr<internal::Core> core);
   std::shared_ptr<internal::Core> core_;

@@ -235,6 +235,9 @@ absl::Status ProcessReactor::OpenStream(const v1::StreamConfig* config) {
     VideoDecoderOptions vo;
     vo.limits = so.limits;
     vo.try_hardware = so.video_hardware;
+    Pipeline* pipeline = svc_->pipeline_;
+    vo.charge = [pipeline](uint64_t bytes) { return pipeline->TryChargeBytes(bytes); };
+    vo.release = [pipeline](uint64_t bytes) { pipeline->ReleaseBytes(bytes); };
     FP_ASSIGN_OR_RETURN(std::unique_ptr<VideoDecoder> decoder, CreateVideoDecoder(*video, vo));
     s = VideoStream::Open(*svc_->pipeline_, o, std::move(decoder), svc_->observer_);
   } else {

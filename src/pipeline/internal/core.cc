@@ -223,6 +223,18 @@ bool Core::TryAcquireGlobal(uint64_t cost_bytes, StreamState* stream) {
   return false;
 }
 
+bool Core::TryChargeBytes(uint64_t bytes) {
+  const uint64_t max_bytes = options_.global_max_bytes;
+  uint64_t b = global_bytes_.load(std::memory_order_relaxed);
+  do {
+    if (max_bytes > 0 && b + bytes > max_bytes) return false;
+  } while (!global_bytes_.compare_exchange_weak(b, b + bytes, std::memory_order_seq_cst));
+  uint64_t peak_b = global_peak_bytes_.load(std::memory_order_relaxed);
+  while (b + bytes > peak_b && !global_peak_bytes_.compare_exchange_weak(peak_b, b + bytes)) {
+  }
+  return true;
+}
+
 void Core::ReleaseGlobal(uint32_t credits, uint64_t bytes) {
   if (credits) global_credits_.fetch_sub(credits, std::memory_order_seq_cst);
   if (bytes) global_bytes_.fetch_sub(bytes, std::memory_order_seq_cst);

@@ -38,6 +38,9 @@ class Core : public std::enable_shared_from_this<Core> {
   // Global budget. TryAcquire registers `stream` as a waiter when it fails.
   bool TryAcquireGlobal(uint64_t cost_bytes, StreamState* stream);
   void ReleaseGlobal(uint32_t credits, uint64_t bytes);
+  // Memory that is not a frame's (a video decoder's reference pictures): bytes only, never
+  // waits, refused when the budget has no room for all of it.
+  bool TryChargeBytes(uint64_t bytes);
 
   // Deadline timer: a stream admitted a frame with this deadline.
   void PokeTimer(TimePoint deadline);
