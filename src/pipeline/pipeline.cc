@@ -49,6 +49,6 @@ PipelineCounters Pipeline::counters() const { return core_->counters(); }
 int Pipeline::workers() const { return core_->workers(); }
 
 bool Pipeline::TryChargeBytes(uint64_t bytes) { return core_->TryChargeBytes(bytes); }
-void Pipeline::ReleaseBytes(uint64_t bytes) { core_->ReleaseGlobal(0, bytes); }
+void Pipeline::ReleaseBytes(uint64_t bytes) { core_->ReleaseCharged(bytes); }
 
 }  // namespace framepipe

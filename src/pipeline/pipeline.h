@@ -84,7 +84,8 @@ class Pipeline {
   int workers() const;
 
   // Charges memory that is not a frame's to the global byte budget (a video decoder's reference
-  // pictures): never waits; false when the budget has no room for all of it. Release with
+  // pictures): never waits; false when the budget has no room for all of it, or when such
+  // charges would take more than half the budget (frames keep the other half). Release with
   // ReleaseBytes. Without a byte budget it always succeeds (and is counted).
   bool TryChargeBytes(uint64_t bytes);
   void ReleaseBytes(uint64_t bytes);

@@ -82,6 +82,13 @@ class VideoStream::State {
  private:
   // The decode thread: packets in send order through the decoder, outputs into the inner stream.
   void Run() {
+    if (observer_) observer_->OnDecodeThread(+1);
+    struct Exit {
+      VideoObserver* observer;
+      ~Exit() {
+        if (observer) observer->OnDecodeThread(-1);
+      }
+    } exit{observer_};
     for (;;) {
       FrameInput in;
       bool notify = false;

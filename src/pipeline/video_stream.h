@@ -40,6 +40,8 @@ class VideoObserver {
   virtual void OnVideoDecoded(VideoCodecId /*codec*/, double /*seconds*/, int /*pictures*/) {}
   // A packet answered INVALID_ARGUMENT by the video path (any of the reasons above).
   virtual void OnVideoError(VideoCodecId /*codec*/) {}
+  // A stream's decode thread started (+1) or ended (-1).
+  virtual void OnDecodeThread(int /*delta*/) {}
 };
 
 class VideoStream final : public StreamHandle {

@@ -237,6 +237,10 @@ void Metrics::OnVideoDecoded(VideoCodecId codec, double seconds, int pictures) {
   video_pictures_[c].fetch_add(static_cast<uint64_t>(pictures), std::memory_order_relaxed);
 }
 
+void Metrics::OnDecodeThread(int delta) {
+  video_decode_threads_.fetch_add(delta, std::memory_order_relaxed);
+}
+
 void Metrics::OnVideoError(VideoCodecId codec) {
   video_errors_[static_cast<int>(codec)].fetch_add(1, std::memory_order_relaxed);
 }
@@ -309,6 +313,9 @@ void Metrics::CollectVideo(MetricFamilies* f) const {
               "packets, packets before a keyframe or after a broken one, no picture), by codec.",
               T::Counter, "codec", kVideoCodecs, codec,
               [&](int i) { return video_errors_[i].load(); });
+  f->Add("framepipe_video_decode_threads",
+         "Video streams' decode threads running (one per open video stream).", T::Gauge,
+         static_cast<double>(video_decode_threads_.load()));
 }
 
 void Metrics::CollectFrames(MetricFamilies* f) const {

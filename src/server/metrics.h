@@ -90,6 +90,7 @@ class Metrics final : public prometheus::Collectable,
   // VideoObserver
   void OnVideoDecoded(VideoCodecId codec, double seconds, int pictures) override;
   void OnVideoError(VideoCodecId codec) override;
+  void OnDecodeThread(int delta) override;
 
   // Direct access for tests.
   const AtomicHistogram& stage(Stage s) const { return *stages_[static_cast<int>(s)]; }
@@ -123,6 +124,7 @@ class Metrics final : public prometheus::Collectable,
   std::array<std::unique_ptr<AtomicHistogram>, kVideoCodecs> video_decode_;
   std::array<std::atomic<uint64_t>, kVideoCodecs> video_pictures_{};
   std::array<std::atomic<uint64_t>, kVideoCodecs> video_errors_{};
+  std::atomic<int64_t> video_decode_threads_{0};
   std::atomic<uint64_t> bytes_in_{0};
   std::atomic<uint64_t> bytes_out_{0};
   std::atomic<uint64_t> frames_read_{0};

@@ -225,14 +225,29 @@ bool Core::TryAcquireGlobal(uint64_t cost_bytes, StreamState* stream) {
 
 bool Core::TryChargeBytes(uint64_t bytes) {
   const uint64_t max_bytes = options_.global_max_bytes;
+  // Such charges last as long as a stream, so together they may take at most half the budget:
+  // frames always keep the other half (a stream whose decoder filled the budget could never
+  // admit its own pictures).
+  uint64_t c = charged_bytes_.load(std::memory_order_relaxed);
+  do {
+    if (max_bytes > 0 && c + bytes > max_bytes / 2) return false;
+  } while (!charged_bytes_.compare_exchange_weak(c, c + bytes, std::memory_order_seq_cst));
   uint64_t b = global_bytes_.load(std::memory_order_relaxed);
   do {
-    if (max_bytes > 0 && b + bytes > max_bytes) return false;
+    if (max_bytes > 0 && b + bytes > max_bytes) {
+      charged_bytes_.fetch_sub(bytes, std::memory_order_seq_cst);
+      return false;
+    }
   } while (!global_bytes_.compare_exchange_weak(b, b + bytes, std::memory_order_seq_cst));
   uint64_t peak_b = global_peak_bytes_.load(std::memory_order_relaxed);
   while (b + bytes > peak_b && !global_peak_bytes_.compare_exchange_weak(peak_b, b + bytes)) {
   }
   return true;
+}
+
+void Core::ReleaseCharged(uint64_t bytes) {
+  charged_bytes_.fetch_sub(bytes, std::memory_order_seq_cst);
+  ReleaseGlobal(0, bytes);
 }
 
 void Core::ReleaseGlobal(uint32_t credits, uint64_t bytes) {

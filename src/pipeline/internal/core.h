@@ -41,6 +41,7 @@ class Core : public std::enable_shared_from_this<Core> {
   // Memory that is not a frame's (a video decoder's reference pictures): bytes only, never
   // waits, refused when the budget has no room for all of it.
   bool TryChargeBytes(uint64_t bytes);
+  void ReleaseCharged(uint64_t bytes);
 
   // Deadline timer: a stream admitted a frame with this deadline.
   void PokeTimer(TimePoint deadline);
@@ -89,6 +90,7 @@ class Core : public std::enable_shared_from_this<Core> {
   std::atomic<uint64_t> global_peak_{0};
   std::atomic<uint64_t> global_bytes_{0};
   std::atomic<uint64_t> global_peak_bytes_{0};
+  std::atomic<uint64_t> charged_bytes_{0};  // TryChargeBytes' share of global_bytes_
   std::atomic<int> global_waiter_count_{0};
   mutable std::mutex global_mu_;
   std::deque<std::weak_ptr<StreamState>> global_waiters_;
