@@ -135,6 +135,18 @@ class FfmpegVideoDecoder final : public VideoDecoder {
     return absl::OkStatus();
   }
 
+  absl::Status CheckFraming(std::string_view packet) const override {
+    if (length_size_ == 0 && !packet.empty() && !StartsWithStartCode(packet)) {
+      // Without an avcC/hvcC record the packets must be Annex-B; an MP4-style packet (NAL units
+      // with length prefixes) says the extradata is missing.
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the packet is not Annex-B (no start code) and the stream has no ",
+          codec_ == VideoCodecId::kH264 ? "avcC" : "hvcC",
+          " record: length-prefixed packets (MP4, MKV) need StreamConfig.video.extradata"));
+    }
+    return absl::OkStatus();
+  }
+
   bool IsKeyframe(std::string_view packet) const override {
     bool key = false;
     ForEachNal(packet, length_size_, [&](const uint8_t* nal, size_t) {
@@ -150,6 +162,7 @@ class FfmpegVideoDecoder final : public VideoDecoder {
 
   absl::Status Decode(const VideoPacket& p, std::vector<DecodedPicture>* out) override {
     if (p.data.empty()) return absl::InvalidArgumentError("video_packet is empty");
+    FP_RETURN_IF_ERROR(CheckFraming(p.data));
     if (p.data.size() > static_cast<size_t>(INT32_MAX - AV_INPUT_BUFFER_PADDING_SIZE)) {
       return absl::InvalidArgumentError("video_packet is too large");
     }
@@ -292,6 +305,11 @@ class FfmpegVideoDecoder final : public VideoDecoder {
 
 }  // namespace
 
+bool StartsWithStartCode(std::string_view p) {
+  return (p.size() >= 3 && p[0] == 0 && p[1] == 0 && p[2] == 1) ||
+         (p.size() >= 4 && p[0] == 0 && p[1] == 0 && p[2] == 0 && p[3] == 1);
+}
+
 const char* VideoCodecName(VideoCodecId codec) {
   return codec == VideoCodecId::kH264 ? "h264" : "hevc";
 }
@@ -338,11 +356,7 @@ bool ForEachNal(std::string_view packet, int length_size,
 absl::StatusOr<int> NalLengthSize(const VideoFormatSpec& format) {
   const std::string& x = format.extradata;
   const auto* p = reinterpret_cast<const uint8_t*>(x.data());
-  if (x.empty()) return 0;
-  if ((x.size() >= 3 && p[0] == 0 && p[1] == 0 && p[2] == 1) ||
-      (x.size() >= 4 && p[0] == 0 && p[1] == 0 && p[2] == 0 && p[3] == 1)) {
-    return 0;
-  }
+  if (x.empty() || StartsWithStartCode(x)) return 0;
   if (p[0] == 1) {
     if (format.codec == VideoCodecId::kH264 && x.size() >= 7) return (p[4] & 3) + 1;
     if (format.codec == VideoCodecId::kHevc && x.size() >= 23) return (p[21] & 3) + 1;

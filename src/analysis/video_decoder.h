@@ -46,6 +46,9 @@ struct DecodedPicture {
 class VideoDecoder {
  public:
   virtual ~VideoDecoder() = default;
+  // What is wrong with a packet's framing before any decoding (an MP4-style packet in a stream
+  // without an avcC/hvcC record, say); OK if nothing is.
+  virtual absl::Status CheckFraming(std::string_view /*packet*/) const { return absl::OkStatus(); }
   // Whether `packet` can start decoding on its own (H.264 IDR, HEVC IRAP).
   virtual bool IsKeyframe(std::string_view packet) const = 0;
   // Decodes one access unit and appends the pictures that came out (display order; possibly
@@ -69,6 +72,9 @@ inline constexpr int kMaxVideoReorderDelay = 16;
 // Calls fn(type_byte_pointer, size) for each; returns false if the framing is broken.
 bool ForEachNal(std::string_view packet, int length_size,
                 const std::function<void(const uint8_t*, size_t)>& fn);
+
+// Whether a packet begins with an Annex-B start code (00 00 01 or 00 00 00 01).
+bool StartsWithStartCode(std::string_view packet);
 
 // Reads the packet framing from extradata: 1..4 for avcC/hvcC, 0 for Annex-B or empty;
 // InvalidArgument if it is neither.

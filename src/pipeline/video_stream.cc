@@ -129,6 +129,11 @@ class VideoStream::State {
                               "stream (StreamConfig.video is set): send video_packet";
       return Reject(std::move(in), why);
     }
+    if (absl::Status framing = decoder_->CheckFraming(in.data); !framing.ok()) {
+      if (!need_keyframe_) MarkBroken(in.seq);  // what follows may depend on it
+      const int64_t pts = in.pts;
+      return Reject(std::move(in), absl::StrCat("video packet pts=", pts, ": ", framing.message()));
+    }
     const bool key = decoder_->IsKeyframe(in.data);
     if (need_keyframe_ && !key) {
       std::string why =

@@ -67,6 +67,8 @@ def fixtures(footage, tmp_path_factory) -> dict:
            str(out["h264_annexb"]))
     out["h264_ts"] = d / "h264.ts"
     ffmpeg("-i", str(out["h264_mp4"]), "-c", "copy", str(out["h264_ts"]))
+    out["h264_mkv"] = d / "h264.mkv"
+    ffmpeg("-i", str(out["h264_mp4"]), "-c", "copy", str(out["h264_mkv"]))
     out["hevc_mp4"] = d / "hevc.mp4"
     ffmpeg("-i", str(tree), "-t", SECONDS, "-an", "-c:v", "libx265", "-x265-params",
            "log-level=error:bframes=3:keyint=30", "-pix_fmt", "yuv420p", str(out["hevc_mp4"]))
@@ -124,8 +126,8 @@ def luma_by_position(path: Path, packets: list) -> list:
     return [ref.get(p.pts) for p in packets]
 
 
-@pytest.mark.parametrize("name", ["h264_mp4", "h264_annexb", "h264_ts", "hevc_mp4",
-                                  "camera_mp4"])
+@pytest.mark.parametrize("name", ["h264_mp4", "h264_annexb", "h264_ts", "h264_mkv",
+                                  "hevc_mp4", "camera_mp4"])
 def test_cpp_client_sends_packets_and_every_picture_matches(server, fixtures, name, tmp_path):
     path = fixtures[name]
     packets = demuxed(path)

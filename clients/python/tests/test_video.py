@@ -84,3 +84,28 @@ def test_video_packets_need_a_video_stream_and_vice_versa(server, clip):
         fmt = VideoFormat(VideoCodec.H264)
         with pytest.raises(TypeError, match="sends VideoPacket"):
             list(client.process([np.zeros((8, 8, 3), np.uint8)], config=StreamConfig(video=fmt)))
+
+
+def test_nvdec_unavailable_falls_back_to_the_cpu_with_one_log_line(make_server, clip):
+    s = make_server("--video-decoder", "nvdec")
+    log = s.log_text()
+    # This machine may have no CUDA device; where it has one, the line is absent and NVDEC runs.
+    fallback = "event=video_decoder_fallback" in log
+    assert log.count("event=video_decoder_fallback") <= 1
+    started = [ln for ln in log.splitlines() if "event=server_started" in ln][0]
+    assert ("video_decoder=cpu" in started) == fallback, started
+    if fallback:
+        assert "reason=" in [ln for ln in log.splitlines() if "video_decoder_fallback" in ln][0]
+    with FramePipeClient(s.target) as client:
+        results = list(client.process_video(str(clip)))
+    assert results and all(r.ok for r in results), [r.error for r in results if not r.ok][:2]
+    assert s.log_text().count("event=video_decoder_fallback") <= 1, "one line, not one per stream"
+
+
+def test_length_prefixed_packets_without_extradata_say_what_is_missing(server, clip):
+    fmt, packets = open_video_packets(str(clip))
+    no_extradata = VideoFormat(VideoCodec.H264)  # MP4 packets, but no avcC record sent
+    with FramePipeClient(server.target) as client:
+        results = list(client.process(list(packets)[:5], config=StreamConfig(video=no_extradata)))
+    assert len(results) == 5 and not any(r.ok for r in results)
+    assert "need StreamConfig.video.extradata" in results[0].error, results[0].error
