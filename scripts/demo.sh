@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The demo: sets up (Debian packages), builds, starts a real framepipe server on loopback,
-# streams a few hundred synthetic 1280x720 frames through the real client, prints the summary
-# and the first results, then stops the server with SIGTERM (graceful drain, exit 0).
+# streams a few hundred synthetic 1280x720 frames through the real client, then a short H.264
+# clip as compressed packets (the server decodes), prints the summaries and the first results,
+# then stops the server with SIGTERM (graceful drain, exit 0).
 #   scripts/demo.sh [frames=300] [streams=1]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +32,17 @@ echo "== streaming: framepipe stream --target 127.0.0.1:$port --frames $frames -
 "$bin" stream --target "127.0.0.1:$port" --frames "$frames" --streams "$streams" --size 1280x720 \
   --show 12 --no-progress
 rc=$?
+
+# Compressed video: a 5-second H.264 clip with B-frames (made here by ffmpeg's libx264), sent as
+# its packets - no decode or re-encode on the client; the server decodes and answers each one.
+clip=$(mktemp --suffix=.mp4)
+ffmpeg -v error -y -f lavfi -i testsrc2=size=1280x720:rate=30 -t 5 -c:v libx264 -bf 3 -g 30 \
+  -pix_fmt yuv420p "$clip"
+echo
+echo "== streaming H.264 packets: framepipe stream --target 127.0.0.1:$port --input clip.mp4 --send packets --no-pace --show 6"
+"$bin" stream --target "127.0.0.1:$port" --input "$clip" --send packets --no-pace --show 6 \
+  --no-progress || rc=1
+rm -f "$clip"
 
 echo
 echo "== stopping the server (SIGTERM: drain, then exit)"

@@ -109,7 +109,7 @@ class ProcessReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
   void NoteNotAdmittedLocked(uint64_t seq);
   absl::Status FinalStatusLocked() const;
   void LogOpen(const std::string& id, uint32_t max_in_flight, const char* overload,
-               int64_t frame_timeout_ms);
+               int64_t frame_timeout_ms, const char* video);
   void LogClose();
 
   FrameService* const svc_;

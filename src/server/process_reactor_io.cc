@@ -256,7 +256,8 @@ absl::Status ProcessReactor::OpenStream(const v1::StreamConfig* config) {
   if (log_lines_) {
     LogOpen(o.id, o.max_in_flight,
             o.overload == OverloadPolicy::kDropOldest ? "DROP_OLDEST" : "BLOCK",
-            static_cast<int64_t>(o.frame_timeout.count()));
+            static_cast<int64_t>(o.frame_timeout.count()),
+            video ? VideoCodecName(video->codec) : "none");
   }
   // A drain that began meanwhile found no stream to close: close it now.
   MaybeFinish();
@@ -416,13 +417,14 @@ void ProcessReactor::NoteNotAdmittedLocked(uint64_t seq) {
 }
 
 void ProcessReactor::LogOpen(const std::string& id, uint32_t max_in_flight, const char* overload,
-                             int64_t frame_timeout_ms) {
+                             int64_t frame_timeout_ms, const char* video) {
   LogLine("stream_opened")
       .Add("id", id)
       .Add("peer", peer_)
       .Add("max_in_flight", max_in_flight)
       .Add("overload", overload)
       .Add("frame_timeout_ms", frame_timeout_ms)
+      .Add("video", video)
       .Emit();
 }
 
