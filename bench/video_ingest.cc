@@ -15,11 +15,10 @@
 #include "common/clock.h"
 #include "common/status.h"
 #include "media/synthetic_source.h"
+#include "video_fixture.h"
 
 extern "C" {
-#include <libavcodec/avcodec.h>
 #include <libavformat/avformat.h>
-#include <libavutil/opt.h>
 }
 
 namespace framepipe::bench {
@@ -77,46 +76,20 @@ absl::StatusOr<Clip> ReadClip(const std::string& path) {
 
 absl::StatusOr<std::string> MakeH264Clip(const std::string& dir, int frames) {
   av_log_set_level(AV_LOG_ERROR);  // libx264's statistics are not the benchmark's output
-  const AVCodec* c = avcodec_find_encoder_by_name("libx264");
-  if (!c) return absl::UnavailableError("libavcodec has no libx264 encoder");
-  constexpr int kW = 1280, kH = 720;
-  AVCodecContext* ctx = avcodec_alloc_context3(c);
-  ctx->width = kW;
-  ctx->height = kH;
-  ctx->pix_fmt = AV_PIX_FMT_YUV420P;
-  ctx->time_base = AVRational{1, 30};
-  ctx->framerate = AVRational{30, 1};
-  ctx->gop_size = 30;
-  ctx->max_b_frames = 3;
-  av_opt_set(ctx->priv_data, "preset", "veryfast", 0);
-  av_opt_set(ctx->priv_data, "crf", "23", 0);
-  av_opt_set(ctx->priv_data, "x264-params", "log-level=error", 0);
-  if (avcodec_open2(ctx, c, nullptr) < 0) {
-    avcodec_free_context(&ctx);
-    return absl::UnavailableError("cannot open libx264");
-  }
-  const std::string path = dir + "/clip-720p.h264";
-  std::ofstream out(path, std::ios::binary);
-  AVFrame* f = av_frame_alloc();
-  f->format = AV_PIX_FMT_YUV420P;
-  f->width = kW;
-  f->height = kH;
-  av_frame_get_buffer(f, 0);
-  AVPacket* pkt = av_packet_alloc();
-  auto drain = [&] {
-    while (avcodec_receive_packet(ctx, pkt) == 0) {
-      out.write(reinterpret_cast<const char*>(pkt->data), pkt->size);
-      av_packet_unref(pkt);
-    }
-  };
-  SyntheticSource src({kW, kH, 90, 1});
-  for (int i = 0; i < frames; ++i) {
-    const Image bgr = src.Render(i);
-    av_frame_make_writable(f);
+  testing::EncoderSettings s;
+  s.width = 1280;
+  s.height = 720;
+  s.gop = 30;
+  s.b_frames = 3;
+  s.preset = "veryfast";
+  s.crf = "23";
+  SyntheticSource src({s.width, s.height, 90, 1});
+  const testing::EncodedClip clip = testing::Encode(s, frames, [&](AVFrame* f, int i) {
     // BGR -> YUV 4:2:0 (BT.601, limited range), plain loops: this runs once per benchmark.
-    for (int y = 0; y < kH; ++y) {
+    const Image bgr = src.Render(i);
+    for (int y = 0; y < s.height; ++y) {
       const uint8_t* p = bgr.row(y);
-      for (int x = 0; x < kW; ++x) {
+      for (int x = 0; x < s.width; ++x) {
         const int b = p[3 * x], g = p[3 * x + 1], r = p[3 * x + 2];
         f->data[0][y * f->linesize[0] + x] =
             static_cast<uint8_t>(((66 * r + 129 * g + 25 * b + 128) >> 8) + 16);
@@ -128,15 +101,12 @@ absl::StatusOr<std::string> MakeH264Clip(const std::string& dir, int frames) {
         }
       }
     }
-    f->pts = i;
-    avcodec_send_frame(ctx, f);
-    drain();
-  }
-  avcodec_send_frame(ctx, nullptr);
-  drain();
-  av_packet_free(&pkt);
-  av_frame_free(&f);
-  avcodec_free_context(&ctx);
+  });
+  if (!clip.error.empty()) return absl::UnavailableError(clip.error);
+  const std::string path = dir + "/clip-720p.h264";  // Annex-B: the packets one after another
+  std::ofstream out(path, std::ios::binary);
+  for (const auto& p : clip.packets)
+    out.write(p.data.data(), static_cast<std::streamsize>(p.data.size()));
   if (!out) return absl::InternalError(absl::StrCat("cannot write ", path));
   return path;
 }

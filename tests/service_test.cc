@@ -336,12 +336,7 @@ TEST(ServiceTest, FrameTimeoutGivesDeadlineExceededInPlace) {
   ServerOptions o;
   o.workers = 2;
   o.time = &clock;
-  o.wrap_stages = WrapAnalyse(0, [&](FrameContext& ctx) {
-    if (ctx.input.seq == 4) {
-      hung.Add();
-      release.Wait();
-    }
-  });
+  o.wrap_stages = HoldFrame(4, &release, &hung);
   auto server = StartTestServer(o);
   ASSERT_TRUE(server);
   Call call(Channel(*server));
@@ -375,12 +370,7 @@ TEST(ServiceTest, DrainTimeoutEndsWhatDoesNotFinish) {
   ServerOptions o;
   o.time = &clock;
   o.drain_timeout = std::chrono::seconds(10);
-  o.wrap_stages = WrapAnalyse(0, [&](FrameContext& ctx) {
-    if (ctx.input.seq == 2) {
-      hung.Add();
-      release.Wait();
-    }
-  });
+  o.wrap_stages = HoldFrame(2, &release, &hung);
   auto server = StartTestServer(o);
   ASSERT_TRUE(server);
   const std::string target = "127.0.0.1:" + std::to_string(server->port());
@@ -416,12 +406,7 @@ TEST(ServiceTest, HealthGoesNotServingDuringDrainAndAdmittedFramesAreAnswered) {
   Counter held;
   ServerOptions o;
   o.drain_timeout = std::chrono::seconds(30);
-  o.wrap_stages = WrapAnalyse(0, [&](FrameContext& ctx) {
-    if (ctx.input.seq == 5) {
-      held.Add();
-      release.Wait();
-    }
-  });
+  o.wrap_stages = HoldFrame(5, &release, &held);
   auto server = StartTestServer(o);
   ASSERT_TRUE(server);
   const std::string target = "127.0.0.1:" + std::to_string(server->port());
@@ -796,12 +781,7 @@ TEST(ServiceVideoTest, DrainFlushesTheDecoderAndAnswersEveryPacket) {
   Counter held;
   ServerOptions o;
   o.drain_timeout = std::chrono::seconds(30);
-  o.wrap_stages = WrapAnalyse(0, [&](FrameContext& ctx) {
-    if (ctx.input.seq == 1) {
-      held.Add();
-      release.Wait();
-    }
-  });
+  o.wrap_stages = HoldFrame(1, &release, &held);
   auto server = StartTestServer(o);
   ASSERT_TRUE(server);
   const EncodedClip& clip = H264Clip();

@@ -496,23 +496,23 @@ void ExpectAllOk(const testing::EncodedClip& clip, VideoCodecId codec) {
   }
 }
 
-TEST(FfmpegVideoTest, H264WithBFramesInBandParameterSets) {
-  auto clip = testing::EncodeClip("libx264", 320, 240, 90, 30, 3, false);
-  ASSERT_TRUE(clip.error.empty()) << clip.error;
-  ExpectAllOk(clip, VideoCodecId::kH264);
-}
-
-TEST(FfmpegVideoTest, H264WithAnnexBExtradata) {
-  auto clip = testing::EncodeClip("libx264", 320, 240, 60, 30, 2, true);
-  ASSERT_TRUE(clip.error.empty()) << clip.error;
-  ASSERT_FALSE(clip.extradata.empty());
-  ExpectAllOk(clip, VideoCodecId::kH264);
-}
-
-TEST(FfmpegVideoTest, Hevc) {
-  auto clip = testing::EncodeClip("libx265", 320, 240, 60, 30, 3, false);
-  ASSERT_TRUE(clip.error.empty()) << clip.error;
-  ExpectAllOk(clip, VideoCodecId::kHevc);
+// H.264 with B-frames and in-band parameter sets, H.264 with Annex-B extradata, HEVC.
+TEST(FfmpegVideoTest, EveryPacketDecodesToItsOwnPicture) {
+  struct Case {
+    const char* encoder;
+    VideoCodecId codec;
+    int frames, b_frames;
+    bool global_header;
+  };
+  for (const Case& c : {Case{"libx264", VideoCodecId::kH264, 90, 3, false},
+                        Case{"libx264", VideoCodecId::kH264, 60, 2, true},
+                        Case{"libx265", VideoCodecId::kHevc, 60, 3, false}}) {
+    SCOPED_TRACE(::testing::Message() << c.encoder << " global_header=" << c.global_header);
+    auto clip = testing::EncodeClip(c.encoder, 320, 240, c.frames, 30, c.b_frames, c.global_header);
+    ASSERT_TRUE(clip.error.empty()) << clip.error;
+    ASSERT_EQ(clip.extradata.empty(), !c.global_header);
+    ExpectAllOk(clip, c.codec);
+  }
 }
 
 TEST(FfmpegVideoTest, PictureSizeOverTheLimitsIsRefusedFromTheParameterSets) {

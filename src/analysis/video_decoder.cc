@@ -19,12 +19,6 @@ extern "C" {
 namespace framepipe {
 namespace {
 
-std::string AvError(int err) {
-  char buf[AV_ERROR_MAX_STRING_SIZE] = {};
-  av_strerror(err, buf, sizeof(buf));
-  return buf;
-}
-
 struct FrameFree {
   void operator()(AVFrame* f) const { av_frame_free(&f); }
 };
@@ -128,7 +122,7 @@ class FfmpegVideoDecoder final : public VideoDecoder {
       return absl::InvalidArgumentError(absl::StrCat("the ", VideoCodecName(codec_),
                                                      " decoder does not accept this stream's "
                                                      "extradata: ",
-                                                     AvError(err)));
+                                                     FfmpegErrorText(err)));
     }
     packet_.reset(av_packet_alloc());
     if (!packet_) return absl::ResourceExhaustedError("cannot allocate a packet");
@@ -204,8 +198,8 @@ class FfmpegVideoDecoder final : public VideoDecoder {
  private:
   absl::Status Rejected(int err) {
     if (!size_error_.empty()) return absl::InvalidArgumentError(size_error_);
-    return absl::InvalidArgumentError(absl::StrCat("the ", VideoCodecName(codec_),
-                                                   " decoder rejected the packet: ", AvError(err)));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the ", VideoCodecName(codec_), " decoder rejected the packet: ", FfmpegErrorText(err)));
   }
 
   void Receive(std::vector<DecodedPicture>* out) {
@@ -305,6 +299,12 @@ class FfmpegVideoDecoder final : public VideoDecoder {
 
 }  // namespace
 
+std::string FfmpegErrorText(int averror) {
+  char buf[AV_ERROR_MAX_STRING_SIZE] = {};
+  av_strerror(averror, buf, sizeof(buf));
+  return buf;
+}
+
 bool StartsWithStartCode(std::string_view p) {
   return (p.size() >= 3 && p[0] == 0 && p[1] == 0 && p[2] == 1) ||
          (p.size() >= 4 && p[0] == 0 && p[1] == 0 && p[2] == 0 && p[3] == 1);
@@ -373,7 +373,8 @@ std::string PrepareHardwareVideoDecoding() {
     const int err = av_hwdevice_ctx_create(&hw_device, AV_HWDEVICE_TYPE_CUDA, nullptr, nullptr, 0);
     if (err < 0) {
       hw_device = nullptr;
-      hw_reason = absl::StrCat("FFmpeg cannot open a CUDA device for NVDEC: ", AvError(err));
+      hw_reason =
+          absl::StrCat("FFmpeg cannot open a CUDA device for NVDEC: ", FfmpegErrorText(err));
     }
   }
   return hw_reason;

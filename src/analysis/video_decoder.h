@@ -73,6 +73,9 @@ inline constexpr int kMaxVideoReorderDelay = 16;
 bool ForEachNal(std::string_view packet, int length_size,
                 const std::function<void(const uint8_t*, size_t)>& fn);
 
+// FFmpeg's text for one of its error codes (AVERROR(...)).
+std::string FfmpegErrorText(int averror);
+
 // Whether a packet begins with an Annex-B start code (00 00 01 or 00 00 00 01).
 bool StartsWithStartCode(std::string_view packet);
 

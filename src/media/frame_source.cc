@@ -2,16 +2,14 @@
 
 #include <algorithm>
 #include <atomic>
-#include <condition_variable>
-#include <deque>
 #include <filesystem>
 #include <fstream>
-#include <mutex>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "common/clock.h"
 #include "common/status.h"
+#include "media/capture_queue.h"
 #include "media/packet_source.h"
 #include "opencv2/core.hpp"
 #include "opencv2/imgcodecs.hpp"
@@ -82,30 +80,12 @@ class VideoSource : public FrameSource {
     thread_ = std::thread([this] { Capture(); });
   }
   ~VideoSource() override {
-    {
-      std::lock_guard<std::mutex> l(mu_);
-      exit_ = true;
-    }
-    cv_.notify_all();
+    queue_.Exit();
     thread_.join();
   }
 
-  Next TryNext(SourceFrame* out) override {
-    std::lock_guard<std::mutex> l(mu_);
-    if (!queue_.empty()) {
-      *out = std::move(queue_.front());
-      queue_.pop_front();
-      cv_.notify_all();
-      return Next::kFrame;
-    }
-    if (ended_) return Next::kEnd;
-    waiting_ = true;
-    return Next::kNotReady;
-  }
-  void OnReady(std::function<void()> fn) override {
-    std::lock_guard<std::mutex> l(mu_);
-    ready_ = std::move(fn);
-  }
+  Next TryNext(SourceFrame* out) override { return queue_.TryNext(out); }
+  void OnReady(std::function<void()> fn) override { queue_.OnReady(std::move(fn)); }
   bool paces_itself() const override { return true; }
   bool live() const override { return live_; }
   int64_t dropped() const override { return dropped_.load(); }
@@ -143,51 +123,22 @@ class VideoSource : public FrameSource {
       f.width = frame.cols;
       f.height = frame.rows;
       if (o_.keep_images) f.image = std::make_shared<const cv::Mat>(frame);
-      std::function<void()> ready;
-      {
-        std::unique_lock<std::mutex> l(mu_);
-        if (live_) {
-          if (queue_.size() >= kAhead) {
-            queue_.pop_front();
-            ++dropped_;
-          }
-        } else {
-          cv_.wait(l, [&] { return exit_ || queue_.size() < kAhead; });
-        }
-        if (exit_) return;
-        queue_.push_back(std::move(f));
-        ++produced;
-        if (waiting_) {
-          waiting_ = false;
-          ready = ready_;
-        }
+      bool dropped = false;
+      if (!(live_ ? queue_.PushDropOldest(std::move(f), &dropped)
+                  : queue_.PushWait(std::move(f)))) {
+        return;
       }
-      if (ready) ready();
+      if (dropped) ++dropped_;
+      ++produced;
     }
-    std::function<void()> ready;
-    {
-      std::lock_guard<std::mutex> l(mu_);
-      ended_ = true;
-      if (waiting_) {
-        waiting_ = false;
-        ready = ready_;
-      }
-    }
-    if (ready) ready();
+    queue_.Finish();
   }
 
-  static constexpr size_t kAhead = 4;
   const SourceOptions o_;
   const bool live_;
   std::unique_ptr<cv::VideoCapture> cap_;
   double native_fps_ = 0;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<SourceFrame> queue_;
-  bool waiting_ = false;
-  bool ended_ = false;
-  bool exit_ = false;
-  std::function<void()> ready_;
+  media_internal::CaptureQueue queue_{4};
   std::atomic<int64_t> dropped_{0};
   std::thread thread_;
 };

@@ -1,30 +1,23 @@
 #include "media/packet_source.h"
 
 #include <atomic>
-#include <condition_variable>
-#include <deque>
 #include <filesystem>
 #include <mutex>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "analysis/video_decoder.h"
 #include "common/clock.h"
 #include "common/status.h"
+#include "media/capture_queue.h"
 
 extern "C" {
 #include <libavcodec/avcodec.h>
 #include <libavformat/avformat.h>
-#include <libavutil/error.h>
 }
 
 namespace framepipe {
 namespace {
-
-std::string AvError(int err) {
-  char buf[AV_ERROR_MAX_STRING_SIZE] = {};
-  av_strerror(err, buf, sizeof(buf));
-  return buf;
-}
 
 bool IsLiveUrl(const std::string& input) {
   return input.find("://") != std::string::npos || input.rfind("/dev/video", 0) == 0;
@@ -52,14 +45,14 @@ absl::StatusOr<Demuxer> OpenDemuxer(const std::string& url) {
   av_dict_free(&opts);
   if (err < 0) {
     return absl::InvalidArgumentError(
-        absl::StrCat("cannot open '", url, "' for --send packets: ", AvError(err)));
+        absl::StrCat("cannot open '", url, "' for --send packets: ", FfmpegErrorText(err)));
   }
   Demuxer d;
   d.input.reset(raw);
   err = avformat_find_stream_info(raw, nullptr);
   if (err < 0) {
     return absl::InvalidArgumentError(
-        absl::StrCat("cannot read the streams of '", url, "': ", AvError(err)));
+        absl::StrCat("cannot read the streams of '", url, "': ", FfmpegErrorText(err)));
   }
   d.stream = av_find_best_stream(raw, AVMEDIA_TYPE_VIDEO, -1, -1, nullptr, 0);
   if (d.stream < 0) {
@@ -102,30 +95,12 @@ class PacketSource : public FrameSource {
     thread_ = std::thread([this] { Demux(); });
   }
   ~PacketSource() override {
-    {
-      std::lock_guard<std::mutex> l(mu_);
-      exit_ = true;
-    }
-    cv_.notify_all();
+    queue_.Exit();
     thread_.join();
   }
 
-  Next TryNext(SourceFrame* out) override {
-    std::lock_guard<std::mutex> l(mu_);
-    if (!queue_.empty()) {
-      *out = std::move(queue_.front());
-      queue_.pop_front();
-      cv_.notify_all();
-      return Next::kFrame;
-    }
-    if (ended_) return Next::kEnd;
-    waiting_ = true;
-    return Next::kNotReady;
-  }
-  void OnReady(std::function<void()> fn) override {
-    std::lock_guard<std::mutex> l(mu_);
-    ready_ = std::move(fn);
-  }
+  Next TryNext(SourceFrame* out) override { return queue_.TryNext(out); }
+  void OnReady(std::function<void()> fn) override { queue_.OnReady(std::move(fn)); }
   bool paces_itself() const override { return true; }
   bool live() const override { return live_; }
   int64_t dropped() const override { return dropped_.load(); }
@@ -138,6 +113,13 @@ class PacketSource : public FrameSource {
     const auto period = pace > 0 ? std::chrono::nanoseconds(static_cast<int64_t>(1e9 / pace))
                                  : std::chrono::nanoseconds(0);
     TimePoint next = Now();
+    // Files at their own rate are paced by their timestamps; --fps sets a fixed rate instead.
+    const AVRational tb = d_.input->streams[d_.stream]->time_base;
+    const bool by_timestamps = o_.fps <= 0 && !o_.unpaced && tb.num > 0 && tb.den > 0;
+    const double time_base = by_timestamps ? av_q2d(tb) : 0;
+    const TimePoint start = Now();
+    int64_t first_dts = AV_NOPTS_VALUE;       // of the current pass
+    double pass_start_s = 0, pass_end_s = 0;  // --loop: passes follow each other
     int64_t produced = 0;
     int64_t counter = 0;
     int64_t pts_offset = 0, pts_end = 0;  // --loop: pts keep increasing across passes
@@ -150,13 +132,24 @@ class PacketSource : public FrameSource {
         if (live_ || !o_.loop || produced == 0) break;
         if (av_seek_frame(d_.input.get(), d_.stream, 0, AVSEEK_FLAG_BACKWARD) < 0) break;
         pts_offset = pts_end;
+        pass_start_s = pass_end_s;
+        first_dts = AV_NOPTS_VALUE;
         continue;
       }
       if (pkt->stream_index != d_.stream || pkt->size <= 0) {
         av_packet_unref(pkt);
         continue;
       }
-      if (!live_ && period.count() > 0) {
+      if (!live_ && by_timestamps && pkt->dts != AV_NOPTS_VALUE) {
+        // A file played as recorded: each packet leaves at its decode timestamp (dts rises in
+        // decode order; pts would send a P-frame early and the B-frames before it in a burst).
+        if (first_dts == AV_NOPTS_VALUE) first_dts = pkt->dts;
+        const double t = pass_start_s + static_cast<double>(pkt->dts - first_dts) * time_base;
+        pass_end_s = std::max(
+            pass_end_s, t + static_cast<double>(std::max<int64_t>(pkt->duration, 1)) * time_base);
+        std::this_thread::sleep_until(start + std::chrono::duration_cast<Clock::duration>(
+                                                  std::chrono::duration<double>(std::max(t, 0.0))));
+      } else if (!live_ && period.count() > 0) {
         std::this_thread::sleep_until(next);
         next += period;
       }
@@ -175,57 +168,32 @@ class PacketSource : public FrameSource {
       f.height = d_.info.height;
       const bool key = (pkt->flags & AV_PKT_FLAG_KEY) != 0;
       av_packet_unref(pkt);
-      std::function<void()> ready;
-      {
-        std::unique_lock<std::mutex> l(mu_);
-        if (live_) {
-          if (skipping && !key) {
-            ++dropped_;
-            continue;
-          }
-          skipping = false;
-          if (queue_.size() >= kAhead) {
-            skipping = true;  // behind: this packet and the rest of its GOP are dropped
-            ++dropped_;
-            continue;
-          }
-        } else {
-          cv_.wait(l, [&] { return exit_ || queue_.size() < kAhead; });
+      bool pushed = true;
+      if (live_) {
+        // Behind: this packet and the rest of its GOP are dropped (a lost packet would break
+        // the ones after it), and sending resumes at the next keyframe.
+        bool full = false;
+        if (skipping && !key) {
+          full = true;
+        } else if (!queue_.PushIfRoom(std::move(f), &full)) {
+          break;
         }
-        if (exit_) break;
-        queue_.push_back(std::move(f));
-        ++produced;
-        if (waiting_) {
-          waiting_ = false;
-          ready = ready_;
-        }
+        skipping = full;
+        pushed = !full;
+        if (full) ++dropped_;
+      } else if (!queue_.PushWait(std::move(f))) {
+        break;
       }
-      if (ready) ready();
+      if (pushed) ++produced;
     }
     av_packet_free(&pkt);
-    std::function<void()> ready;
-    {
-      std::lock_guard<std::mutex> l(mu_);
-      ended_ = true;
-      if (waiting_) {
-        waiting_ = false;
-        ready = ready_;
-      }
-    }
-    if (ready) ready();
+    queue_.Finish();
   }
 
-  static constexpr size_t kAhead = 8;
   const SourceOptions o_;
   const bool live_;
   Demuxer d_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<SourceFrame> queue_;
-  bool waiting_ = false;
-  bool ended_ = false;
-  bool exit_ = false;
-  std::function<void()> ready_;
+  media_internal::CaptureQueue queue_{8};
   std::atomic<int64_t> dropped_{0};
   std::thread thread_;
 };

@@ -124,3 +124,17 @@ class FramepipeServer:
             os.unlink(self.log.name)
         except OSError:
             pass
+
+
+def reference_luma(path) -> dict:
+    """pts -> mean BT.601 luma (as OpenCV's BGR2GRAY) of every picture of a video file, decoded
+    independently of framepipe (PyAV, then OpenCV): what the video tests compare results with."""
+    import av
+    import cv2
+
+    out = {}
+    with av.open(str(path)) as c:
+        for f in c.decode(video=0):
+            out[f.pts] = float(cv2.cvtColor(f.to_ndarray(format="bgr24"),
+                                            cv2.COLOR_BGR2GRAY).mean())
+    return out

@@ -155,6 +155,17 @@ inline std::function<Stages(Stages)> WrapAnalyse(
   };
 }
 
+// Wraps the analyse stage so that the frame with `seq` counts itself in `held` and then waits
+// for `release` (a frame stuck in processing, on demand).
+inline std::function<Stages(Stages)> HoldFrame(uint64_t seq, Gate* release, Counter* held) {
+  return WrapAnalyse(0, [seq, release, held](FrameContext& ctx) {
+    if (ctx.input.seq == seq) {
+      held->Add();
+      release->Wait();
+    }
+  });
+}
+
 inline std::string TagOf(const pb::FrameResult& r, const std::string& key) {
   auto it = r.tags().find(key);
   return it == r.tags().end() ? "" : it->second;

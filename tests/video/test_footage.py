@@ -23,7 +23,8 @@ sys.path.insert(0, str(REPO / "tests" / "support"))
 sys.path.insert(0, str(REPO / "bench" / "scene_cuts"))
 sys.path.insert(0, str(REPO / "clients" / "python"))
 
-from framepipe_testing import FramepipeServer, framepipe_binary  # noqa: E402
+from framepipe_testing import (FramepipeServer, framepipe_binary,  # noqa: E402
+                               reference_luma as reference)
 
 av = pytest.importorskip("av")
 cv2 = pytest.importorskip("cv2")
@@ -82,14 +83,6 @@ def server():
     assert s.stop() == 0
 
 
-def reference(path: Path) -> dict:
-    """pts -> mean luma of each picture, decoded independently of framepipe."""
-    out = {}
-    with av.open(str(path)) as c:
-        for f in c.decode(video=0):
-            out[f.pts] = float(cv2.cvtColor(f.to_ndarray(format="bgr24"),
-                                            cv2.COLOR_BGR2GRAY).mean())
-    return out
 
 
 def demuxed(path: Path) -> list:

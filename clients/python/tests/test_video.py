@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +11,10 @@ import pytest
 from framepipe_client import (FramePipeClient, FrameStatus, StreamConfig, VideoCodec,
                               VideoFormat, VideoPacket, open_video_packets)
 
-av = pytest.importorskip("av")
-cv2 = pytest.importorskip("cv2")
+pytest.importorskip("av")
+pytest.importorskip("cv2")
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests" / "support"))
+from framepipe_testing import reference_luma  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -24,14 +27,6 @@ def clip(tmp_path_factory) -> Path:
     return path
 
 
-def reference_luma(path: Path) -> dict:
-    """pts -> mean BT.601 luma of each picture, decoded independently (PyAV + OpenCV)."""
-    out = {}
-    with av.open(str(path)) as c:
-        for f in c.decode(video=0):
-            out[f.pts] = float(cv2.cvtColor(f.to_ndarray(format="bgr24"),
-                                            cv2.COLOR_BGR2GRAY).mean())
-    return out
 
 
 def test_process_video_answers_every_packet_in_order_with_its_picture(server, clip):
