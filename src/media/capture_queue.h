@@ -4,11 +4,14 @@
 // the input. Internal to src/media.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstddef>
+#include <cstdint>
 #include <deque>
 #include <functional>
 #include <mutex>
+#include <thread>
 
 #include "media/frame_source.h"
 
@@ -47,6 +50,33 @@ class CaptureQueue {
   bool ended_ = false;
   bool exit_ = false;
   std::function<void()> ready_;
+};
+
+// A FrameSource fed by a capture thread of its own through a CaptureQueue: what the OpenCV video
+// source and the packet source share. The derived class starts its thread with StartCapture and
+// calls StopCapture first thing in its destructor (the thread uses the derived members).
+class QueuedSource : public FrameSource {
+ public:
+  Next TryNext(SourceFrame* out) override { return queue_.TryNext(out); }
+  void OnReady(std::function<void()> fn) override { queue_.OnReady(std::move(fn)); }
+  bool paces_itself() const override { return true; }
+  bool live() const override { return live_; }
+  int64_t dropped() const override { return dropped_.load(); }
+
+ protected:
+  QueuedSource(size_t ahead, bool live) : live_(live), queue_(ahead) {}
+  void StartCapture(std::function<void()> body) { thread_ = std::thread(std::move(body)); }
+  void StopCapture() {
+    queue_.Exit();
+    if (thread_.joinable()) thread_.join();
+  }
+
+  const bool live_;
+  CaptureQueue queue_;
+  std::atomic<int64_t> dropped_{0};
+
+ private:
+  std::thread thread_;
 };
 
 }  // namespace framepipe::media_internal

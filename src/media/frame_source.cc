@@ -71,24 +71,16 @@ bool IsLive(const std::string& input) {
 // Captures from a video file or a camera on a thread of its own, a few frames ahead. Files are
 // read at their frame rate (or --fps) and wait for the stream; live cameras keep being read and
 // drop the oldest unsent frame when the stream falls behind (freshness first).
-class VideoSource : public FrameSource {
+class VideoSource : public media_internal::QueuedSource {
  public:
   VideoSource(const SourceOptions& o, std::unique_ptr<cv::VideoCapture> cap)
-      : o_(o), live_(IsLive(o.input)), cap_(std::move(cap)) {
+      : QueuedSource(4, IsLive(o.input)), o_(o), cap_(std::move(cap)) {
     native_fps_ = cap_->get(cv::CAP_PROP_FPS);
     if (!(native_fps_ > 0 && native_fps_ < 1000)) native_fps_ = 0;
-    thread_ = std::thread([this] { Capture(); });
+    StartCapture([this] { Capture(); });
   }
-  ~VideoSource() override {
-    queue_.Exit();
-    thread_.join();
-  }
+  ~VideoSource() override { StopCapture(); }
 
-  Next TryNext(SourceFrame* out) override { return queue_.TryNext(out); }
-  void OnReady(std::function<void()> fn) override { queue_.OnReady(std::move(fn)); }
-  bool paces_itself() const override { return true; }
-  bool live() const override { return live_; }
-  int64_t dropped() const override { return dropped_.load(); }
   double fps() const override { return o_.fps > 0 ? o_.fps : native_fps_; }
 
  private:
@@ -135,12 +127,8 @@ class VideoSource : public FrameSource {
   }
 
   const SourceOptions o_;
-  const bool live_;
   std::unique_ptr<cv::VideoCapture> cap_;
   double native_fps_ = 0;
-  media_internal::CaptureQueue queue_{4};
-  std::atomic<int64_t> dropped_{0};
-  std::thread thread_;
 };
 
 absl::StatusOr<std::unique_ptr<cv::VideoCapture>> OpenVideo(const std::string& input) {

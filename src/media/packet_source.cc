@@ -88,22 +88,14 @@ absl::StatusOr<Demuxer> OpenDemuxer(const std::string& url) {
 // Reads packets on a thread of its own, a few ahead, at the video's frame rate (or --fps, or
 // unpaced). Files wait for the stream; a live camera keeps being read, and when the stream
 // falls behind it skips to the next keyframe (a lost packet would break the ones after it).
-class PacketSource : public FrameSource {
+class PacketSource : public media_internal::QueuedSource {
  public:
   PacketSource(const SourceOptions& o, Demuxer d)
-      : o_(o), live_(IsLiveUrl(o.input)), d_(std::move(d)) {
-    thread_ = std::thread([this] { Demux(); });
+      : QueuedSource(8, IsLiveUrl(o.input)), o_(o), d_(std::move(d)) {
+    StartCapture([this] { Demux(); });
   }
-  ~PacketSource() override {
-    queue_.Exit();
-    thread_.join();
-  }
+  ~PacketSource() override { StopCapture(); }
 
-  Next TryNext(SourceFrame* out) override { return queue_.TryNext(out); }
-  void OnReady(std::function<void()> fn) override { queue_.OnReady(std::move(fn)); }
-  bool paces_itself() const override { return true; }
-  bool live() const override { return live_; }
-  int64_t dropped() const override { return dropped_.load(); }
   double fps() const override { return o_.fps > 0 ? o_.fps : d_.info.fps; }
   const VideoInfo* video() const override { return &d_.info; }
 
@@ -191,11 +183,7 @@ class PacketSource : public FrameSource {
   }
 
   const SourceOptions o_;
-  const bool live_;
   Demuxer d_;
-  media_internal::CaptureQueue queue_{8};
-  std::atomic<int64_t> dropped_{0};
-  std::thread thread_;
 };
 
 }  // namespace
