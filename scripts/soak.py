@@ -53,7 +53,6 @@ def main():
     ap.add_argument("--csv", default="")
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
-    rnd = random.Random(args.seed)
     bad_dir = tempfile.mkdtemp(prefix="framepipe-soak-")
     # Corrupt images for the bad-input clients: garbage, a truncated JPEG, a PNG bomb header.
     with open(os.path.join(bad_dir, "a_garbage.jpg"), "wb") as f:

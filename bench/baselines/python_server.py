@@ -13,7 +13,6 @@ import os
 import queue
 import sys
 import threading
-import time
 
 import cv2
 import grpc
