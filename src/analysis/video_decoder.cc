@@ -24,8 +24,65 @@ struct FrameFree {
 };
 using FramePtr = std::unique_ptr<AVFrame, FrameFree>;
 
-// One decoded picture: a reference to the decoder's frame buffer (YUV, or a CUDA surface with
-// NVDEC), converted to BGR on a worker.
+// Whether a packet begins with an Annex-B start code (00 00 01 or 00 00 00 01).
+bool StartsWithStartCode(std::string_view p) {
+  return (p.size() >= 3 && p[0] == 0 && p[1] == 0 && p[2] == 1) ||
+         (p.size() >= 4 && p[0] == 0 && p[1] == 0 && p[2] == 0 && p[3] == 1);
+}
+
+// The packet framing from extradata: 1..4 for avcC/hvcC, 0 for Annex-B or empty; InvalidArgument
+// if it is neither.
+absl::StatusOr<int> NalLengthSize(const VideoFormatSpec& format) {
+  const std::string& x = format.extradata;
+  const auto* p = reinterpret_cast<const uint8_t*>(x.data());
+  if (x.empty() || StartsWithStartCode(x)) return 0;
+  if (p[0] == 1) {
+    if (format.codec == VideoCodecId::kH264 && x.size() >= 7) return (p[4] & 3) + 1;
+    if (format.codec == VideoCodecId::kHevc && x.size() >= 23) return (p[21] & 3) + 1;
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "VideoFormat.extradata (", x.size(), " bytes) is neither an ",
+      format.codec == VideoCodecId::kH264 ? "avcC" : "hvcC", " record nor Annex-B parameter sets"));
+}
+
+// Calls fn for each NAL unit of a packet: length-prefixed (`length_size` 1..4) or Annex-B (0);
+// stops at broken framing.
+void ForEachNal(std::string_view packet, int length_size,
+                const std::function<void(const uint8_t*, size_t)>& fn) {
+  const auto* p = reinterpret_cast<const uint8_t*>(packet.data());
+  const size_t n = packet.size();
+  if (length_size > 0) {
+    size_t i = 0;
+    while (i < n) {
+      if (n - i < static_cast<size_t>(length_size)) return;
+      size_t len = 0;
+      for (int k = 0; k < length_size; ++k) len = (len << 8) | p[i + k];
+      i += length_size;
+      if (len == 0 || len > n - i) return;
+      fn(p + i, len);
+      i += len;
+    }
+    return;
+  }
+  // Annex-B: NAL units follow 00 00 01 start codes (a leading zero byte belongs to the next
+  // start code, not to the unit).
+  size_t i = 0;
+  while (i + 3 <= n) {
+    if (p[i] == 0 && p[i + 1] == 0 && p[i + 2] == 1) {
+      size_t start = i + 3;
+      size_t j = start;
+      while (j + 3 <= n && !(p[j] == 0 && p[j + 1] == 0 && (p[j + 2] == 1 || p[j + 2] == 0))) ++j;
+      size_t end = j + 3 <= n ? j : n;
+      if (end > start) fn(p + start, end - start);
+      i = end;
+    } else {
+      ++i;
+    }
+  }
+}
+
+// One decoded picture in host memory: a reference to the decoder's frame buffer (YUV; NVDEC
+// surfaces are copied to the host when they come out), converted to BGR on a worker.
 class AvPicture final : public Picture {
  public:
   explicit AvPicture(FramePtr frame) : frame_(std::move(frame)) {}
@@ -36,8 +93,7 @@ class AvPicture final : public Picture {
     for (AVBufferRef* b : frame_->buf) {
       if (b) n += b->size;
     }
-    // Hardware surfaces live on the device: count the host copy made for conversion.
-    return n > 0 ? n : static_cast<uint64_t>(frame_->width) * frame_->height * 3 / 2;
+    return n;
   }
 
   absl::Status ToBgr(Image* out) const override {
@@ -77,14 +133,14 @@ std::string hw_reason;
 class FfmpegVideoDecoder final : public VideoDecoder {
  public:
   FfmpegVideoDecoder(VideoCodecId codec, int length_size, const VideoDecoderOptions& options)
-      : codec_(codec), length_size_(length_size), limits_(options.limits), options_(options) {}
+      : codec_(codec), length_size_(length_size), options_(options) {}
   ~FfmpegVideoDecoder() override {
     ctx_.reset();  // frees the decoder's pictures (those still referenced elsewhere are charged
                    // to the pipeline as frames)
     if (charged_ > 0 && options_.release) options_.release(charged_);
   }
 
-  absl::Status Open(const VideoFormatSpec& format, bool try_hardware) {
+  absl::Status Open(const VideoFormatSpec& format) {
     const AVCodec* c =
         avcodec_find_decoder(codec_ == VideoCodecId::kH264 ? AV_CODEC_ID_H264 : AV_CODEC_ID_HEVC);
     if (!c) {
@@ -96,7 +152,7 @@ class FfmpegVideoDecoder final : public VideoDecoder {
     ctx_->opaque = this;
     ctx_->thread_count = 1;  // serial: pictures leave in a known delay, no frame threads
     ctx_->thread_type = 0;
-    ctx_->max_pixels = static_cast<int64_t>(limits_.max_width) * limits_.max_height;
+    ctx_->max_pixels = static_cast<int64_t>(options_.limits.max_width) * options_.limits.max_height;
     // Report what the decoder finds instead of concealing it: a packet it cannot parse is an
     // error, and a damaged picture still comes out, flagged (decode_error_flags or
     // AV_FRAME_FLAG_CORRUPT), so its packet is answered at once rather than never.
@@ -110,7 +166,7 @@ class FfmpegVideoDecoder final : public VideoDecoder {
       std::memcpy(ctx_->extradata, format.extradata.data(), format.extradata.size());
       ctx_->extradata_size = static_cast<int>(format.extradata.size());
     }
-    if (try_hardware) {
+    if (options_.try_hardware) {
       std::lock_guard<std::mutex> l(hw_mu);
       if (hw_device) {
         ctx_->hw_device_ctx = av_buffer_ref(hw_device);
@@ -193,7 +249,6 @@ class FfmpegVideoDecoder final : public VideoDecoder {
     return std::clamp(ctx_->has_b_frames, 0, kMaxVideoReorderDelay);
   }
   VideoCodecId codec() const override { return codec_; }
-  const char* device() const override { return hardware_ ? "nvdec" : "cpu"; }
 
  private:
   absl::Status Rejected(int err) {
@@ -239,12 +294,12 @@ class FfmpegVideoDecoder final : public VideoDecoder {
     auto* self = static_cast<FfmpegVideoDecoder*>(ctx->opaque);
     const int w = std::max(ctx->width, ctx->coded_width);
     const int h = std::max(ctx->height, ctx->coded_height);
-    if (w <= 0 || h <= 0 || static_cast<uint32_t>(ctx->width) > self->limits_.max_width ||
-        static_cast<uint32_t>(ctx->height) > self->limits_.max_height) {
-      self->size_error_ =
-          absl::StrCat("the stream's parameter sets declare ", ctx->width, "x", ctx->height,
-                       " pictures, over this server's limit of ", self->limits_.max_width, "x",
-                       self->limits_.max_height, " (--max-width/--max-height): not decoded");
+    if (w <= 0 || h <= 0 || static_cast<uint32_t>(ctx->width) > self->options_.limits.max_width ||
+        static_cast<uint32_t>(ctx->height) > self->options_.limits.max_height) {
+      self->size_error_ = absl::StrCat(
+          "the stream's parameter sets declare ", ctx->width, "x", ctx->height,
+          " pictures, over this server's limit of ", self->options_.limits.max_width, "x",
+          self->options_.limits.max_height, " (--max-width/--max-height): not decoded");
       return AV_PIX_FMT_NONE;
     }
     AVPixelFormat software = AV_PIX_FMT_NONE;
@@ -264,7 +319,7 @@ class FfmpegVideoDecoder final : public VideoDecoder {
   bool Charge(AVPixelFormat format, int w, int h) {
     const int refs =
         std::clamp(ctx_->refs > 0 ? ctx_->refs : kMaxVideoReorderDelay, 1, kMaxVideoReorderDelay);
-    const int pictures = refs + std::clamp(ctx_->has_b_frames, 0, kMaxVideoReorderDelay) + 3;
+    const int pictures = refs + ReorderDelay() + 3;
     const int one = av_image_get_buffer_size(format, w, h, 32);
     const uint64_t bytes = static_cast<uint64_t>(std::max(one, 0)) * pictures;
     if (bytes == charged_) return true;
@@ -288,7 +343,6 @@ class FfmpegVideoDecoder final : public VideoDecoder {
 
   const VideoCodecId codec_;
   const int length_size_;
-  const DecodeLimits limits_;
   const VideoDecoderOptions options_;
   uint64_t charged_ = 0;  // bytes charged to the memory budget
   bool hardware_ = false;
@@ -305,65 +359,8 @@ std::string FfmpegErrorText(int averror) {
   return buf;
 }
 
-bool StartsWithStartCode(std::string_view p) {
-  return (p.size() >= 3 && p[0] == 0 && p[1] == 0 && p[2] == 1) ||
-         (p.size() >= 4 && p[0] == 0 && p[1] == 0 && p[2] == 0 && p[3] == 1);
-}
-
 const char* VideoCodecName(VideoCodecId codec) {
   return codec == VideoCodecId::kH264 ? "h264" : "hevc";
-}
-
-bool ForEachNal(std::string_view packet, int length_size,
-                const std::function<void(const uint8_t*, size_t)>& fn) {
-  const auto* p = reinterpret_cast<const uint8_t*>(packet.data());
-  const size_t n = packet.size();
-  if (length_size > 0) {
-    size_t i = 0;
-    while (i < n) {
-      if (n - i < static_cast<size_t>(length_size)) return false;
-      size_t len = 0;
-      for (int k = 0; k < length_size; ++k) len = (len << 8) | p[i + k];
-      i += length_size;
-      if (len == 0 || len > n - i) return false;
-      fn(p + i, len);
-      i += len;
-    }
-    return true;
-  }
-  // Annex-B: NAL units follow 00 00 01 start codes (a leading zero byte belongs to the next
-  // start code, not to the unit).
-  size_t i = 0;
-  bool found = false;
-  while (i + 3 <= n) {
-    if (p[i] == 0 && p[i + 1] == 0 && p[i + 2] == 1) {
-      size_t start = i + 3;
-      size_t j = start;
-      while (j + 3 <= n && !(p[j] == 0 && p[j + 1] == 0 && (p[j + 2] == 1 || p[j + 2] == 0))) ++j;
-      size_t end = j + 3 <= n ? j : n;
-      if (end > start) {
-        fn(p + start, end - start);
-        found = true;
-      }
-      i = end;
-    } else {
-      ++i;
-    }
-  }
-  return found;
-}
-
-absl::StatusOr<int> NalLengthSize(const VideoFormatSpec& format) {
-  const std::string& x = format.extradata;
-  const auto* p = reinterpret_cast<const uint8_t*>(x.data());
-  if (x.empty() || StartsWithStartCode(x)) return 0;
-  if (p[0] == 1) {
-    if (format.codec == VideoCodecId::kH264 && x.size() >= 7) return (p[4] & 3) + 1;
-    if (format.codec == VideoCodecId::kHevc && x.size() >= 23) return (p[21] & 3) + 1;
-  }
-  return absl::InvalidArgumentError(absl::StrCat(
-      "VideoFormat.extradata (", x.size(), " bytes) is neither an ",
-      format.codec == VideoCodecId::kH264 ? "avcC" : "hvcC", " record nor Annex-B parameter sets"));
 }
 
 std::string PrepareHardwareVideoDecoding() {
@@ -388,7 +385,7 @@ absl::StatusOr<std::unique_ptr<VideoDecoder>> CreateVideoDecoder(
   std::call_once(quiet, [] { av_log_set_level(AV_LOG_QUIET); });
   FP_ASSIGN_OR_RETURN(const int length_size, NalLengthSize(format));
   auto d = std::make_unique<FfmpegVideoDecoder>(format.codec, length_size, options);
-  FP_RETURN_IF_ERROR(d->Open(format, options.try_hardware));
+  FP_RETURN_IF_ERROR(d->Open(format));
   return std::unique_ptr<VideoDecoder>(std::move(d));
 }
 

@@ -61,27 +61,13 @@ class VideoDecoder {
   // (FFmpeg's has_b_frames), 0 before. Never above kMaxVideoReorderDelay.
   virtual int ReorderDelay() const = 0;
   virtual VideoCodecId codec() const = 0;
-  // "cpu", or "nvdec" when the hardware decoder is in use.
-  virtual const char* device() const { return "cpu"; }
 };
 
 // The largest reorder delay H.264 and HEVC allow (a decoded picture buffer of 16 frames).
 inline constexpr int kMaxVideoReorderDelay = 16;
 
-// Finds the NAL units of a packet: length-prefixed (`length_size` 1..4) or Annex-B (0).
-// Calls fn(type_byte_pointer, size) for each; returns false if the framing is broken.
-bool ForEachNal(std::string_view packet, int length_size,
-                const std::function<void(const uint8_t*, size_t)>& fn);
-
 // FFmpeg's text for one of its error codes (AVERROR(...)).
 std::string FfmpegErrorText(int averror);
-
-// Whether a packet begins with an Annex-B start code (00 00 01 or 00 00 00 01).
-bool StartsWithStartCode(std::string_view packet);
-
-// Reads the packet framing from extradata: 1..4 for avcC/hvcC, 0 for Annex-B or empty;
-// InvalidArgument if it is neither.
-absl::StatusOr<int> NalLengthSize(const VideoFormatSpec& format);
 
 // Whether the CUDA hardware decoder (NVDEC through FFmpeg) should be tried for new decoders.
 // Returns the reason it cannot be used when it is not available ("" = available).

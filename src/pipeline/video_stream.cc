@@ -15,9 +15,8 @@
 namespace framepipe {
 namespace {
 
-constexpr size_t kIntakePackets = 4;        // packets waiting for the decoder...
-constexpr size_t kIntakeBytes = 8u << 20;   // ...and their bytes (one packet is always taken)
-constexpr uint64_t kRejectionCost = 16384;  // a result with no pixels
+constexpr size_t kIntakePackets = 4;       // packets waiting for the decoder...
+constexpr size_t kIntakeBytes = 8u << 20;  // ...and their bytes (one packet is always taken)
 
 }  // namespace
 
@@ -121,7 +120,10 @@ class VideoStream::State {
   }
 
   bool Handle(FrameInput in) {
-    if (!in.rejection.ok()) return Submit(std::move(in), kRejectionCost);
+    if (!in.rejection.ok()) {  // refused by the ingest (tags over the limits): answered as is
+      std::string().swap(in.data);
+      return Submit(std::move(in));
+    }
     if (in.kind != PayloadKind::kVideoPacket) {
       const char* why = in.kind == PayloadKind::kNone
                             ? "frame has no payload: a video stream's frames carry video_packet"
@@ -131,8 +133,7 @@ class VideoStream::State {
     }
     if (absl::Status framing = decoder_->CheckFraming(in.data); !framing.ok()) {
       if (!need_keyframe_) MarkBroken(in.seq);  // what follows may depend on it
-      const int64_t pts = in.pts;
-      return Reject(std::move(in), absl::StrCat("video packet pts=", pts, ": ", framing.message()));
+      return RejectPacket(std::move(in), framing.message());
     }
     const bool key = decoder_->IsKeyframe(in.data);
     if (need_keyframe_ && !key) {
@@ -168,10 +169,7 @@ class VideoStream::State {
         FrameInput failed = std::move(it->second.input);
         awaiting_.erase(it);
         MarkBroken(seq);
-        if (!Reject(std::move(failed),
-                    absl::StrCat("video packet pts=", pts, ": ", st.message()))) {
-          return false;
-        }
+        if (!RejectPacket(std::move(failed), st.message())) return false;
       }
     }
     if (!Emit(pictures)) return false;
@@ -208,18 +206,12 @@ class VideoStream::State {
       awaiting_.erase(it);
       if (!p.damage.ok()) {
         MarkBroken(in.seq);
-        const int64_t pts = in.pts;
-        if (!Reject(std::move(in),
-                    absl::StrCat("video packet pts=", pts, ": ", p.damage.message()))) {
-          return false;
-        }
+        if (!RejectPacket(std::move(in), p.damage.message())) return false;
         continue;
       }
       in.kind = PayloadKind::kPicture;
       in.picture = std::move(p.picture);
-      const uint64_t px = static_cast<uint64_t>(in.picture->width()) * in.picture->height();
-      const uint64_t cost = in.picture->bytes() + px * 4 + kRejectionCost;  // + BGR + luma
-      if (!Submit(std::move(in), cost)) return false;
+      if (!Submit(std::move(in))) return false;
     }
     return true;
   }
@@ -229,11 +221,16 @@ class VideoStream::State {
     rejected_seq_ = seq;
   }
 
-  bool RejectOldestAwaiting(const std::string& why) {
+  bool RejectOldestAwaiting(absl::string_view why) {
     FrameInput in = std::move(awaiting_.begin()->second.input);
     awaiting_.erase(awaiting_.begin());
-    const int64_t pts = in.pts;
-    return Reject(std::move(in), absl::StrCat("video packet pts=", pts, ": ", why));
+    return RejectPacket(std::move(in), why);
+  }
+
+  // A packet's error: "video packet pts=P: <why>" (the pipeline prefixes "frame seq=S: ").
+  bool RejectPacket(FrameInput in, absl::string_view why) {
+    std::string message = absl::StrCat("video packet pts=", in.pts, ": ", why);
+    return Reject(std::move(in), std::move(message));
   }
 
   bool Reject(FrameInput in, std::string why) {
@@ -242,11 +239,16 @@ class VideoStream::State {
     std::string().swap(in.data);
     in.picture.reset();
     in.rejection = absl::InvalidArgumentError(std::move(why));
-    return Submit(std::move(in), kRejectionCost);
+    return Submit(std::move(in));
   }
 
-  // False when the inner stream refuses (cancelled, or the pipeline stopping): the thread ends.
-  bool Submit(FrameInput in, uint64_t cost) { return inner_->Submit(std::move(in), cost).ok(); }
+  // Admits `in` into the inner stream, charged what it holds (a picture: its pixels, BGR copy
+  // and luma). False when the inner stream refuses (cancelled, or the pipeline stopping): the
+  // thread ends.
+  bool Submit(FrameInput in) {
+    const uint64_t cost = EstimateFrameBytes(in, DecodeLimits{});
+    return inner_->Submit(std::move(in), cost).ok();
+  }
 
   // Inner results arrive in the order they were admitted (pictures in display order); they leave
   // in send order. One call at a time (the inner stream's callbacks are serial).

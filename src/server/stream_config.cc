@@ -3,7 +3,6 @@
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
-#include "common/status.h"
 
 namespace framepipe {
 
@@ -55,8 +54,7 @@ absl::Status ApplyStreamConfig(const v1::StreamConfig& config, uint32_t max_stre
                                                      v.extradata().size(),
                                                      " bytes, over the limit of 1 MiB"));
     }
-    spec.extradata = v.extradata();
-    FP_RETURN_IF_ERROR(NalLengthSize(spec).status());
+    spec.extradata = v.extradata();  // checked by the decoder it is opened for
     *video = std::move(spec);
   }
   return absl::OkStatus();
