@@ -484,9 +484,9 @@ void VideoIngest(Ctx& c) {
   if (!mkdtemp(tmpl)) return;
   const std::string dir = tmpl;
   auto clip = c.o->video.empty() ? MakeH264Clip(dir, 150) : absl::StatusOr<std::string>(c.o->video);
-  auto info = clip.ok() ? ProbeClip(*clip) : absl::StatusOr<ClipInfo>(clip.status());
-  auto jpegs =
-      info.ok() ? WriteJpegFrames(*clip, dir + "/jpeg") : absl::StatusOr<int>(info.status());
+  auto footage = clip.ok() ? ReadVideoPackets(*clip) : absl::StatusOr<VideoPackets>(clip.status());
+  auto jpegs = footage.ok() ? WriteJpegFrames(*footage, dir + "/jpeg")
+                            : absl::StatusOr<int>(footage.status());
   if (!jpegs.ok()) {
     std::fprintf(stderr, "bench: video: %s\n", std::string(jpegs.status().message()).c_str());
     return;
@@ -511,7 +511,7 @@ void VideoIngest(Ctx& c) {
                                             dir + "/ring.json");
                     return ring.fps;
                   },
-                  [&] { return DecodeCeiling(*clip, c.workers, c.secs).value_or(0); }});
+                  [&] { return DecodeCeiling(*footage, c.workers, c.secs).value_or(0); }});
   // JPEG mode as a client really runs it: every frame decoded from the video and re-encoded.
   const ChildClient live =
       RunClientProcess(c, port,
@@ -520,7 +520,8 @@ void VideoIngest(Ctx& c) {
                        dir + "/live.json");
   (*server)->Shutdown();
   std::filesystem::remove_all(dir);
-  const std::string what = absl::StrFormat("%dx%d, %d streams", info->width, info->height, streams);
+  const std::string what =
+      absl::StrFormat("%dx%d, %d streams", footage->info.width, footage->info.height, streams);
   c.report.Add(sec, what + ": H.264 packets, server frames/s", m.Median(0), "frames/s");
   c.report.Add(sec, what + ": JPEG frames (pre-encoded), server frames/s", m.Median(1), "frames/s");
   c.report.Add(sec, what + ": decode-only ceiling (libavcodec + our chain, plain threads)",

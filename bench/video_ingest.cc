@@ -17,59 +17,12 @@
 #include "media/synthetic_source.h"
 #include "video_fixture.h"
 
-extern "C" {
-#include <libavformat/avformat.h>
-}
-
 namespace framepipe::bench {
 namespace {
 
-struct Clip {
-  VideoFormatSpec format;
-  std::vector<std::string> packets;
-  std::vector<int64_t> pts;
-  int width = 0, height = 0;
-};
-
-absl::StatusOr<Clip> ReadClip(const std::string& path) {
-  AVFormatContext* fmt = nullptr;
-  if (avformat_open_input(&fmt, path.c_str(), nullptr, nullptr) < 0) {
-    return absl::InvalidArgumentError(absl::StrCat("cannot open ", path));
-  }
-  Clip clip;
-  absl::Status st;
-  if (avformat_find_stream_info(fmt, nullptr) < 0) st = absl::InvalidArgumentError("no streams");
-  const int s = st.ok() ? av_find_best_stream(fmt, AVMEDIA_TYPE_VIDEO, -1, -1, nullptr, 0) : -1;
-  if (st.ok() && s < 0) st = absl::InvalidArgumentError(absl::StrCat(path, ": no video"));
-  if (st.ok()) {
-    const AVCodecParameters* par = fmt->streams[s]->codecpar;
-    if (par->codec_id != AV_CODEC_ID_H264 && par->codec_id != AV_CODEC_ID_HEVC) {
-      st = absl::InvalidArgumentError(absl::StrCat(path, ": not H.264 or HEVC"));
-    } else {
-      clip.format.codec =
-          par->codec_id == AV_CODEC_ID_H264 ? VideoCodecId::kH264 : VideoCodecId::kHevc;
-      if (par->extradata_size > 0) {
-        clip.format.extradata.assign(reinterpret_cast<const char*>(par->extradata),
-                                     static_cast<size_t>(par->extradata_size));
-      }
-      clip.width = par->width;
-      clip.height = par->height;
-      AVPacket* pkt = av_packet_alloc();
-      while (av_read_frame(fmt, pkt) >= 0) {
-        if (pkt->stream_index == s && pkt->size > 0) {
-          clip.packets.emplace_back(reinterpret_cast<const char*>(pkt->data),
-                                    static_cast<size_t>(pkt->size));
-          clip.pts.push_back(static_cast<int64_t>(clip.pts.size()));
-        }
-        av_packet_unref(pkt);
-      }
-      av_packet_free(&pkt);
-    }
-  }
-  avformat_close_input(&fmt);
-  if (!st.ok()) return st;
-  if (clip.packets.empty()) return absl::InvalidArgumentError(absl::StrCat(path, ": no packets"));
-  return clip;
+VideoFormatSpec FormatOf(const VideoPackets& clip) {
+  return VideoFormatSpec{clip.info.codec == 1 ? VideoCodecId::kH264 : VideoCodecId::kHevc,
+                         clip.info.extradata};
 }
 
 }  // namespace
@@ -111,24 +64,11 @@ absl::StatusOr<std::string> MakeH264Clip(const std::string& dir, int frames) {
   return path;
 }
 
-absl::StatusOr<ClipInfo> ProbeClip(const std::string& path) {
-  FP_ASSIGN_OR_RETURN(Clip clip, ReadClip(path));
-  ClipInfo info;
-  info.width = clip.width;
-  info.height = clip.height;
-  info.packets = static_cast<int>(clip.packets.size());
-  double bytes = 0;
-  for (const auto& p : clip.packets) bytes += static_cast<double>(p.size());
-  info.bytes_per_packet = bytes / info.packets;
-  return info;
-}
-
-absl::StatusOr<int> WriteJpegFrames(const std::string& path, const std::string& dir) {
-  FP_ASSIGN_OR_RETURN(Clip clip, ReadClip(path));
-  FP_ASSIGN_OR_RETURN(auto decoder, CreateVideoDecoder(clip.format, {}));
+absl::StatusOr<int> WriteJpegFrames(const VideoPackets& clip, const std::string& dir) {
+  FP_ASSIGN_OR_RETURN(auto decoder, CreateVideoDecoder(FormatOf(clip), {}));
   std::vector<DecodedPicture> pictures;
   for (size_t i = 0; i < clip.packets.size(); ++i) {
-    (void)decoder->Decode({i, clip.packets[i], clip.pts[i]}, &pictures);
+    (void)decoder->Decode({i, clip.packets[i], static_cast<int64_t>(i)}, &pictures);
   }
   decoder->Flush(&pictures);
   std::filesystem::create_directories(dir);
@@ -143,28 +83,24 @@ absl::StatusOr<int> WriteJpegFrames(const std::string& path, const std::string& 
   return n;
 }
 
-absl::StatusOr<double> DecodeCeiling(const std::string& path, int threads, double seconds) {
-  FP_ASSIGN_OR_RETURN(Clip clip, ReadClip(path));
+absl::StatusOr<double> DecodeCeiling(const VideoPackets& clip, int threads, double seconds) {
   std::atomic<bool> failed{false};
   const double fps = RunThreads(threads, seconds, [&](int, int64_t) {
-    // One packet per call; each thread its own decoder, kept across calls.
+    // One packet per call; each thread (new for each run) its own decoder, kept across calls.
     thread_local std::unique_ptr<VideoDecoder> decoder;
     thread_local size_t next = 0;
-    thread_local const Clip* owner = nullptr;
     thread_local std::vector<DecodedPicture> pictures;
     thread_local CpuAnalyzer analyzer(CpuAnalyzerOptions{false, 0});
-    if (owner != &clip) {
-      auto d = CreateVideoDecoder(clip.format, {});
+    if (!decoder) {
+      auto d = CreateVideoDecoder(FormatOf(clip), {});
       if (!d.ok()) {
         failed = true;
         return;
       }
       decoder = std::move(d).value();
-      owner = &clip;
-      next = 0;
     }
     pictures.clear();
-    (void)decoder->Decode({next, clip.packets[next], clip.pts[next]}, &pictures);
+    (void)decoder->Decode({next, clip.packets[next], static_cast<int64_t>(next)}, &pictures);
     next = (next + 1) % clip.packets.size();
     for (DecodedPicture& p : pictures) {
       if (!p.picture) continue;

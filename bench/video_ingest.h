@@ -6,6 +6,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "media/packet_source.h"
 
 namespace framepipe::bench {
 
@@ -15,18 +16,11 @@ absl::StatusOr<std::string> MakeH264Clip(const std::string& dir, int frames);
 
 // Decodes `clip` once and writes its pictures as JPEG (quality 90) files 000000.jpg... into
 // `dir`: the same footage for the JPEG path. Returns how many.
-absl::StatusOr<int> WriteJpegFrames(const std::string& clip, const std::string& dir);
-
-struct ClipInfo {
-  int width = 0, height = 0;
-  int packets = 0;
-  double bytes_per_packet = 0;
-};
-absl::StatusOr<ClipInfo> ProbeClip(const std::string& clip);
+absl::StatusOr<int> WriteJpegFrames(const VideoPackets& clip, const std::string& dir);
 
 // Frames per second `threads` threads reach for `seconds`, each with its own decoder cycling
 // through the clip's packets and running every picture through BGR conversion, analysis and
 // enrichment: what the server could do with no gRPC, no pipeline and no ordering.
-absl::StatusOr<double> DecodeCeiling(const std::string& clip, int threads, double seconds);
+absl::StatusOr<double> DecodeCeiling(const VideoPackets& clip, int threads, double seconds);
 
 }  // namespace framepipe::bench

@@ -1,6 +1,19 @@
 #include "media/capture_queue.h"
 
+#include <filesystem>
+
+#include "absl/strings/str_cat.h"
+
 namespace framepipe::media_internal {
+
+bool IsLiveInput(const std::string& input) {
+  return input.find("://") != std::string::npos || input.rfind("/dev/video", 0) == 0;
+}
+
+absl::Status CheckInputExists(const std::string& input) {
+  if (IsLiveInput(input) || std::filesystem::exists(input)) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat("--input '", input, "' does not exist"));
+}
 
 FrameSource::Next CaptureQueue::TryNext(SourceFrame* out) {
   std::lock_guard<std::mutex> l(mu_);

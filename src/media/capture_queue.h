@@ -1,7 +1,8 @@
 // CaptureQueue: the hand-off between a source's capture thread and the stream that reads it (a
 // video file or camera read by OpenCV, packets demuxed by libavformat): a few frames ahead, a
 // non-blocking TryNext for the gRPC side with a callback when something arrives, and the end of
-// the input. Internal to src/media.
+// the input; and what the sources that feed one share (QueuedSource, live inputs, the input check).
+// Internal to src/media.
 #pragma once
 
 #include <atomic>
@@ -13,9 +14,15 @@
 #include <mutex>
 #include <thread>
 
+#include "absl/status/status.h"
 #include "media/frame_source.h"
 
 namespace framepipe::media_internal {
+
+// A camera or network stream (it runs whether it is read or not), as opposed to a file.
+bool IsLiveInput(const std::string& input);
+// InvalidArgument naming --input when `input` is a file path that does not exist.
+absl::Status CheckInputExists(const std::string& input);
 
 class CaptureQueue {
  public:

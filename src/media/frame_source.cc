@@ -63,18 +63,13 @@ std::string Encode(const cv::Mat& bgr, Encoding e, int quality) {
   return std::string(buf.begin(), buf.end());
 }
 
-// Cameras and network streams: they run at their own pace whether we read them or not.
-bool IsLive(const std::string& input) {
-  return input.find("://") != std::string::npos || input.rfind("/dev/video", 0) == 0;
-}
-
 // Captures from a video file or a camera on a thread of its own, a few frames ahead. Files are
 // read at their frame rate (or --fps) and wait for the stream; live cameras keep being read and
 // drop the oldest unsent frame when the stream falls behind (freshness first).
 class VideoSource : public media_internal::QueuedSource {
  public:
   VideoSource(const SourceOptions& o, std::unique_ptr<cv::VideoCapture> cap)
-      : QueuedSource(4, IsLive(o.input)), o_(o), cap_(std::move(cap)) {
+      : QueuedSource(4, media_internal::IsLiveInput(o.input)), o_(o), cap_(std::move(cap)) {
     native_fps_ = cap_->get(cv::CAP_PROP_FPS);
     if (!(native_fps_ > 0 && native_fps_ < 1000)) native_fps_ = 0;
     StartCapture([this] { Capture(); });
@@ -132,9 +127,7 @@ class VideoSource : public media_internal::QueuedSource {
 };
 
 absl::StatusOr<std::unique_ptr<cv::VideoCapture>> OpenVideo(const std::string& input) {
-  if (!IsLive(input) && !std::filesystem::exists(input)) {
-    return absl::InvalidArgumentError(absl::StrCat("--input '", input, "' does not exist"));
-  }
+  FP_RETURN_IF_ERROR(media_internal::CheckInputExists(input));
   auto cap = std::make_unique<cv::VideoCapture>();
   bool opened = false;
   try {
@@ -148,10 +141,10 @@ absl::StatusOr<std::unique_ptr<cv::VideoCapture>> OpenVideo(const std::string& i
     return absl::InvalidArgumentError(absl::StrCat(
         "cannot open video '", input,
         "': not a video OpenCV's FFmpeg backend can read (unknown container or missing codec)",
-        IsLive(input) ? ", or the camera did not answer" : ""));
+        media_internal::IsLiveInput(input) ? ", or the camera did not answer" : ""));
   }
   cv::Mat probe;
-  if (!IsLive(input)) {
+  if (!media_internal::IsLiveInput(input)) {
     if (!cap->read(probe) || probe.empty()) {
       return absl::InvalidArgumentError(absl::StrCat("cannot decode video '", input,
                                                      "': no frame could be read (codec missing?)"));

@@ -29,8 +29,7 @@ struct SourceFrame {
 
 // What a packet source's stream config needs: the codec and its parameter sets.
 struct VideoInfo {
-  int codec = 0;  // framepipe.v1.VideoCodec: 1 = H264, 2 = HEVC
-  std::string codec_name;
+  int codec = 0;          // framepipe.v1.VideoCodec: 1 = H264, 2 = HEVC
   std::string extradata;  // avcC/hvcC (MP4, MKV) or Annex-B parameter sets (TS), or empty
   int time_base_num = 0, time_base_den = 0;
   int width = 0, height = 0;

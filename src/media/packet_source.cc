@@ -1,7 +1,6 @@
 #include "media/packet_source.h"
 
 #include <atomic>
-#include <filesystem>
 #include <mutex>
 #include <thread>
 
@@ -19,10 +18,6 @@ extern "C" {
 namespace framepipe {
 namespace {
 
-bool IsLiveUrl(const std::string& input) {
-  return input.find("://") != std::string::npos || input.rfind("/dev/video", 0) == 0;
-}
-
 struct InputFree {
   void operator()(AVFormatContext* f) const { avformat_close_input(&f); }
 };
@@ -35,9 +30,7 @@ struct Demuxer {
 };
 
 absl::StatusOr<Demuxer> OpenDemuxer(const std::string& url) {
-  if (!IsLiveUrl(url) && !std::filesystem::exists(url)) {
-    return absl::InvalidArgumentError(absl::StrCat("--input '", url, "' does not exist"));
-  }
+  FP_RETURN_IF_ERROR(media_internal::CheckInputExists(url));
   AVDictionary* opts = nullptr;
   if (url.rfind("rtsp://", 0) == 0) av_dict_set(&opts, "rtsp_transport", "tcp", 0);
   AVFormatContext* raw = nullptr;
@@ -70,7 +63,6 @@ absl::StatusOr<Demuxer> OpenDemuxer(const std::string& url) {
                      avcodec_get_name(par->codec_id),
                      ": use --send images (decoded and re-encoded as JPEG on the client)"));
   }
-  d.info.codec_name = avcodec_get_name(par->codec_id);
   if (par->extradata && par->extradata_size > 0) {
     d.info.extradata.assign(reinterpret_cast<const char*>(par->extradata),
                             static_cast<size_t>(par->extradata_size));
@@ -91,7 +83,7 @@ absl::StatusOr<Demuxer> OpenDemuxer(const std::string& url) {
 class PacketSource : public media_internal::QueuedSource {
  public:
   PacketSource(const SourceOptions& o, Demuxer d)
-      : QueuedSource(8, IsLiveUrl(o.input)), o_(o), d_(std::move(d)) {
+      : QueuedSource(8, media_internal::IsLiveInput(o.input)), o_(o), d_(std::move(d)) {
     StartCapture([this] { Demux(); });
   }
   ~PacketSource() override { StopCapture(); }
@@ -187,6 +179,24 @@ class PacketSource : public media_internal::QueuedSource {
 };
 
 }  // namespace
+
+absl::StatusOr<VideoPackets> ReadVideoPackets(const std::string& path) {
+  FP_ASSIGN_OR_RETURN(Demuxer d, OpenDemuxer(path));
+  VideoPackets out;
+  AVPacket* pkt = av_packet_alloc();
+  if (!pkt) return absl::ResourceExhaustedError("cannot allocate a packet");
+  while (av_read_frame(d.input.get(), pkt) >= 0) {
+    if (pkt->stream_index == d.stream && pkt->size > 0) {
+      out.packets.emplace_back(reinterpret_cast<const char*>(pkt->data),
+                               static_cast<size_t>(pkt->size));
+    }
+    av_packet_unref(pkt);
+  }
+  av_packet_free(&pkt);
+  if (out.packets.empty()) return absl::InvalidArgumentError(absl::StrCat(path, ": no packets"));
+  out.info = std::move(d.info);
+  return out;
+}
 
 absl::StatusOr<std::function<std::unique_ptr<FrameSource>(int)>> MakePacketSourceFactory(
     const SourceOptions& o) {

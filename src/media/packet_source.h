@@ -5,6 +5,8 @@
 
 #include <functional>
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "media/frame_source.h"
@@ -15,5 +17,13 @@ namespace framepipe {
 // factory making one independent packet source per stream.
 absl::StatusOr<std::function<std::unique_ptr<FrameSource>(int stream)>> MakePacketSourceFactory(
     const SourceOptions& options);
+
+// Every packet of a file's H.264/HEVC video stream, in decode order, read at once (the
+// benchmark's workloads); the same checks and errors as --send packets.
+struct VideoPackets {
+  VideoInfo info;
+  std::vector<std::string> packets;
+};
+absl::StatusOr<VideoPackets> ReadVideoPackets(const std::string& path);
 
 }  // namespace framepipe
