@@ -138,3 +138,14 @@ def reference_luma(path) -> dict:
             out[f.pts] = float(cv2.cvtColor(f.to_ndarray(format="bgr24"),
                                             cv2.COLOR_BGR2GRAY).mean())
     return out
+
+
+def avcc_has_idr(packet: bytes) -> bool:
+    """Whether an H.264 packet in MP4 form (NAL units after 4-byte lengths) holds an IDR slice:
+    a keyframe, from the bitstream itself."""
+    i = 0
+    while i + 4 < len(packet):
+        if packet[i + 4] & 0x1F == 5:
+            return True
+        i += 4 + int.from_bytes(packet[i:i + 4], "big")
+    return False

@@ -23,8 +23,8 @@ sys.path.insert(0, str(REPO / "tests" / "support"))
 sys.path.insert(0, str(REPO / "bench" / "scene_cuts"))
 sys.path.insert(0, str(REPO / "clients" / "python"))
 
-from framepipe_testing import (FramepipeServer, framepipe_binary,  # noqa: E402
-                               reference_luma as reference)
+from framepipe_testing import (FramepipeServer, avcc_has_idr,  # noqa: E402
+                               framepipe_binary, reference_luma as reference)
 
 av = pytest.importorskip("av")
 cv2 = pytest.importorskip("cv2")
@@ -81,8 +81,6 @@ def server():
     s = FramepipeServer(["--max-in-flight", "4"])
     yield s
     assert s.stop() == 0
-
-
 
 
 def demuxed(path: Path) -> list:
@@ -150,7 +148,7 @@ def test_cpp_client_sends_packets_and_every_picture_matches(server, fixtures, na
 
 def damaged_stream(packets: list, kind: str) -> tuple:
     """The packets with one kind of damage, and the index from which all must decode."""
-    keys = [i for i, p in enumerate(packets) if p.key]
+    keys = [i for i, p in enumerate(packets) if avcc_has_idr(p.data)]
     assert len(keys) >= 3, keys
     v = [VideoPacket(p.data, pts=p.pts) for p in packets]
     k1, k2 = keys[1], keys[2]
@@ -181,13 +179,7 @@ def damaged_stream(packets: list, kind: str) -> tuple:
 def test_damage_is_answered_per_packet_and_the_stream_recovers(server, fixtures, kind):
     path = fixtures["h264_mp4"]
     fmt, it = open_video_packets(str(path))
-    packets = []
-    for p in it:
-        packets.append(p)
-    # Keyframes, from the bitstream (avcC: 4-byte lengths; IDR = NAL type 5).
-    for p in packets:
-        p.key = _has_idr(p.data)
-    sent, intact = damaged_stream(packets, kind)
+    sent, intact = damaged_stream(list(it), kind)
     with FramePipeClient(server.target) as client:
         got = list(client.process(sent, config=StreamConfig(video=fmt)))
     results = [{"seq": r.seq, "pts": r.pts, "status": "FRAME_STATUS_" + r.status.name,
@@ -200,15 +192,6 @@ def test_damage_is_answered_per_packet_and_the_stream_recovers(server, fixtures,
     assert all(f"frame seq={r.seq}: video packet pts={r.pts}" in r.error for r in bad), bad[:2]
     if kind != "lost_keyframe":  # a lost mid-stream IDR is concealed by the decoder
         assert bad, "the damage is reported"
-
-
-def _has_idr(avcc: bytes) -> bool:
-    i = 0
-    while i + 4 < len(avcc):
-        if avcc[i + 4] & 0x1F == 5:
-            return True
-        i += 4 + int.from_bytes(avcc[i:i + 4], "big")
-    return False
 
 
 def test_metrics_count_decoded_pictures_and_errors_and_the_log_stays_quiet(server, fixtures):

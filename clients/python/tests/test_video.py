@@ -14,7 +14,7 @@ from framepipe_client import (FramePipeClient, FrameStatus, StreamConfig, VideoC
 pytest.importorskip("av")
 pytest.importorskip("cv2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests" / "support"))
-from framepipe_testing import reference_luma  # noqa: E402
+from framepipe_testing import avcc_has_idr, reference_luma  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def test_process_video_answers_every_packet_in_order_with_its_picture(server, cl
 def test_damaged_packets_are_answered_and_the_stream_recovers(server, clip):
     fmt, packets = open_video_packets(str(clip))
     sent = list(packets)
-    keys = [i for i, p in enumerate(sent) if _has_idr(p.data)]
+    keys = [i for i, p in enumerate(sent) if avcc_has_idr(p.data)]
     assert keys[0] == 0
     assert len(keys) >= 2
     damaged = [VideoPacket(p.data, pts=p.pts) for p in sent]
@@ -60,16 +60,6 @@ def test_damaged_packets_are_answered_and_the_stream_recovers(server, clip):
     assert bad and all(r.status is FrameStatus.INVALID_ARGUMENT for r in bad)
     assert all(f"frame seq={r.seq}" in r.error for r in bad)
     assert all(r.ok for r in results[keys[1]:]), "everything from the next keyframe decodes"
-
-
-def _has_idr(avcc: bytes) -> bool:
-    i = 0
-    while i + 4 <= len(avcc):
-        n = int.from_bytes(avcc[i:i + 4], "big")
-        if i + 4 < len(avcc) and avcc[i + 4] & 0x1f == 5:
-            return True
-        i += 4 + n
-    return False
 
 
 def test_video_packets_need_a_video_stream_and_vice_versa(server, clip):
