@@ -115,12 +115,10 @@ absl::StatusOr<std::unique_ptr<FrontDoor>> FrontDoor::Bind(FrontDoorOptions opti
   }
   if (o.max_connections_per_peer == 0) o.max_connections_per_peer = o.max_connections;
   o.io_threads = std::max(1, o.io_threads);
-  if (!o.tls.cert_file.empty()) {
-    // OpenSSL writes to the client socket with write(): a client gone mid-write must be an EPIPE
-    // for that connection, not a SIGPIPE for the process.
-    signal(SIGPIPE, SIG_IGN);
-    FP_RETURN_IF_ERROR(impl->SetUpTls());
-  }
+  // OpenSSL writes to the client socket with write(), and splice() has no MSG_NOSIGNAL: a peer
+  // gone mid-write must be an EPIPE for that connection, not a SIGPIPE for the process.
+  signal(SIGPIPE, SIG_IGN);
+  if (!o.tls.cert_file.empty()) FP_RETURN_IF_ERROR(impl->SetUpTls());
   FP_RETURN_IF_ERROR(impl->BindAll());
   impl->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
   impl->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -293,6 +291,16 @@ void FrontDoor::Start(grpc::Server* server) {
     ev.events = EPOLLIN;
     ev.data.ptr = nullptr;  // the wake fd
     epoll_ctl(t->epoll_fd, EPOLL_CTL_ADD, t->wake_fd, &ev);
+    int p[2];
+    if (pipe2(p, O_NONBLOCK | O_CLOEXEC) == 0) {
+      t->pipe_r = p[0];
+      t->pipe_w = p[1];
+      // As large as the system allows unprivileged (fs.pipe-max-size, 1 MiB by default): one
+      // splice moves that much of a message body.
+      const int size = fcntl(t->pipe_w, F_SETPIPE_SZ, static_cast<int>(front_door::kPipeBytes));
+      t->pipe_bytes = size > 0 ? static_cast<size_t>(size)
+                               : static_cast<size_t>(fcntl(t->pipe_w, F_GETPIPE_SZ));
+    }
     Impl::IoThread* raw = t.get();
     t->thread = std::thread([&m, raw] { m.IoLoop(raw); });
     m.io.push_back(std::move(t));
@@ -336,6 +344,8 @@ void FrontDoor::Stop() {
     t->incoming.clear();
     close(t->epoll_fd);
     close(t->wake_fd);
+    if (t->pipe_r >= 0) close(t->pipe_r);
+    if (t->pipe_w >= 0) close(t->pipe_w);
   }
 }
 
@@ -369,6 +379,8 @@ FrontDoorCounters FrontDoor::counters() const {
   for (int i = 0; i < static_cast<int>(StreamRejection::kCount); ++i) {
     c.rejected_streams[i] = m.rejected_streams[i];
   }
+  c.bytes_copied = m.bytes_copied;
+  c.bytes_spliced = m.bytes_spliced;
   c.handshake_timeouts = m.handshake_timeouts;
   c.tls_failures = m.tls_failures;
   c.max_connections = m.options.max_connections;

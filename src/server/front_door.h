@@ -11,6 +11,10 @@
 // defence applies to TLS connections too; gRPC then sees plaintext on the socket pair, and the
 // service checks bearer tokens itself.
 //
+// Plain connections do not pay for the relay where the bytes are large: the runs of message body
+// the guard has already judged (their length prefix checked) are spliced from the client's socket
+// to gRPC's through a pipe, without being copied into this process.
+//
 // Threads: one acceptor, `io_threads` relay threads (epoll), each connection owned by one of
 // them. All public methods are thread-safe.
 #pragma once
@@ -65,6 +69,10 @@ struct FrontDoorCounters {
   uint64_t refused[static_cast<int>(ConnectionRefusal::kCount)] = {};
   uint64_t violations[static_cast<int>(Http2Violation::kCount)] = {};
   uint64_t rejected_streams[static_cast<int>(StreamRejection::kCount)] = {};
+  // Client bytes relayed to gRPC: read through the guard, or spliced past it (message bodies it
+  // had judged, moved kernel to kernel).
+  uint64_t bytes_copied = 0;
+  uint64_t bytes_spliced = 0;
   uint64_t handshake_timeouts = 0;
   uint64_t tls_failures = 0;
   uint32_t max_connections = 0;

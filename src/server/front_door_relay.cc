@@ -2,6 +2,7 @@
 // socket (plain or TLS) and gRPC's end of the socket pair through the connection's Http2Guard,
 // applies backpressure (a full buffer stops reading the other side) and closes what the guard or
 // a deadline ends.
+#include <fcntl.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <pthread.h>
@@ -201,13 +202,83 @@ void FrontDoor::Impl::ContinueHandshake(IoThread* t, Connection* c) {
   Close(t, c);
 }
 
+// Judged message body goes from the client's socket into the thread's pipe and on into gRPC's
+// socket: the kernel moves the pages, this process never copies them (the relay's cost on large
+// raw frames). What gRPC's socket does not take at once is read out of the pipe into the
+// connection's buffer, so the pipe is empty again for the next connection.
+int FrontDoor::Impl::SpliceFromClient(IoThread* t, Connection* c) {
+  const size_t judged = c->guard->PassThroughBytes();
+  if (judged < front_door::kMinSplice || c->to_server.size() > 0 || c->server_shut ||
+      c->server_fd < 0) {
+    return 0;
+  }
+  const ssize_t in = splice(c->client_fd, nullptr, t->pipe_w, nullptr,
+                            std::min(judged, t->pipe_bytes), SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+  if (in < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return -1;
+    if (errno == EINVAL || errno == ENOSYS) {
+      // This socket type cannot be spliced: this thread reads and copies from now on.
+      close(t->pipe_r);
+      close(t->pipe_w);
+      t->pipe_r = t->pipe_w = -1;
+      return 0;
+    }
+    Close(t, c);  // reset by the client
+    return -1;
+  }
+  if (in == 0) {
+    c->client_eof = true;
+    FlushToServer(c);
+    return -1;
+  }
+  size_t out = 0;
+  while (out < static_cast<size_t>(in)) {
+    const ssize_t w = splice(t->pipe_r, nullptr, c->server_fd, nullptr, in - out,
+                             SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+    if (w > 0) {
+      out += static_cast<size_t>(w);
+    } else if (w == 0 || errno != EINTR) {
+      break;  // gRPC's socket is full (or gone: its EOF closes the connection)
+    }
+  }
+  for (size_t left = in - out; left > 0;) {
+    const ssize_t r = read(t->pipe_r, t->scratch.get(), std::min(left, kReadChunk));
+    if (r <= 0) break;
+    c->to_server.data.append(t->scratch.get(), static_cast<size_t>(r));
+    left -= static_cast<size_t>(r);
+  }
+  bytes_spliced += out;
+  bytes_copied += in - out;
+  c->spliced = true;
+  Http2Out to_server, to_client;
+  const bool ok = c->guard->Spliced(static_cast<size_t>(in), time->Now(), &to_server, &to_client);
+  Append(&c->to_client, to_client);
+  if (ok && !WriteOrQueue(c->server_fd, &c->to_server, to_server)) c->to_server = Buffer{};
+  if (!ok) {
+    GuardViolation(t, c);
+    return -1;
+  }
+  FlushToServer(c);
+  FlushToClient(t, c);
+  return 1;
+}
+
 void FrontDoor::Impl::ReadClient(IoThread* t, Connection* c) {
   char* const buf = t->scratch.get();
   while (!c->dead && !c->client_eof && !c->closing && c->to_server.size() < options.buffer_bytes) {
+    if (!c->ssl && t->pipe_w >= 0) {
+      const int spliced = SpliceFromClient(t, c);
+      if (spliced < 0) return;
+      if (spliced > 0) continue;
+    }
+    // Right after a splice the next frame's header is due: read a little, so that the body
+    // behind it is spliced too rather than copied here.
+    const size_t chunk = c->spliced ? front_door::kReadAfterSplice : kReadChunk;
+    c->spliced = false;
     ssize_t n;
     if (c->ssl) {
       ERR_clear_error();
-      const int r = SSL_read(c->ssl, buf, static_cast<int>(kReadChunk));
+      const int r = SSL_read(c->ssl, buf, static_cast<int>(chunk));
       c->ssl_read_wants_write = false;
       if (r > 0) {
         n = r;
@@ -222,7 +293,7 @@ void FrontDoor::Impl::ReadClient(IoThread* t, Connection* c) {
         if (n < 0) errno = ECONNRESET;
       }
     } else {
-      n = read(c->client_fd, buf, kReadChunk);
+      n = read(c->client_fd, buf, chunk);
     }
     if (n < 0) {
       if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return;
@@ -234,6 +305,7 @@ void FrontDoor::Impl::ReadClient(IoThread* t, Connection* c) {
       FlushToServer(c);
       return;
     }
+    bytes_copied += static_cast<uint64_t>(n);
     Http2Out to_server, to_client;
     const bool ok = c->guard->FromClient(std::string_view(buf, static_cast<size_t>(n)), time->Now(),
                                          &to_server, &to_client);
@@ -258,6 +330,9 @@ void FrontDoor::Impl::ReadClient(IoThread* t, Connection* c) {
     }
     FlushToServer(c);
     FlushToClient(t, c);
+    // A short read emptied the socket: another read would only say EAGAIN (epoll reports what
+    // comes next). After a splice the read was short on purpose.
+    if (!c->ssl && static_cast<size_t>(n) < chunk && chunk == kReadChunk) return;
   }
 }
 
@@ -293,6 +368,7 @@ void FrontDoor::Impl::ReadServer(IoThread* t, Connection* c) {
     }
     FlushToClient(t, c);
     FlushToServer(c);
+    if (static_cast<size_t>(n) < kReadChunk) return;  // the socket is empty (see ReadClient)
   }
 }
 

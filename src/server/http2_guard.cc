@@ -47,15 +47,19 @@ void PutBe32(std::string* out, uint32_t v) {
   out->push_back(static_cast<char>(v));
 }
 
-void AppendFrame(std::string* out, uint8_t type, uint8_t flags, uint32_t stream,
-                 std::string_view payload) {
-  const uint32_t n = static_cast<uint32_t>(payload.size());
-  out->push_back(static_cast<char>(n >> 16));
-  out->push_back(static_cast<char>(n >> 8));
-  out->push_back(static_cast<char>(n));
+void AppendFrameHeader(std::string* out, uint32_t length, uint8_t type, uint8_t flags,
+                       uint32_t stream) {
+  out->push_back(static_cast<char>(length >> 16));
+  out->push_back(static_cast<char>(length >> 8));
+  out->push_back(static_cast<char>(length));
   out->push_back(static_cast<char>(type));
   out->push_back(static_cast<char>(flags));
   PutBe32(out, stream & 0x7fffffffu);
+}
+
+void AppendFrame(std::string* out, uint8_t type, uint8_t flags, uint32_t stream,
+                 std::string_view payload) {
+  AppendFrameHeader(out, static_cast<uint32_t>(payload.size()), type, flags, stream);
   out->append(payload);
 }
 
@@ -166,12 +170,14 @@ bool Http2Guard::Violation(Http2Violation v, std::string detail, Http2Out* to_cl
   return false;
 }
 
-// Bytes of the next unit (the preface, then one frame) at the start of `data`, as far as its
-// first bytes tell: 24 for the preface, 9 while the frame header is incomplete, 9 + length after.
+// Bytes of the next unit at the start of `data`, as far as its first bytes tell: 24 for the
+// preface; 9 while a frame header is incomplete, and for a DATA frame (its payload streams); 9 +
+// length for any other frame (held whole, and bounded by CheckFrameSize).
 size_t Http2Guard::UnitSize(std::string_view data) const {
   if (!preface_done_) return kPreface.size();
   if (data.size() < 9) return 9;
-  return 9 + size_t{Be24(reinterpret_cast<const uint8_t*>(data.data()))};
+  const auto* h = reinterpret_cast<const uint8_t*>(data.data());
+  return h[3] == kData ? 9 : 9 + size_t{Be24(h)};
 }
 
 bool Http2Guard::ProcessUnit(std::string_view unit, TimePoint now, Http2Out* to_server,
@@ -185,14 +191,29 @@ bool Http2Guard::ProcessUnit(std::string_view unit, TimePoint now, Http2Out* to_
     return true;
   }
   const auto* h = reinterpret_cast<const uint8_t*>(unit.data());
-  return HandleClientFrame(h, h + 9, now, to_server, to_client);
+  return HandleClientFrame(h, now, to_server, to_client);
 }
 
-bool Http2Guard::CheckFrameSize(size_t unit, Http2Out* to_client) {
-  if (!preface_done_ || unit - 9 <= limits_.max_frame_bytes) return true;
+bool Http2Guard::CheckFrameSize(const uint8_t* h, Http2Out* to_client) {
+  const uint32_t len = Be24(h);
+  const uint8_t type = h[3];
+  if (type == kHeaders || type == kContinuation) {
+    // A header block over its limit closes before its frame is held, let alone passed on.
+    const uint64_t block = uint64_t{len} + (type == kContinuation ? header_bytes_ : 0);
+    if (block > limits_.max_header_block_bytes) {
+      return Violation(Http2Violation::kHeaderBlockTooLarge,
+                       absl::StrCat("header block over ", limits_.max_header_block_bytes,
+                                    " bytes on stream ", Be32(h + 5) & 0x7fffffffu),
+                       to_client);
+    }
+  }
+  if (type == kData) return true;  // streams through, whatever its length (see Http2Limits)
+  const uint32_t max = type == kHeaders || type == kContinuation
+                           ? limits_.max_frame_bytes
+                           : std::min(limits_.max_frame_bytes, limits_.max_control_frame_bytes);
+  if (len <= max) return true;
   return Violation(Http2Violation::kFrameTooLarge,
-                   absl::StrCat("frame of ", unit - 9, " bytes, over the maximum frame size of ",
-                                limits_.max_frame_bytes),
+                   absl::StrCat("frame of ", len, " bytes, over the maximum frame size of ", max),
                    to_client);
 }
 
@@ -200,34 +221,48 @@ bool Http2Guard::FromClient(std::string_view bytes, TimePoint now, Http2Out* to_
                             Http2Out* to_client) {
   if (violation_ != Http2Violation::kNone) return false;
   size_t pos = 0;
-  // First the unit carried over from the previous read: only the bytes it lacks are copied.
-  while (!in_.empty()) {
-    const size_t want = UnitSize(in_);
-    if (in_.size() >= 9 && !CheckFrameSize(want, to_client)) return false;
-    if (in_.size() < want) {
-      const size_t take = std::min(want - in_.size(), bytes.size() - pos);
-      in_.append(bytes.substr(pos, take));
-      pos += take;
-      if (in_.size() < want) {
-        if (pos == bytes.size()) break;
-        continue;  // the header just completed: the frame's length is known now
-      }
-      if (want == 9 && preface_done_) continue;  // header only so far: recompute the size
+  while (violation_ == Http2Violation::kNone) {
+    // A DATA frame's payload streams through, straight from this read.
+    if (data_.mode != DataMode::kNone) {
+      if (pos == bytes.size()) break;
+      const size_t n = std::min<size_t>(data_.remaining, bytes.size() - pos);
+      if (!DataPayload(bytes.data() + pos, n, to_server, to_client)) return false;
+      pos += n;
+      continue;
     }
-    unit_is_copy_ = true;
-    const bool ok = ProcessUnit(in_, now, to_server, to_client);
-    unit_is_copy_ = false;
-    if (!ok) return false;
-    in_.clear();
-  }
-  // Then whole units straight from this read, without copying them.
-  while (in_.empty() && pos < bytes.size()) {
+    // A unit carried over from the previous read: only the bytes it lacks are copied.
+    if (!in_.empty()) {
+      size_t want = UnitSize(in_);
+      while (in_.size() < want && pos < bytes.size()) {
+        const size_t take = std::min(want - in_.size(), bytes.size() - pos);
+        in_.append(bytes.substr(pos, take));
+        pos += take;
+        if (preface_done_ && in_.size() == 9) {  // the header just completed
+          if (!CheckFrameSize(reinterpret_cast<const uint8_t*>(in_.data()), to_client)) {
+            return false;
+          }
+          want = UnitSize(in_);
+        }
+      }
+      if (in_.size() < want) break;  // all of this read is in in_
+      unit_is_copy_ = true;
+      const bool ok = ProcessUnit(in_, now, to_server, to_client);
+      unit_is_copy_ = false;
+      in_.clear();
+      if (!ok) return false;
+      continue;
+    }
+    if (pos == bytes.size()) break;
+    // Whole units straight from this read, without copying them.
     const std::string_view rest = bytes.substr(pos);
     const size_t want = UnitSize(rest);
-    if (rest.size() >= 9 && !CheckFrameSize(want, to_client)) return false;
     if (!preface_done_ && rest.substr(0, std::min(rest.size(), want)) !=
                               kPreface.substr(0, std::min(rest.size(), want))) {
       return Violation(Http2Violation::kBadPreface, "not an HTTP/2 client preface", to_client);
+    }
+    if (preface_done_ && rest.size() >= 9 &&
+        !CheckFrameSize(reinterpret_cast<const uint8_t*>(rest.data()), to_client)) {
+      return false;
     }
     if (rest.size() < want) {
       in_.assign(rest);  // an incomplete unit: kept for the next read
@@ -237,11 +272,28 @@ bool Http2Guard::FromClient(std::string_view bytes, TimePoint now, Http2Out* to_
     pos += want;
   }
   FlushInjected(to_server, to_client);
-  return true;
+  return violation_ == Http2Violation::kNone;
 }
 
-bool Http2Guard::HandleClientFrame(const uint8_t* h, const uint8_t* payload, TimePoint now,
-                                   Http2Out* to_server, Http2Out* to_client) {
+size_t Http2Guard::PassThroughBytes() const {
+  if (violation_ != Http2Violation::kNone) return 0;
+  if (data_.mode == DataMode::kForward) return data_.remaining;
+  if (data_.mode == DataMode::kScan) return data_.segment;
+  return 0;
+}
+
+bool Http2Guard::Spliced(size_t n, TimePoint /*now*/, Http2Out* to_server, Http2Out* to_client) {
+  if (n == 0 || n > PassThroughBytes()) {
+    return Violation(Http2Violation::kProtocol, "internal: spliced bytes the guard had not judged",
+                     to_client);
+  }
+  if (!DataPayload(nullptr, n, to_server, to_client)) return false;
+  FlushInjected(to_server, to_client);
+  return violation_ == Http2Violation::kNone;
+}
+
+bool Http2Guard::HandleClientFrame(const uint8_t* h, TimePoint now, Http2Out* to_server,
+                                   Http2Out* to_client) {
   const uint32_t len = Be24(h);
   const uint8_t type = h[3];
   const uint8_t flags = h[4];
@@ -259,8 +311,7 @@ bool Http2Guard::HandleClientFrame(const uint8_t* h, const uint8_t* payload, Tim
   Verdict v = Verdict::kPass;
   switch (type) {
     case kData:
-      v = OnData(sid, flags, payload, len, to_client);
-      break;
+      return BeginData(h, to_server, to_client);
     case kHeaders:
     case kContinuation:
       v = OnHeaderFrame(type, sid, flags, len, to_client);
@@ -287,7 +338,7 @@ bool Http2Guard::HandleClientFrame(const uint8_t* h, const uint8_t* payload, Tim
       }
       break;
   }
-  if (v != Verdict::kPass) return v == Verdict::kDrop;
+  if (v != Verdict::kPass) return false;
   const std::string_view frame(reinterpret_cast<const char*>(h), 9 + size_t{len});
   if (unit_is_copy_) {
     to_server->Copy(frame);
@@ -295,39 +346,6 @@ bool Http2Guard::HandleClientFrame(const uint8_t* h, const uint8_t* payload, Tim
     to_server->Pass(frame);
   }
   return true;
-}
-
-Http2Guard::Verdict Http2Guard::OnData(uint32_t sid, uint8_t flags, const uint8_t* payload,
-                                       uint32_t len, Http2Out* to_client) {
-  auto drop = [&] {
-    // A stream the guard ended: its data never reaches gRPC; the connection window it used
-    // goes back to the client so other streams keep flowing.
-    std::string credit;
-    AppendWindowUpdate(&credit, 0, len);
-    to_client->Add(std::move(credit));
-    return Verdict::kDrop;
-  };
-  if (rejected_.count(sid)) return drop();
-  auto it = streams_.find(sid);
-  if (it == streams_.end()) return Verdict::kPass;  // not open: gRPC answers as HTTP/2 says
-  const uint8_t* p = payload;
-  size_t n = len;
-  if (flags & kPadded) {
-    if (len == 0 || payload[0] >= len) {
-      Violation(Http2Violation::kProtocol, "DATA padding exceeds the frame", to_client);
-      return Verdict::kClose;
-    }
-    n = len - 1 - payload[0];
-    p = payload + 1;
-  }
-  StreamRejection why;
-  uint64_t declared = 0;
-  if (!ScanData(&it->second, p, n, &why, &declared)) {
-    RejectStream(sid, &it->second, why, declared);
-    return drop();
-  }
-  if (flags & kEndStream) streams_.erase(it);
-  return Verdict::kPass;
 }
 
 Http2Guard::Verdict Http2Guard::OnHeaderFrame(uint8_t type, uint32_t sid, uint8_t flags,
@@ -377,35 +395,153 @@ Http2Guard::Verdict Http2Guard::OnHeaderFrame(uint8_t type, uint32_t sid, uint8_
   return Verdict::kPass;
 }
 
-bool Http2Guard::ScanData(StreamIn* s, const uint8_t* p, size_t n, StreamRejection* why,
-                          uint64_t* declared) {
-  while (n > 0) {
-    if (s->msg_remaining > 0) {
-      const size_t take = std::min<size_t>(n, s->msg_remaining);
-      s->msg_remaining -= static_cast<uint32_t>(take);
-      p += take;
-      n -= take;
+bool Http2Guard::BeginData(const uint8_t* h, Http2Out* to_server, Http2Out* to_client) {
+  data_ = DataIn{};
+  data_.len = data_.remaining = Be24(h);
+  data_.flags = h[4];
+  data_.sid = Be32(h + 5) & 0x7fffffffu;
+  if (rejected_.count(data_.sid)) {
+    // A stream the guard ended: its data never reaches gRPC; the connection window it used goes
+    // back to the client so other streams keep flowing.
+    data_.mode = DataMode::kDrop;
+    data_.credit_conn = data_.len;
+  } else if (streams_.count(data_.sid)) {
+    data_.mode = DataMode::kScan;
+    data_.pad_pending = (data_.flags & kPadded) != 0;
+    if (data_.pad_pending && data_.len == 0) {
+      return Violation(Http2Violation::kProtocol, "DATA padding exceeds the frame", to_client);
+    }
+  } else {
+    // Not open (gRPC answers as HTTP/2 says): passed on as it came.
+    data_.mode = DataMode::kForward;
+    const std::string_view header(reinterpret_cast<const char*>(h), 9);
+    if (unit_is_copy_) {
+      to_server->Copy(header);
+    } else {
+      to_server->Pass(header);
+    }
+  }
+  if (data_.remaining == 0) EndData(to_server);
+  return true;
+}
+
+bool Http2Guard::DataPayload(const char* p, size_t n, Http2Out* to_server, Http2Out* to_client) {
+  if (data_.mode == DataMode::kScan) {
+    if (!ScanPayload(p, n, to_server, to_client)) return false;
+  } else {
+    if (data_.mode == DataMode::kForward && p != nullptr) to_server->Pass(std::string_view(p, n));
+    data_.remaining -= static_cast<uint32_t>(n);
+  }
+  if (data_.remaining == 0) EndData(to_server);
+  return true;
+}
+
+// The payload of a tracked stream's DATA frame: runs of message body go to gRPC in DATA frames
+// of the guard's own (the bytes themselves are not copied), each length prefix is held until it
+// is whole and checked, then passed on in a 5-byte DATA frame; padding is dropped and credited.
+bool Http2Guard::ScanPayload(const char* p, size_t n, Http2Out* to_server, Http2Out* to_client) {
+  auto it = streams_.find(data_.sid);
+  StreamIn& s = it->second;  // tracked for the whole frame (see FromServer and EndData)
+  size_t i = 0;
+  const auto* u = reinterpret_cast<const uint8_t*>(p);
+  if (data_.pad_pending && n > 0) {
+    data_.pad = u[0];
+    data_.pad_pending = false;
+    if (data_.pad >= data_.len) {
+      return Violation(Http2Violation::kProtocol, "DATA padding exceeds the frame", to_client);
+    }
+    ++data_.credit_conn;
+    ++data_.credit_stream;
+    --data_.remaining;
+    i = 1;
+  }
+  while (i < n) {
+    const uint32_t body = data_.remaining - data_.pad;  // message bytes still to come
+    if (body == 0) {                                    // the padding
+      const size_t k = n - i;
+      data_.credit_conn += k;
+      data_.credit_stream += k;
+      data_.remaining -= static_cast<uint32_t>(k);
+      break;
+    }
+    if (data_.segment > 0) {
+      const uint32_t k = static_cast<uint32_t>(std::min<size_t>(data_.segment, n - i));
+      if (p != nullptr) to_server->Pass(std::string_view(p + i, k));
+      data_.segment -= k;
+      s.msg_remaining -= k;
+      data_.remaining -= k;
+      i += k;
       continue;
     }
-    const size_t take = std::min<size_t>(n, 5 - s->prefix_have);
-    std::memcpy(s->prefix + s->prefix_have, p, take);
-    s->prefix_have = static_cast<uint8_t>(s->prefix_have + take);
-    p += take;
-    n -= take;
-    if (s->prefix_have < 5) break;
-    s->prefix_have = 0;
-    const uint32_t length = Be32(s->prefix + 1);
-    if (s->prefix[0] == 1 && !limits_.allow_compressed_messages) {
-      *why = StreamRejection::kCompressed;
-      *declared = length;
-      return false;
+    if (s.msg_remaining > 0) {
+      data_.segment = std::min(s.msg_remaining, body);
+      std::string header;
+      AppendFrameHeader(&header, data_.segment, kData, 0, data_.sid);
+      to_server->Add(std::move(header));
+      continue;
     }
-    if (length > limits_.max_message_bytes) {
-      *why = StreamRejection::kMessageTooLarge;
-      *declared = length;
-      return false;
+    const uint32_t take =
+        static_cast<uint32_t>(std::min<size_t>({size_t{5} - s.prefix_have, body, n - i}));
+    std::memcpy(s.prefix + s.prefix_have, u + i, take);
+    s.prefix_have = static_cast<uint8_t>(s.prefix_have + take);
+    data_.remaining -= take;
+    i += take;
+    if (s.prefix_have < 5) continue;
+    s.prefix_have = 0;
+    StreamRejection why;
+    uint64_t declared = 0;
+    if (!CheckPrefix(s.prefix, &why, &declared)) {
+      // The prefix (part of it may have come in earlier frames) and the rest of this frame never
+      // reach gRPC.
+      RejectStream(data_.sid, &s, why, declared);
+      data_.mode = DataMode::kDrop;
+      data_.credit_conn += 5 + data_.remaining;
+      data_.credit_stream = 0;
+      data_.remaining -= static_cast<uint32_t>(n - i);
+      return true;
     }
-    s->msg_remaining = length;
+    std::string frame;
+    AppendFrame(&frame, kData, 0, data_.sid,
+                std::string_view(reinterpret_cast<const char*>(s.prefix), 5));
+    to_server->Add(std::move(frame));
+    s.msg_remaining = Be32(s.prefix + 1);
+  }
+  return true;
+}
+
+void Http2Guard::EndData(Http2Out* to_server) {
+  if (data_.mode == DataMode::kScan) {
+    auto it = streams_.find(data_.sid);
+    if (data_.flags & kEndStream) {
+      // The end of the stream, with a prefix still incomplete if the client left one (gRPC fails
+      // that call as it would have).
+      StreamIn& s = it->second;
+      std::string frame;
+      AppendFrame(&frame, kData, kEndStream, data_.sid,
+                  std::string_view(reinterpret_cast<const char*>(s.prefix), s.prefix_have));
+      to_server->Add(std::move(frame));
+      data_.credit_stream = 0;  // no more data can come on it
+      streams_.erase(it);
+    } else if (data_.untrack_at_end) {
+      streams_.erase(it);
+    }
+  }
+  AppendWindowUpdate(&inject_to_client_, 0, data_.credit_conn);
+  AppendWindowUpdate(&inject_to_client_, data_.sid, data_.credit_stream);
+  data_ = DataIn{};
+}
+
+bool Http2Guard::CheckPrefix(const uint8_t* prefix, StreamRejection* why,
+                             uint64_t* declared) const {
+  const uint32_t length = Be32(prefix + 1);
+  *declared = length;
+  if (prefix[0] == 1 && !limits_.allow_compressed_messages) {
+    *why = StreamRejection::kCompressed;
+    return false;
+  }
+  if (length > limits_.max_message_bytes) {
+    *why = StreamRejection::kMessageTooLarge;
+    return false;
   }
   return true;
 }
@@ -470,7 +606,11 @@ bool Http2Guard::FromServer(std::string_view bytes, TimePoint now, Http2Out* to_
       } else if (type == kContinuation && (flags & kEndHeaders)) {
         s_in_header_block_ = false;
       } else if (type == kRstStream && !rejected) {
-        streams_.erase(sid);
+        if (data_.mode == DataMode::kScan && data_.sid == sid) {
+          data_.untrack_at_end = true;  // the client's frame in flight still needs its state
+        } else {
+          streams_.erase(sid);
+        }
         // A stream gRPC had to refuse (over its concurrent-stream limit) counts as a reset:
         // opening streams only to have them refused is the same flood.
         if (len == 4 && bytes.size() - i >= 4 && Be32(b + i) == kRefusedStream &&
@@ -509,9 +649,10 @@ bool Http2Guard::FromServer(std::string_view bytes, TimePoint now, Http2Out* to_
 }
 
 void Http2Guard::FlushInjected(Http2Out* to_server, Http2Out* to_client) {
-  // Towards gRPC: complete client frames only are ever passed on, so any moment outside a
-  // client header block is a boundary.
-  if (!inject_to_server_.empty() && settings_seen_ && header_stream_ == 0) {
+  // Towards gRPC: a boundary is anywhere outside a client header block and outside a DATA frame
+  // being passed on (the guard's own DATA frames are complete once their bytes are).
+  const bool mid_frame = data_.mode == DataMode::kForward || data_.segment > 0;
+  if (!inject_to_server_.empty() && settings_seen_ && header_stream_ == 0 && !mid_frame) {
     to_server->Add(std::move(inject_to_server_));
     inject_to_server_.clear();
   }

@@ -12,6 +12,14 @@
 //    body - gRPC 1.51 checks the size only once the whole message has arrived;
 //  * protocol basics: the client preface, frames over the advertised maximum frame size.
 //
+// DATA frames are never buffered whole: their payload streams through, re-framed where the
+// guard has to look inside (it emits its own DATA frame for each run of message body and one for
+// each length prefix it has checked; padding is stripped and its flow-control credit handed
+// back). So the advertised frame size can be large (gRPC clients then send frames of up to a
+// megabyte), and a run of message body the guard has already judged can go from the client's
+// socket to gRPC's without being read at all (PassThroughBytes / Spliced: the front door
+// splices it, kernel to kernel).
+//
 // Pure logic: bytes in, bytes out, no sockets and no threads (the front door owns those), so
 // every rule is unit-tested with crafted frames. One instance per connection, used by one
 // thread at a time.
@@ -31,13 +39,20 @@
 namespace framepipe {
 
 struct Http2Limits {
-  uint32_t max_frame_bytes = 16384;         // SETTINGS_MAX_FRAME_SIZE gRPC advertises
-  uint32_t max_header_block_bytes = 65536;  // one HEADERS + CONTINUATION block, encoded
-  uint32_t max_header_frames = 32;          // frames in one header block
-  uint32_t max_tracked_streams = 1024;      // client streams open at once (gRPC refuses more
-                                            // than its max_concurrent_streams; this bounds the
-                                            // guard's own table)
-  double resets_per_second = 100;           // client resets + refused streams, sustained
+  // SETTINGS_MAX_FRAME_SIZE gRPC advertises: HTTP/2's largest, so that clients send message
+  // bodies in few frames. DATA frames are not held by the guard (their payload streams through),
+  // so their size costs it nothing; gRPC 1.51's client does not always keep to the advertised
+  // size either (4 MB frames against 1 MiB advertised, once its windows grew), so DATA is not
+  // checked against it.
+  uint32_t max_frame_bytes = (1u << 24) - 1;
+  uint32_t max_control_frame_bytes = 16384;  // any other frame but a header block's (these are
+                                             // held whole: PING, SETTINGS, GOAWAY, ...)
+  uint32_t max_header_block_bytes = 65536;   // one HEADERS + CONTINUATION block, encoded
+  uint32_t max_header_frames = 32;           // frames in one header block
+  uint32_t max_tracked_streams = 1024;       // client streams open at once (gRPC refuses more
+                                             // than its max_concurrent_streams; this bounds the
+                                             // guard's own table)
+  double resets_per_second = 100;            // client resets + refused streams, sustained
   double reset_burst = 200;
   double control_frames_per_second = 100;  // PING, SETTINGS, PRIORITY, sustained
   double control_frame_burst = 500;
@@ -96,6 +111,15 @@ class Http2Guard {
   // connection must close (streams gRPC had to refuse count against the reset budget).
   bool FromServer(std::string_view bytes, TimePoint now, Http2Out* to_server, Http2Out* to_client);
 
+  // Client bytes just ahead that the guard has already judged: the rest of a run of message body
+  // (inside a gRPC message whose prefix it checked) or of a DATA frame on a stream it does not
+  // track. They may go from the client to gRPC without passing through FromClient (splice); then
+  // Spliced() says how many did.
+  size_t PassThroughBytes() const;
+  // `n` (at most PassThroughBytes()) client bytes went to gRPC unread. Like FromClient, it may
+  // append the guard's own frames (the end of a DATA frame) to *to_server and *to_client.
+  bool Spliced(size_t n, TimePoint now, Http2Out* to_server, Http2Out* to_client);
+
   bool preface_received() const { return preface_done_; }
   Http2Violation violation() const { return violation_; }
   const std::string& violation_detail() const { return detail_; }
@@ -114,20 +138,44 @@ class Http2Guard {
     bool server_headers = false;  // gRPC has sent this stream's response headers
   };
 
+  // How a client DATA frame's payload is handled while it streams through.
+  enum class DataMode {
+    kNone,     // not inside a DATA frame
+    kForward,  // a stream the guard does not track: passed on as it is (gRPC answers it)
+    kScan,     // a tracked stream: re-framed, every length prefix checked
+    kDrop,     // a stream the guard ended: dropped, its connection window credited back
+  };
+  struct DataIn {
+    DataMode mode = DataMode::kNone;
+    uint32_t sid = 0;
+    uint8_t flags = 0;
+    uint32_t len = 0;             // payload bytes, padding included
+    uint32_t remaining = 0;       // payload bytes still to come
+    bool pad_pending = false;     // PADDED: the pad length byte is still to come
+    uint32_t pad = 0;             // padding bytes at the end of the payload
+    uint32_t segment = 0;         // kScan: body bytes owed to the DATA frame the guard emitted
+    bool untrack_at_end = false;  // gRPC reset the stream mid-frame
+    uint64_t credit_conn = 0;     // bytes gRPC never gets: window handed back to the client
+    uint64_t credit_stream = 0;
+  };
+
   size_t UnitSize(std::string_view data) const;
   bool ProcessUnit(std::string_view unit, TimePoint now, Http2Out* to_server, Http2Out* to_client);
-  bool CheckFrameSize(size_t unit, Http2Out* to_client);
-  bool HandleClientFrame(const uint8_t* h, const uint8_t* payload, TimePoint now,
-                         Http2Out* to_server, Http2Out* to_client);
-  // What becomes of one client frame: passed on to gRPC, dropped (the guard answered it), or the
-  // connection closes (the violation is recorded and its GOAWAY queued).
-  enum class Verdict { kPass, kDrop, kClose };
-  Verdict OnData(uint32_t sid, uint8_t flags, const uint8_t* payload, uint32_t len,
-                 Http2Out* to_client);
+  // Checks a frame's length from its header, before any of its payload is held.
+  bool CheckFrameSize(const uint8_t* h, Http2Out* to_client);
+  bool HandleClientFrame(const uint8_t* h, TimePoint now, Http2Out* to_server, Http2Out* to_client);
+  // What becomes of a header frame: passed on to gRPC, or the connection closes (the violation
+  // is recorded and its GOAWAY queued).
+  enum class Verdict { kPass, kClose };
   Verdict OnHeaderFrame(uint8_t type, uint32_t sid, uint8_t flags, uint32_t len,
                         Http2Out* to_client);
-  // Scans a DATA payload for message prefixes; a rejection, or nullopt.
-  bool ScanData(StreamIn* s, const uint8_t* p, size_t n, StreamRejection* why, uint64_t* declared);
+  bool BeginData(const uint8_t* h, Http2Out* to_server, Http2Out* to_client);
+  // `n` payload bytes of the current DATA frame (`p` null: they were spliced past the guard).
+  bool DataPayload(const char* p, size_t n, Http2Out* to_server, Http2Out* to_client);
+  bool ScanPayload(const char* p, size_t n, Http2Out* to_server, Http2Out* to_client);
+  void EndData(Http2Out* to_server);
+  // A complete length prefix: false (and *why, *declared) when it ends the stream.
+  bool CheckPrefix(const uint8_t* prefix, StreamRejection* why, uint64_t* declared) const;
   void RejectStream(uint32_t id, StreamIn* s, StreamRejection why, uint64_t declared);
   bool Violation(Http2Violation v, std::string detail, Http2Out* to_client);
   void FlushInjected(Http2Out* to_server, Http2Out* to_client);
@@ -145,6 +193,7 @@ class Http2Guard {
   uint32_t last_stream_ = 0;  // highest client stream id passed to gRPC
   std::map<uint32_t, StreamIn> streams_;
   std::set<uint32_t> rejected_;  // streams the guard ended (bounded, oldest dropped)
+  DataIn data_;
   TokenBucket resets_;
   TokenBucket control_;
   Http2Violation violation_ = Http2Violation::kNone;

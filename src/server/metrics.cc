@@ -443,6 +443,13 @@ void Metrics::CollectFrontDoor(MetricFamilies* f) const {
       T::Counter, "reason", Count<StreamRejection>(),
       [](int i) { return StreamRejectionLabel(static_cast<StreamRejection>(i)); },
       [&](int i) { return c.rejected_streams[i]; });
+  const uint64_t relayed[] = {c.bytes_copied, c.bytes_spliced};
+  f->Labelled(
+      "framepipe_relay_bytes_total",
+      "Client bytes the front door relayed to gRPC, by path: copied (read through the HTTP/2 "
+      "guard) or spliced (message bodies the guard had judged, moved kernel to kernel).",
+      T::Counter, "path", 2, [](int i) { return i == 0 ? "copied" : "spliced"; },
+      [&](int i) { return relayed[i]; });
   const uint64_t closed[] = {c.handshake_timeouts, c.tls_failures};
   f->Labelled(
       "framepipe_connections_closed_total",
