@@ -189,7 +189,6 @@ class Http2Guard {
   uint32_t header_stream_ = 0;  // != 0: a header block is open (CONTINUATION expected)
   uint32_t header_bytes_ = 0;
   uint32_t header_frames_ = 0;
-  bool header_end_stream_ = false;
   uint32_t last_stream_ = 0;  // highest client stream id passed to gRPC
   std::map<uint32_t, StreamIn> streams_;
   std::set<uint32_t> rejected_;  // streams the guard ended (bounded, oldest dropped)
