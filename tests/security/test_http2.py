@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import re
 import time
+import urllib.request
 
 from attack import (H2Client, Prober, config_msg, grpc_headers, grpc_message, gzip_bomb,
-                    header_flood, honest_stream)
+                    header_flood, honest_stream, pb, raw_frame_msg)
 
 
 def stream_log_lines(text: str) -> int:
@@ -115,4 +116,56 @@ def test_header_flood_keeps_health_answered_and_memory_bounded(make_server):
     ok, why = honest_stream(s.target)
     assert ok, why
     assert "header_block" in s.text() or "closed_header_block" in s.text()
+    assert s.stop() == 0
+
+
+# The guard streams DATA frames through and splices judged message bodies past itself: a raw
+# HTTP/2 client's framing must not matter. Thousands of tiny padded frames (the guard drops the
+# padding and must hand its flow-control window back, or the stream stalls), and frames as large
+# as the server allows (their bodies go kernel to kernel): every frame answered, in order, intact.
+def test_padded_tiny_frames_and_huge_frames_are_answered_in_order(make_server):
+    s = make_server()
+    frames = [raw_frame_msg(seq, 1280, 720) for seq in (1, 2, 3)]
+    body = grpc_message(config_msg(stream_id="padded")) + b"".join(grpc_message(f) for f in frames)
+    c = H2Client(s.port, timeout=30)
+    c.conn.send_headers(1, grpc_headers())
+    c.conn.send_headers(3, grpc_headers())
+    c.flush()
+    padded_frames = 0
+    off = 0
+    end = time.time() + 60
+    while off < len(body) and time.time() < end and not c.closed:
+        room = min(c.conn.local_flow_control_window(1), c.conn.max_outbound_frame_size) - 256
+        if room <= 0:
+            c.pump(0.05)
+            continue
+        n = min(1000, room, len(body) - off)
+        c.conn.send_data(1, body[off:off + n], end_stream=off + n == len(body), pad_length=255)
+        off += n
+        padded_frames += 1
+        if padded_frames % 64 == 0:
+            c.flush()
+            c.pump(0.001)
+    c.flush()
+    assert off == len(body), f"stalled after {off} of {len(body)} bytes: the padding's window " \
+                             f"was not handed back"
+    assert padded_frames > 900  # 2.7 MB in 1000-byte frames, 255 bytes of padding each
+    big = grpc_message(config_msg(stream_id="huge")) + b"".join(grpc_message(f) for f in frames)
+    c.send_until_answered(3, big, seconds=60, wait=0)
+    c.conn.end_stream(3)
+    c.flush()
+    c.pump(30, until=lambda: c.trailers(1) is not None and c.trailers(3) is not None)
+    for sid in (1, 3):
+        t = c.trailers(sid)
+        assert t is not None and t["grpc-status"] == "0", (sid, t)
+        results = [pb.FrameResult.FromString(m) for m in c.messages(sid)]
+        assert [r.seq for r in results] == [1, 2, 3], (sid, [r.seq for r in results])
+        assert all(r.status == pb.FRAME_STATUS_OK for r in results), [r.error for r in results]
+        # Each frame is one grey level (seq), so its mean luma says it arrived intact.
+        assert [round(r.analysis.mean_luma) for r in results] == [1, 2, 3], \
+            [r.analysis.mean_luma for r in results]
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{s.metrics_port}/metrics").read().decode()
+    spliced = re.search(r'framepipe_relay_bytes_total\{path="spliced"\} (\S+)', metrics)
+    assert spliced and float(spliced.group(1)) > 0, "the huge frames' bodies were spliced"
+    c.close()
     assert s.stop() == 0
