@@ -384,7 +384,7 @@ TEST(GuardSpliceTest, SplicedBytesEqualReadBytesAndMeanWhatTheClientSent) {
       ASSERT_TRUE(g->FromServer(Settings(), now, &s, &c));
     }
     for (size_t pos = 0; pos < all.size();) {
-      const size_t n = std::min<size_t>(all.size() - pos, uni(1, 300000));
+      const size_t n = std::min<size_t>(all.size() - pos, uni(0, 1) ? uni(1, 300) : uni(1, 300000));
       Http2Out s, c;
       ASSERT_TRUE(read_all.FromClient(std::string_view(all).substr(pos, n), now, &s, &c));
       out_read += Join(s);
@@ -400,7 +400,7 @@ TEST(GuardSpliceTest, SplicedBytesEqualReadBytesAndMeanWhatTheClientSent) {
         ASSERT_TRUE(spliced.Spliced(n, now, &s, &c));
         pos += n;
       } else {
-        const size_t n = std::min<size_t>(all.size() - pos, uni(1, 300000));
+        const size_t n = std::min<size_t>(all.size() - pos, uni(0, 1) ? uni(1, 300) : uni(1, 300000));
         ASSERT_TRUE(spliced.FromClient(std::string_view(all).substr(pos, n), now, &s, &c));
         pos += n;
       }
@@ -526,6 +526,38 @@ TEST_F(GuardTest, RefusalFramesAreSettingsThenGoAway) {
   EXPECT_EQ(f.substr(0, 9), Settings());
   EXPECT_EQ(static_cast<uint8_t>(f[9 + 3]), 7);  // GOAWAY
   EXPECT_NE(f.find("too many"), std::string::npos);
+}
+
+// Many small padded frames, read in pieces of every size from 1 to 300 bytes: each read boundary
+// falls somewhere new in the frames (in a header, on the pad length byte, in a prefix, in the
+// padding).
+TEST(GuardReadBoundaryTest, PaddedSmallFramesReadInPiecesOfEverySize) {
+  std::string body = GrpcMessage(9, 0, "configure");
+  for (int m = 0; m < 3; ++m)
+    body += GrpcMessage(5000, 0, std::string(5000, static_cast<char>('a' + m)));
+  std::string all = std::string(kPreface) + Settings() + Headers(1, kEndHeaders);
+  std::string expected = all;
+  for (size_t off = 0; off < body.size(); off += 1000) {
+    const std::string chunk = body.substr(off, 1000);
+    const uint8_t end = off + 1000 >= body.size() ? kEndStream : 0;
+    all += Frame(0, end | kPadded, 1, std::string(1, '\xff') + chunk + std::string(255, 0));
+    expected += Data(1, chunk, end);
+  }
+  for (size_t piece = 1; piece <= 300; ++piece) {
+    Http2Guard guard({});
+    Http2Out s0, c0;
+    ASSERT_TRUE(guard.FromServer(Settings(), TimePoint{}, &s0, &c0));
+    std::string out;
+    for (size_t pos = 0; pos < all.size(); pos += piece) {
+      Http2Out s, c;
+      ASSERT_TRUE(guard.FromClient(std::string_view(all).substr(pos, piece), TimePoint{}, &s, &c))
+          << "piece " << piece << " at " << pos;
+      out += Join(s);
+    }
+    const auto got = Semantics(out), want = Semantics(expected);
+    ASSERT_TRUE(got == want) << "piece " << piece << ": " << Summary(got) << "\n  vs\n"
+                             << Summary(want);
+  }
 }
 
 class SmallGuardTest : public GuardTest {

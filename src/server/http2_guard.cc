@@ -456,8 +456,9 @@ bool Http2Guard::ScanPayload(const char* p, size_t n, Http2Out* to_server, Http2
     i = 1;
   }
   while (i < n) {
-    const uint32_t body = data_.remaining - data_.pad;  // message bytes still to come
-    if (body == 0) {                                    // the padding
+    // Message bytes still to come; none once in the padding (which may span reads).
+    const uint32_t body = data_.remaining > data_.pad ? data_.remaining - data_.pad : 0;
+    if (body == 0) {
       const size_t k = n - i;
       data_.credit_conn += k;
       data_.credit_stream += k;
