@@ -228,6 +228,7 @@ bool Http2Guard::FromClient(std::string_view bytes, TimePoint now, Http2Out* to_
       const size_t n = std::min<size_t>(data_.remaining, bytes.size() - pos);
       if (!DataPayload(bytes.data() + pos, n, to_server, to_client)) return false;
       pos += n;
+      FlushInjected(to_server, to_client);  // at the first boundary, whatever the reads
       continue;
     }
     // A unit carried over from the previous read: only the bytes it lacks are copied.
@@ -250,6 +251,7 @@ bool Http2Guard::FromClient(std::string_view bytes, TimePoint now, Http2Out* to_
       unit_is_copy_ = false;
       in_.clear();
       if (!ok) return false;
+      FlushInjected(to_server, to_client);
       continue;
     }
     if (pos == bytes.size()) break;
@@ -270,6 +272,7 @@ bool Http2Guard::FromClient(std::string_view bytes, TimePoint now, Http2Out* to_
     }
     if (!ProcessUnit(rest.substr(0, want), now, to_server, to_client)) return false;
     pos += want;
+    FlushInjected(to_server, to_client);
   }
   FlushInjected(to_server, to_client);
   return violation_ == Http2Violation::kNone;
