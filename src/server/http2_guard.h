@@ -10,13 +10,14 @@
 //    max_message_bytes (or is compressed while compression is off) ends its stream at once with
 //    RESOURCE_EXHAUSTED / INVALID_ARGUMENT trailers, without gRPC receiving (and buffering) the
 //    body - gRPC 1.51 checks the size only once the whole message has arrived;
-//  * protocol basics: the client preface, frames over the advertised maximum frame size.
+//  * protocol basics: the client preface, the first frame, and frames held whole (all but DATA)
+//    capped at their header: 16 KiB, header frames at the header-block limit.
 //
 // DATA frames are never buffered whole: their payload streams through, re-framed where the
 // guard has to look inside (it emits its own DATA frame for each run of message body and one for
 // each length prefix it has checked; padding is stripped and its flow-control credit handed
-// back). So the advertised frame size can be large (gRPC clients then send frames of up to a
-// megabyte), and a run of message body the guard has already judged can go from the client's
+// back). So the advertised frame size can be large (gRPC clients then send bodies in frames of
+// megabytes), and a run of message body the guard has already judged can go from the client's
 // socket to gRPC's without being read at all (PassThroughBytes / Spliced: the front door
 // splices it, kernel to kernel).
 //
