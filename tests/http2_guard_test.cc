@@ -10,6 +10,7 @@
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "http2_meaning.h"
 
 #include <random>
 #include <string>
@@ -58,42 +59,15 @@ std::string Join(const Http2Out& out) {
 
 constexpr uint8_t kEndStream = 1, kEndHeaders = 4, kPadded = 8;
 
-uint32_t Len(std::string_view f) {
-  return (uint32_t{static_cast<uint8_t>(f[0])} << 16) |
-         (uint32_t{static_cast<uint8_t>(f[1])} << 8) | static_cast<uint8_t>(f[2]);
-}
-
-// What gRPC makes of a client byte stream, whatever its DATA framing: the preface and non-DATA
-// frames in order, then each stream's DATA payloads joined (padding removed) with END_STREAM if it
-// came. The guard re-frames DATA; this is what must not change.
+// ParseHttp2 as a list, for comparisons with readable failure messages: the preface, the non-DATA
+// frames in order, then each stream's DATA, and what is left incomplete.
 std::vector<std::string> Semantics(std::string_view bytes) {
+  const testing::Http2Meaning m = testing::ParseHttp2(bytes);
   std::vector<std::string> out;
-  if (bytes.substr(0, kPreface.size()) == kPreface) {
-    out.emplace_back(kPreface);
-    bytes.remove_prefix(kPreface.size());
-  }
-  std::map<uint32_t, std::string> data;
-  while (bytes.size() >= 9 && bytes.size() >= 9 + Len(bytes)) {
-    const uint32_t len = Len(bytes);
-    const std::string_view frame = bytes.substr(0, 9 + len);
-    bytes.remove_prefix(9 + len);
-    const uint8_t type = static_cast<uint8_t>(frame[3]), flags = static_cast<uint8_t>(frame[4]);
-    if (type != 0) {
-      out.emplace_back(frame);
-      continue;
-    }
-    std::string_view payload = frame.substr(9);
-    if (flags & kPadded) {
-      const size_t pad = static_cast<uint8_t>(payload[0]);
-      payload = payload.substr(1, payload.size() - 1 - pad);
-    }
-    const auto* b = reinterpret_cast<const uint8_t*>(frame.data());
-    std::string& d = data[uint32_t{b[5]} << 24 | uint32_t{b[6]} << 16 | uint32_t{b[7]} << 8 | b[8]];
-    d.append(payload);
-    if (flags & kEndStream) d.append("|END");
-  }
-  for (const auto& [sid, d] : data) out.push_back(absl::StrCat("DATA ", sid, ": ", d));
-  if (!bytes.empty()) out.emplace_back(absl::StrCat("incomplete: ", bytes.size(), " bytes"));
+  if (m.preface) out.emplace_back(kPreface);
+  out.insert(out.end(), m.frames.begin(), m.frames.end());
+  for (const auto& [sid, d] : m.data) out.push_back(absl::StrCat("DATA ", sid, ": ", d));
+  if (m.tail > 0) out.emplace_back(absl::StrCat("incomplete: ", m.tail, " bytes"));
   return out;
 }
 
@@ -111,21 +85,7 @@ std::string Summary(const std::vector<std::string>& items) {
     EXPECT_TRUE(sa == sb) << Summary(sa) << "\n  vs\n" << Summary(sb); \
   } while (0)
 
-// The WINDOW_UPDATE increments in `bytes` (frames the guard sent the client), per stream.
-std::map<uint32_t, uint64_t> Credits(std::string_view bytes) {
-  std::map<uint32_t, uint64_t> out;
-  while (bytes.size() >= 9 && bytes.size() >= 9 + Len(bytes)) {
-    const uint32_t len = Len(bytes);
-    if (bytes[3] == 8 && len == 4) {
-      const auto* b = reinterpret_cast<const uint8_t*>(bytes.data());
-      const uint32_t sid =
-          (uint32_t{b[5]} << 24 | uint32_t{b[6]} << 16 | uint32_t{b[7]} << 8 | b[8]) & 0x7fffffffu;
-      out[sid] += uint32_t{b[9]} << 24 | uint32_t{b[10]} << 16 | uint32_t{b[11]} << 8 | b[12];
-    }
-    bytes.remove_prefix(9 + len);
-  }
-  return out;
-}
+using testing::WindowCredits;
 
 class GuardTest : public ::testing::Test {
  protected:
@@ -301,7 +261,7 @@ TEST_F(GuardTest, PaddingIsDroppedAndItsWindowCreditedBack) {
   const std::string padded = Frame(0, kPadded, 1, std::string(1, '\x07') + msg + std::string(7, 0));
   ASSERT_TRUE(Client(padded));
   EXPECT_SAME_MEANING(to_server_, Data(1, msg));
-  const auto credits = Credits(to_client_);
+  const auto credits = WindowCredits(to_client_);
   EXPECT_EQ(credits.at(0), 8u) << "the pad length byte and 7 bytes of padding, connection";
   EXPECT_EQ(credits.at(1), 8u) << "and stream";
   EXPECT_FALSE(Client(Frame(0, kPadded, 1, std::string(1, '\x09') + "abc")));
@@ -315,7 +275,7 @@ TEST_F(GuardTest, OversizedPrefixAfterABodyInTheSameFrameNeverReachesGrpc) {
   const std::string good = GrpcMessage(3, 0, "abc");
   ASSERT_TRUE(Client(Data(1, good + GrpcMessage(1u << 30, 0, std::string(100, 'z')))));
   EXPECT_SAME_MEANING(to_server_, Data(1, good) + Rst(1, 8));
-  EXPECT_EQ(Credits(to_client_).at(0), 105u) << "the prefix and the 100 bytes after it";
+  EXPECT_EQ(WindowCredits(to_client_).at(0), 105u) << "the prefix and the 100 bytes after it";
   EXPECT_EQ(guard_.TakeRejections(StreamRejection::kMessageTooLarge), 1u);
 }
 
@@ -397,10 +357,11 @@ TEST(GuardSpliceTest, SplicedBytesEqualReadBytesAndMeanWhatTheClientSent) {
       if (judged > 0 && uni(0, 1)) {
         const size_t n = std::min<size_t>({judged, all.size() - pos, uni(1, 1 << 20)});
         out_spliced.append(all, pos, n);  // what the kernel would have moved
-        ASSERT_TRUE(spliced.Spliced(n, now, &s, &c));
+        ASSERT_TRUE(spliced.Spliced(n, &s, &c));
         pos += n;
       } else {
-        const size_t n = std::min<size_t>(all.size() - pos, uni(0, 1) ? uni(1, 300) : uni(1, 300000));
+        const size_t n =
+            std::min<size_t>(all.size() - pos, uni(0, 1) ? uni(1, 300) : uni(1, 300000));
         ASSERT_TRUE(spliced.FromClient(std::string_view(all).substr(pos, n), now, &s, &c));
         pos += n;
       }
@@ -413,7 +374,7 @@ TEST(GuardSpliceTest, SplicedBytesEqualReadBytesAndMeanWhatTheClientSent) {
     ASSERT_TRUE(got == want) << "seed " << seed << ": " << Summary(got) << "\n  vs\n"
                              << Summary(want);
     uint64_t credited = 0;
-    for (const auto& [sid, k] : Credits(credit_read)) {
+    for (const auto& [sid, k] : WindowCredits(credit_read)) {
       if (sid == 0) credited = k;
     }
     ASSERT_EQ(credited, padding) << "seed " << seed;

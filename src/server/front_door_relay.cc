@@ -251,7 +251,7 @@ int FrontDoor::Impl::SpliceFromClient(IoThread* t, Connection* c) {
   bytes_copied += in - out;
   c->spliced = true;
   Http2Out to_server, to_client;
-  const bool ok = c->guard->Spliced(static_cast<size_t>(in), time->Now(), &to_server, &to_client);
+  const bool ok = c->guard->Spliced(static_cast<size_t>(in), &to_server, &to_client);
   Append(&c->to_client, to_client);
   if (ok && !WriteOrQueue(c->server_fd, &c->to_server, to_server)) c->to_server = Buffer{};
   if (!ok) {

@@ -274,7 +274,6 @@ bool Http2Guard::FromClient(std::string_view bytes, TimePoint now, Http2Out* to_
     pos += want;
     FlushInjected(to_server, to_client);
   }
-  FlushInjected(to_server, to_client);
   return violation_ == Http2Violation::kNone;
 }
 
@@ -285,7 +284,7 @@ size_t Http2Guard::PassThroughBytes() const {
   return 0;
 }
 
-bool Http2Guard::Spliced(size_t n, TimePoint /*now*/, Http2Out* to_server, Http2Out* to_client) {
+bool Http2Guard::Spliced(size_t n, Http2Out* to_server, Http2Out* to_client) {
   if (n == 0 || n > PassThroughBytes()) {
     return Violation(Http2Violation::kProtocol, "internal: spliced bytes the guard had not judged",
                      to_client);

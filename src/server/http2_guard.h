@@ -119,7 +119,7 @@ class Http2Guard {
   size_t PassThroughBytes() const;
   // `n` (at most PassThroughBytes()) client bytes went to gRPC unread. Like FromClient, it may
   // append the guard's own frames (the end of a DATA frame) to *to_server and *to_client.
-  bool Spliced(size_t n, TimePoint now, Http2Out* to_server, Http2Out* to_client);
+  bool Spliced(size_t n, Http2Out* to_server, Http2Out* to_client);
 
   bool preface_received() const { return preface_done_; }
   Http2Violation violation() const { return violation_; }

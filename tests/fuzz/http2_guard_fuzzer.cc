@@ -15,66 +15,21 @@
 #include <string_view>
 #include <vector>
 
+#include "http2_meaning.h"
 #include "server/http2_guard.h"
 
 namespace {
 
-uint32_t Be(const uint8_t* p, int n) {
-  uint32_t v = 0;
-  for (int i = 0; i < n; ++i) v = (v << 8) | p[i];
-  return v;
-}
+using framepipe::testing::Http2Meaning;
+using framepipe::testing::ParseHttp2;
+using framepipe::testing::WindowCredits;
 
-// What gRPC makes of the bytes the guard passed on (see Semantics in http2_guard_test.cc): the
-// non-DATA frames (sorted: the guard's own RST_STREAM goes out at the first frame boundary, which
-// depends on the reads), each stream's DATA bytes with END_STREAM marks, and what is left over.
-struct Meaning {
-  std::vector<std::string> frames;
-  std::map<uint32_t, std::string> data;
-  size_t tail = 0;
-  bool operator==(const Meaning& o) const {
-    return frames == o.frames && data == o.data && tail == o.tail;
-  }
-};
-
-Meaning Parse(std::string_view b) {
-  Meaning m;
-  constexpr std::string_view kPreface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-  if (b.substr(0, kPreface.size()) == kPreface) b.remove_prefix(kPreface.size());
-  while (b.size() >= 9) {
-    const auto* h = reinterpret_cast<const uint8_t*>(b.data());
-    const uint32_t len = Be(h, 3);
-    if (b.size() < 9 + size_t{len}) break;
-    if (h[3] != 0) {
-      m.frames.emplace_back(b.substr(0, 9 + len));
-    } else {
-      std::string_view payload = b.substr(9, len);
-      if ((h[4] & 0x8) && !payload.empty()) {
-        const size_t pad = static_cast<uint8_t>(payload[0]);
-        payload = payload.size() > pad ? payload.substr(1, payload.size() - 1 - pad) : "";
-      }
-      std::string& d = m.data[Be(h + 5, 4) & 0x7fffffffu];
-      d.append(payload);
-      if (h[4] & 0x1) d.append("|END");
-    }
-    b.remove_prefix(9 + len);
-  }
-  m.tail = b.size();
+// The guard's own RST_STREAM goes out at the first frame boundary, which depends on the reads:
+// the non-DATA frames are compared as a set.
+Http2Meaning Parse(std::string_view b) {
+  Http2Meaning m = ParseHttp2(b);
   std::sort(m.frames.begin(), m.frames.end());
   return m;
-}
-
-// WINDOW_UPDATE increments per stream in what the guard sent the client.
-std::map<uint32_t, uint64_t> Credits(std::string_view b) {
-  std::map<uint32_t, uint64_t> out;
-  while (b.size() >= 9) {
-    const auto* h = reinterpret_cast<const uint8_t*>(b.data());
-    const uint32_t len = Be(h, 3);
-    if (b.size() < 9 + size_t{len}) break;
-    if (h[3] == 8 && len == 4) out[Be(h + 5, 4) & 0x7fffffffu] += Be(h + 9, 4);
-    b.remove_prefix(9 + len);
-  }
-  return out;
 }
 
 [[noreturn]] void Fail(const char* what) {
@@ -120,7 +75,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (judged > 0 && ((splicing >> (step % 8)) & 1)) {
       const size_t n = std::min(judged, client.size() - pos);
       pieces_server.append(client, pos, n);  // what the kernel would have moved
-      pieces_ok = pieces.Spliced(n, now, &s, &c);
+      pieces_ok = pieces.Spliced(n, &s, &c);
       pos += n;
     } else {
       const size_t n = std::min<size_t>(client.size() - pos, 1 + ((chunking * (step + 1)) % 97));
@@ -137,7 +92,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (!(Parse(whole_server) == Parse(pieces_server))) {
     if (std::getenv("H2_FUZZ_VERBOSE")) {  // what differs, for a crash file run by hand
       for (const std::string* out : {&whole_server, &pieces_server}) {
-        const Meaning m = Parse(*out);
+        const Http2Meaning m = Parse(*out);
         std::fprintf(stderr, "%zu frames, tail %zu:", m.frames.size(), m.tail);
         for (const auto& f : m.frames) std::fprintf(stderr, " type %d len %zu", f[3], f.size() - 9);
         for (const auto& [sid, d] : m.data)
@@ -147,6 +102,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
     Fail("gRPC would get different bytes");
   }
-  if (Credits(whole_client) != Credits(pieces_client)) Fail("different flow-control credit");
+  if (WindowCredits(whole_client) != WindowCredits(pieces_client))
+    Fail("different flow-control credit");
   return 0;
 }
