@@ -3,6 +3,9 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <mutex>
+
+#include "absl/strings/str_cat.h"
 
 #include "http_get.h"
 #include "server/metrics.h"
@@ -74,14 +77,23 @@ TEST(MetricsTest, ConcurrentScrapesDuringLoad) {
   ASSERT_TRUE(server);
   std::atomic<bool> done{false};
   std::atomic<int> scrapes{0}, bad{0};
+  std::mutex first_bad_mu;
+  std::string first_bad;  // what the first bad scrape got, for the failure message
   std::vector<std::thread> scrapers;
   for (int t = 0; t < 4; ++t) {
     scrapers.emplace_back([&] {
       while (!done) {
         const std::string text = HttpGet(server->metrics_port(), "/metrics");
-        if (text.find("framepipe_frames_total") == std::string::npos) ++bad;
         const double in_flight = MetricValue(text, "framepipe_in_flight");
-        if (in_flight < 0 || in_flight > 3 * 8) ++bad;
+        const bool has_frames = text.find("framepipe_frames_total") != std::string::npos;
+        if (!has_frames || in_flight < 0 || in_flight > 3 * 8) {
+          ++bad;
+          std::lock_guard<std::mutex> l(first_bad_mu);
+          if (first_bad.empty()) {
+            first_bad = absl::StrCat(text.size(), " bytes, in_flight ", in_flight,
+                                     ", begins: ", text.substr(0, 300));
+          }
+        }
         ++scrapes;
       }
     });
@@ -100,7 +112,7 @@ TEST(MetricsTest, ConcurrentScrapesDuringLoad) {
   done = true;
   for (auto& t : scrapers) t.join();
   EXPECT_GT(scrapes.load(), 4);
-  EXPECT_EQ(bad.load(), 0);
+  EXPECT_EQ(bad.load(), 0) << "first bad scrape: " << first_bad;
   ASSERT_TRUE(WaitForStats(*server, [](const pb::Stats& s) { return s.active_streams() == 0; }));
   const std::string text = HttpGet(server->metrics_port(), "/metrics");
   EXPECT_EQ(MetricValue(text, "framepipe_frames_total{status=\"ok\"}"), 120);
