@@ -3,6 +3,7 @@
 // and the good frames' results equal a direct computation.
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <condition_variable>
 #include <mutex>
 
@@ -24,11 +25,24 @@ struct Collected {
   bool done = false;
 };
 
-std::vector<FrameResult> RunFrames(std::vector<FrameInput> frames, DecodeLimits limits = {}) {
+// `batched`: the analyse stage goes through the pipeline's cross-stream micro-batching
+// (Analyzer::AnalyzeBatch) instead of one call per frame.
+std::vector<FrameResult> RunFrames(std::vector<FrameInput> frames, DecodeLimits limits = {},
+                                   bool batched = false) {
   StandardStageOptions so;
   so.limits = limits;
+  so.batch_analyse = batched;
   PipelineOptions po;
   po.workers = 3;
+  struct Batches : PipelineObserver {
+    std::atomic<uint64_t> frames{0};
+    void OnBatch(uint32_t n, double) override { frames += n; }
+  } batches;
+  if (batched) {
+    po.batch.max_frames = 4;
+    po.batch.window = std::chrono::milliseconds(1);
+    po.observer = &batches;
+  }
   auto p = std::move(Pipeline::Create(po, MakeStandardStages(std::make_shared<CpuAnalyzer>(), so)))
                .value();
   Collected c;
@@ -49,10 +63,19 @@ std::vector<FrameResult> RunFrames(std::vector<FrameInput> frames, DecodeLimits 
   s->Close();
   std::unique_lock<std::mutex> l(c.mu);
   EXPECT_TRUE(c.cv.wait_for(l, testing::kWaitBound, [&] { return c.done; }));
+  if (batched) {
+    // Every decoded frame (and only those) went through a batch.
+    uint64_t decoded = 0;
+    for (const auto& r : c.results)
+      decoded += r.timings.decode_us > 0 && r.status == FrameStatus::kOk;
+    EXPECT_EQ(batches.frames.load(), decoded);
+    EXPECT_GT(decoded, 0u);
+  }
+  p->Stop(std::chrono::seconds(5));
   return std::move(c.results);
 }
 
-TEST(StagesTest, BadInputsInterleavedWithGoodFrames) {
+void CheckBadInputsInterleavedWithGoodFrames(bool batched) {
   SyntheticSource src({320, 240, 5, 1});
   std::vector<FrameInput> frames;
   std::vector<std::pair<FrameStatus, std::string>> want;
@@ -125,7 +148,7 @@ TEST(StagesTest, BadInputsInterleavedWithGoodFrames) {
         break;
     }
   }
-  auto got = RunFrames(std::move(frames));
+  auto got = RunFrames(std::move(frames), {}, batched);
   ASSERT_EQ(got.size(), want.size());
   TemporalStage reference_temporal;
   CpuAnalyzer reference;
@@ -162,6 +185,16 @@ TEST(StagesTest, BadInputsInterleavedWithGoodFrames) {
               got[i].timings.decode_us + got[i].timings.analyse_us + got[i].timings.enrich_us);
     ++good_index;
   }
+}
+
+TEST(StagesTest, BadInputsInterleavedWithGoodFrames) {
+  CheckBadInputsInterleavedWithGoodFrames(false);
+}
+
+// The same frames through batched analysis (the CPU backend's AnalyzeBatch): the same errors in
+// the same order, and every good frame's numbers equal to analysing it alone.
+TEST(StagesTest, BatchedAnalysisGivesTheSameResults) {
+  CheckBadInputsInterleavedWithGoodFrames(true);
 }
 
 TEST(StagesTest, SceneCutsAndMotionAreReal) {

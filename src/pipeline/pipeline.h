@@ -3,6 +3,9 @@
 //   admission (credits) -> decode -> analyse -> enrich      (function_nodes, concurrency=workers)
 //                       -> per-stream resequencer -> ordered temporal stage -> stream output
 //
+// With BatchOptions, analyse is an async_node instead: decoded frames of all streams wait in one
+// queue and a batch thread analyses them together (for device backends).
+//
 // Many streams share one graph. Each stream's results leave in admission order, exactly one
 // per admitted frame; a slow or failed frame of one stream never holds back another's results.
 // Memory is bounded by credits: per-stream max_in_flight and a global count/byte budget.
@@ -39,6 +42,20 @@ class PipelineObserver {
   // A result entered a stream's reorder buffer, which then held `depth` results (>= 1).
   virtual void OnReorderInsert(uint32_t /*depth*/) {}
   virtual void OnReorderRemove() {}
+  // The batched analyse stage took a batch of `frames` (>= 1; frames already failed, expired or
+  // cancelled are not counted) whose oldest frame had waited `oldest_wait_seconds` for it.
+  virtual void OnBatch(uint32_t /*frames*/, double /*oldest_wait_seconds*/) {}
+};
+
+// Cross-stream micro-batching of the analyse stage. With max_frames > 1 and a Stages::
+// analyse_batch, decoded frames of all streams wait in one queue and go to analyse_batch
+// together: when max_frames wait, when the oldest has waited `window`, or when one of them has a
+// deadline less than `window` away - whichever comes first. Batches are fair across streams
+// (round-robin over the streams waiting, oldest first). A frame's Timings.analyse_us counts its
+// wait for the batch and the batch's run. Results still leave each stream in admission order.
+struct BatchOptions {
+  uint32_t max_frames = 0;  // <= 1: no batching
+  std::chrono::microseconds window{2000};
 };
 
 struct PipelineOptions {
@@ -49,6 +66,7 @@ struct PipelineOptions {
   // also the clock of every Timings field. Null = the real monotonic clock.
   const TimeSource* time = nullptr;
   PipelineObserver* observer = nullptr;  // not owned; outlives the pipeline
+  BatchOptions batch;
 };
 
 struct PipelineCounters {
@@ -60,6 +78,7 @@ struct PipelineCounters {
   uint64_t peak_bytes_in_flight = 0;
   uint32_t active_streams = 0;
   uint32_t reorder_depth = 0;  // results waiting in reorder buffers
+  uint32_t batch_waiting = 0;  // decoded frames waiting for an analyse batch
   uint64_t by_status[kFrameStatusCount] = {};
 };
 

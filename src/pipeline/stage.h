@@ -4,6 +4,7 @@
 
 #include <functional>
 #include <memory>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "common/frame.h"
@@ -35,11 +36,21 @@ using OrderedFn = std::function<void(FrameResult&)>;
 // Makes the ordered stage of a new stream (each stream has its own state).
 using OrderedStageFactory = std::function<OrderedFn()>;
 
+// The analyse stage over a batch: frames of any streams that waited together (see
+// PipelineOptions::batch), for a device backend that analyses many frames in one launch. Writes
+// one status per frame into `statuses` (same size as `frames`, all OK on entry; the meaning of a
+// non-OK status is as for StageFn). Runs on the pipeline's batch thread, one batch at a time, so
+// pipeline workers never wait for it. An exception fails every frame of the batch (INTERNAL).
+using BatchStageFn = std::function<void(const std::vector<FrameContext*>& frames,
+                                        std::vector<absl::Status>& statuses)>;
+
 struct Stages {
   StageFn decode;
   StageFn analyse;
   StageFn enrich;
   OrderedStageFactory ordered;  // may be empty: no temporal stage
+  // Used instead of `analyse` when set and PipelineOptions::batch.max_frames > 1.
+  BatchStageFn analyse_batch;
 };
 
 }  // namespace framepipe

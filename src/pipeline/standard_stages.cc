@@ -40,19 +40,34 @@ Stages MakeStandardStages(std::shared_ptr<Analyzer> analyzer, const StandardStag
   const DecodeLimits limits = options.limits;
   const EnrichConfig enrich = options.enrich;
   s.decode = [limits](FrameContext& ctx) { return DecodeFrame(ctx.input, limits, &ctx.image); };
-  s.analyse = [analyzer](FrameContext& ctx) -> absl::Status {
-    Analysis& a = ctx.result->analysis;
-    absl::Status st = analyzer->Analyze(ctx.image, &a, &ctx.luma);
+  // A backend's outcome for one frame, checked: a fault or an inconsistent result is INTERNAL.
+  auto checked = [analyzer](const absl::Status& st, const FrameContext& ctx) -> absl::Status {
     if (!st.ok()) {
       return absl::InternalError(absl::StrCat(analyzer->name(), " backend: ", st.message()));
     }
-    st = ValidateAnalysis(ctx.image, a, ctx.luma);
-    if (!st.ok()) {
+    absl::Status valid = ValidateAnalysis(ctx.image, ctx.result->analysis, ctx.luma);
+    if (!valid.ok()) {
       return absl::InternalError(absl::StrCat(
-          analyzer->name(), " backend returned an inconsistent result: ", st.message()));
+          analyzer->name(), " backend returned an inconsistent result: ", valid.message()));
     }
     return absl::OkStatus();
   };
+  s.analyse = [analyzer, checked](FrameContext& ctx) -> absl::Status {
+    return checked(analyzer->Analyze(ctx.image, &ctx.result->analysis, &ctx.luma), ctx);
+  };
+  if (options.batch_analyse) {
+    s.analyse_batch = [analyzer, checked](const std::vector<FrameContext*>& frames,
+                                          std::vector<absl::Status>& statuses) {
+      std::vector<Analyzer::BatchItem> items(frames.size());
+      for (size_t i = 0; i < frames.size(); ++i) {
+        items[i].frame = &frames[i]->image;
+        items[i].out = &frames[i]->result->analysis;
+        items[i].luma = &frames[i]->luma;
+      }
+      analyzer->AnalyzeBatch(items);
+      for (size_t i = 0; i < frames.size(); ++i) statuses[i] = checked(items[i].status, *frames[i]);
+    };
+  }
   s.enrich = [enrich](FrameContext& ctx) {
     return Enrich(ctx.image, ctx.luma, ctx.result->analysis, enrich, &ctx.result->enrichment);
   };

@@ -15,6 +15,8 @@ namespace framepipe {
 struct StandardStageOptions {
   DecodeLimits limits;
   EnrichConfig enrich;
+  // Also provide Stages::analyse_batch (Analyzer::AnalyzeBatch), used when the pipeline batches.
+  bool batch_analyse = false;
 };
 
 Stages MakeStandardStages(std::shared_ptr<Analyzer> analyzer, const StandardStageOptions& options);

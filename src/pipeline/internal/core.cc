@@ -1,6 +1,7 @@
 #include "pipeline/internal/core.h"
 
 #include <algorithm>
+#include <condition_variable>
 #include <exception>
 #include <shared_mutex>
 #include <thread>
@@ -26,9 +27,94 @@ int64_t ToNanos(TimePoint t) {
 }
 }  // namespace
 
+using BatchGateway = flow::async_node<Job*, Job*>::gateway_type;
+
+// The batched analyse stage's thread: decoded frames wait in a BatchQueue (which decides what
+// goes together, and when); this thread runs each batch and hands its frames back to the graph
+// through the async_node's gateway. Workers only enqueue, so they never wait for a batch.
+class Batcher {
+ public:
+  explicit Batcher(Core* core)
+      : core_(core), queue_(core->options().batch.max_frames, core->options().batch.window) {
+    thread_ = std::thread([this] { Loop(); });
+  }
+  ~Batcher() {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      exit_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+
+  void Add(Job* job, BatchGateway& gateway) {
+    gateway.reserve_wait();  // the graph is not idle while a frame waits here
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      gateway_ = &gateway;
+      queue_.Add({job, job->stream.get(), core_->time()->Now(), job->deadline});
+      core_->batch_waiting.store(static_cast<uint32_t>(queue_.size()), std::memory_order_relaxed);
+      // Under the lock: once it is released, this frame may be analysed, delivered and the
+      // pipeline stopped - this Batcher (and its cv_) may be gone.
+      cv_.notify_all();
+    }
+  }
+
+  // The pipeline is stopping: what waits goes now, whatever the window says.
+  void FlushAll() {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      flush_ = true;
+    }
+    cv_.notify_all();
+  }
+
+ private:
+  void Loop() {
+    const TimeSource* time = core_->time();
+    std::unique_lock<std::mutex> l(mu_);
+    for (;;) {
+      if (queue_.empty()) {
+        if (exit_) return;
+        cv_.wait(l, [&] { return exit_ || !queue_.empty(); });
+        continue;
+      }
+      const TimePoint due = queue_.DueAt();
+      if (!flush_ && !exit_ && !queue_.Ready(time->Now())) {
+        // Wake for the due time, a full queue, a stop, or a new frame that is due sooner.
+        time->WaitUntil(cv_, l, due,
+                        [&] { return flush_ || exit_ || queue_.full() || queue_.DueAt() < due; });
+        continue;
+      }
+      std::vector<BatchQueue::Item> batch = queue_.Take();
+      core_->batch_waiting.store(static_cast<uint32_t>(queue_.size()), std::memory_order_relaxed);
+      BatchGateway* gateway = gateway_;
+      l.unlock();
+      for ([[maybe_unused]] const BatchQueue::Item& item : batch) FP_TSAN_ACQUIRE(item.job);
+      core_->RunBatch(batch);
+      for (const BatchQueue::Item& item : batch) {
+        FP_TSAN_RELEASE(item.job);
+        gateway->try_put(item.job);
+        gateway->release_wait();
+      }
+      l.lock();
+    }
+  }
+
+  Core* const core_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  BatchQueue queue_;
+  BatchGateway* gateway_ = nullptr;
+  bool flush_ = false;
+  bool exit_ = false;
+  std::thread thread_;
+};
+
 // The oneTBB objects. The graph is built inside `arena`, so all its tasks run on the arena's
 // `workers` threads; producers outside the arena only enqueue messages (try_put never blocks:
-// the function_nodes buffer what they cannot start yet, and credits bound those buffers).
+// the function_nodes buffer what they cannot start yet, and credits bound those buffers). With
+// batching on, the analyse node is an async_node feeding the Batcher.
 class Graph {
  public:
   explicit Graph(int workers)
@@ -41,17 +127,19 @@ class Graph {
         arena_(workers, /*reserved_for_masters=*/0) {}
 
   void Build(Core* core, int workers) {
+    if (core->batching()) batcher_ = std::make_unique<Batcher>(core);
     arena_.execute([&] {
       graph_ = std::make_unique<flow::graph>();
-      for (int stage = 0; stage < 2; ++stage) {
-        stages_[stage] = std::make_unique<flow::function_node<Job*, Job*>>(
+      auto stage_node = [&](int stage) {
+        return std::make_unique<flow::function_node<Job*, Job*>>(
             *graph_, static_cast<size_t>(workers), [core, stage](Job* job) {
               FP_TSAN_ACQUIRE(job);
               core->RunStage(*job, stage);
               FP_TSAN_RELEASE(job);
               return job;
             });
-      }
+      };
+      decode_ = stage_node(0);
       // The last stage hands the frame straight to its stream's resequencer on the same worker
       // (no extra node hop: the ordered delivery is a short critical section).
       last_ = std::make_unique<flow::function_node<Job*>>(*graph_, static_cast<size_t>(workers),
@@ -61,8 +149,19 @@ class Graph {
                                                             core->Finish(*job);
                                                             return flow::continue_msg();
                                                           });
-      flow::make_edge(*stages_[0], *stages_[1]);
-      flow::make_edge(*stages_[1], *last_);
+      if (batcher_) {
+        batch_ = std::make_unique<flow::async_node<Job*, Job*>>(
+            *graph_, flow::unlimited, [this](Job* const& job, BatchGateway& gateway) {
+              FP_TSAN_RELEASE(job);
+              batcher_->Add(job, gateway);
+            });
+        flow::make_edge(*decode_, *batch_);
+        flow::make_edge(*batch_, *last_);
+      } else {
+        analyse_ = stage_node(1);
+        flow::make_edge(*decode_, *analyse_);
+        flow::make_edge(*analyse_, *last_);
+      }
     });
   }
 
@@ -71,7 +170,7 @@ class Graph {
     if (!graph_) return false;
     job->graph_ref = job;
     FP_TSAN_RELEASE(job.get());
-    stages_[0]->try_put(job.get());
+    decode_->try_put(job.get());
     return true;
   }
 
@@ -79,19 +178,31 @@ class Graph {
   void Shutdown() {
     std::unique_lock<std::shared_mutex> lock(mu_);
     if (!graph_) return;
+    if (batcher_) batcher_->FlushAll();
     graph_->wait_for_all();
+    batcher_.reset();
     last_.reset();
-    for (auto& s : stages_) s.reset();
+    batch_.reset();
+    analyse_.reset();
+    decode_.reset();
     graph_.reset();
+  }
+
+  // The pipeline is stopping: frames waiting for a batch go now.
+  void FlushBatches() {
+    if (batcher_) batcher_->FlushAll();
   }
 
  private:
   oneapi::tbb::global_control parallelism_;
   oneapi::tbb::task_arena arena_;
   std::shared_mutex mu_;
+  std::unique_ptr<Batcher> batcher_;  // only with batching on
   std::unique_ptr<flow::graph> graph_;
-  std::unique_ptr<flow::function_node<Job*, Job*>> stages_[2];  // decode, analyse
-  std::unique_ptr<flow::function_node<Job*>> last_;             // enrich + in-order delivery
+  std::unique_ptr<flow::function_node<Job*, Job*>> decode_;
+  std::unique_ptr<flow::function_node<Job*, Job*>> analyse_;  // without batching
+  std::unique_ptr<flow::async_node<Job*, Job*>> batch_;       // with batching
+  std::unique_ptr<flow::function_node<Job*>> last_;           // enrich + in-order delivery
 };
 
 Core::Core(const PipelineOptions& options, Stages stages)
@@ -308,23 +419,47 @@ void Core::TimerLoop() {
   }
 }
 
-void Core::RunStage(Job& j, int stage) {
+bool Core::BeginStage(Job& j, int stage, TimePoint now) {
   if (stage == 0) {
     int expected = kQueued;
-    if (!j.state.compare_exchange_strong(expected, kRunning, std::memory_order_acq_rel)) return;
+    if (!j.state.compare_exchange_strong(expected, kRunning, std::memory_order_acq_rel)) {
+      return false;
+    }
     j.ctx.result = std::make_unique<FrameResult>();
   } else if (j.state.load(std::memory_order_acquire) != kRunning) {
-    return;
+    return false;
   }
-  if (j.failed) return;
-  const TimePoint start = time_->Now();
-  if (j.has_deadline() && start > j.deadline) {
+  if (j.failed) return false;
+  if (j.has_deadline() && now > j.deadline) {
     int expected = kRunning;
     if (j.state.compare_exchange_strong(expected, kExpired, std::memory_order_acq_rel)) {
       j.stream->OnJobExpired(j, kStageNames[stage]);
     }
-    return;
+    return false;
   }
+  return true;
+}
+
+void Core::EndStage(Job& j, int stage, TimePoint start, TimePoint end, const absl::Status& st) {
+  j.last_end = end;
+  j.stage_us[stage] = MicrosBetween(start, end);
+  if (st.ok()) return;
+  j.failed = true;
+  FrameResult& r = *j.ctx.result;
+  r.status = FrameStatusFromCode(st.code());
+  if (r.status == FrameStatus::kInternal) {
+    r.error = absl::StrCat("frame seq=", j.ctx.input.seq, ": ", kStageNames[stage],
+                           " stage failed: ", st.message());
+  } else {
+    r.error = absl::StrCat("frame seq=", j.ctx.input.seq, ": ", st.message());
+  }
+  r.analysis = Analysis{};
+  r.enrichment = Enrichment{};
+}
+
+void Core::RunStage(Job& j, int stage) {
+  const TimePoint start = time_->Now();
+  if (!BeginStage(j, stage, start)) return;
   absl::Status st;
   if (stage == 0 && !j.ctx.input.rejection.ok()) {
     st = j.ctx.input.rejection;
@@ -339,20 +474,45 @@ void Core::RunStage(Job& j, int stage) {
       st = absl::InternalError("threw an exception of unknown type");
     }
   }
-  j.last_end = time_->Now();
-  j.stage_us[stage] = MicrosBetween(start, j.last_end);
-  if (!st.ok()) {
-    j.failed = true;
-    FrameResult& r = *j.ctx.result;
-    r.status = FrameStatusFromCode(st.code());
-    if (r.status == FrameStatus::kInternal) {
-      r.error = absl::StrCat("frame seq=", j.ctx.input.seq, ": ", kStageNames[stage],
-                             " stage failed: ", st.message());
-    } else {
-      r.error = absl::StrCat("frame seq=", j.ctx.input.seq, ": ", st.message());
-    }
-    r.analysis = Analysis{};
-    r.enrichment = Enrichment{};
+  EndStage(j, stage, start, time_->Now(), st);
+}
+
+void Core::RunBatch(const std::vector<BatchQueue::Item>& items) {
+  const TimePoint start = time_->Now();
+  std::vector<const BatchQueue::Item*> run;
+  std::vector<FrameContext*> frames;
+  run.reserve(items.size());
+  frames.reserve(items.size());
+  TimePoint oldest = start;
+  for (const BatchQueue::Item& item : items) {
+    if (!BeginStage(*item.job, 1, start)) continue;
+    run.push_back(&item);
+    frames.push_back(&item.job->ctx);
+    oldest = std::min(oldest, item.arrived);
+  }
+  if (run.empty()) return;
+  if (auto* obs = observer()) {
+    obs->OnBatch(static_cast<uint32_t>(run.size()), SecondsBetween(oldest, start));
+  }
+  std::vector<absl::Status> statuses(run.size());
+  try {
+    stages_.analyse_batch(frames, statuses);
+  } catch (const std::exception& e) {
+    statuses.assign(run.size(), absl::InternalError(absl::StrCat(
+                                    "threw an exception (whole batch failed): ", e.what())));
+  } catch (...) {
+    statuses.assign(run.size(),
+                    absl::InternalError("threw an exception of unknown type (whole batch failed)"));
+  }
+  if (statuses.size() != run.size()) {
+    statuses.assign(run.size(),
+                    absl::InternalError(absl::StrCat("returned ", statuses.size(), " statuses for ",
+                                                     run.size(), " frames (whole batch failed)")));
+  }
+  const TimePoint end = time_->Now();
+  // A frame's analyse time is its wait for the batch plus the batch's run.
+  for (size_t i = 0; i < run.size(); ++i) {
+    EndStage(*run[i]->job, 1, run[i]->arrived, end, statuses[i]);
   }
 }
 
@@ -376,6 +536,7 @@ bool Core::Stop(std::chrono::milliseconds drain_timeout) {
     std::lock_guard<std::mutex> lock(registry_mu_);
     stopping_.store(true, std::memory_order_release);
   }
+  if (graph_) graph_->FlushBatches();
   auto streams = SnapshotStreams();
   for (auto& s : streams) s->Close();
   const TimePoint deadline = time_->Now() + drain_timeout;
@@ -405,6 +566,7 @@ PipelineCounters Core::counters() const {
   c.admitted = admitted.load(std::memory_order_relaxed);
   c.delivered = delivered.load(std::memory_order_relaxed);
   c.reorder_depth = reorder_depth.load(std::memory_order_relaxed);
+  c.batch_waiting = batch_waiting.load(std::memory_order_relaxed);
   for (int i = 0; i < kFrameStatusCount; ++i) {
     c.by_status[i] = by_status[i].load(std::memory_order_relaxed);
   }

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "common/clock.h"
+#include "pipeline/internal/batch_queue.h"
 #include "pipeline/internal/job.h"
 #include "pipeline/pipeline.h"
 
@@ -52,6 +53,11 @@ class Core : public std::enable_shared_from_this<Core> {
   // Stage bodies, run on the graph's threads.
   void RunStage(Job& job, int stage);
   void Finish(Job& job);
+  // The analyse stage over frames that waited together (on the batch thread).
+  void RunBatch(const std::vector<BatchQueue::Item>& items);
+  bool batching() const {
+    return options_.batch.max_frames > 1 && static_cast<bool>(stages_.analyse_batch);
+  }
 
   const PipelineOptions& options() const { return options_; }
   const TimeSource* time() const { return time_; }
@@ -64,10 +70,16 @@ class Core : public std::enable_shared_from_this<Core> {
   std::atomic<uint64_t> admitted{0};
   std::atomic<uint64_t> delivered{0};
   std::atomic<uint32_t> reorder_depth{0};
+  std::atomic<uint32_t> batch_waiting{0};
   std::atomic<uint64_t> by_status[kFrameStatusCount] = {};
 
  private:
   void TimerLoop();
+  // A stage body may run: the job is the worker's (kRunning), has not failed and its deadline
+  // has not passed at `now` (else the job expires here).
+  bool BeginStage(Job& job, int stage, TimePoint now);
+  // Records a stage's time and, when `st` is not OK, the frame's failure.
+  void EndStage(Job& job, int stage, TimePoint start, TimePoint end, const absl::Status& st);
   std::vector<std::shared_ptr<StreamState>> SnapshotStreams();
 
   const PipelineOptions options_;
