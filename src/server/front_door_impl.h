@@ -2,6 +2,8 @@
 // admission) and front_door_relay.cc (the relay threads). Not for use outside src/server.
 #pragma once
 
+#include <algorithm>
+
 #include <openssl/ssl.h>
 #include <sys/socket.h>
 
@@ -30,6 +32,16 @@ constexpr size_t kReadChunk = 256 * 1024;
 // short, so that the next frame's header, not a chunk of its body, is what gets copied.
 constexpr size_t kMinSplice = 64 * 1024;
 constexpr size_t kReadAfterSplice = 4096;
+
+// How much the relay reads from a client socket it can splice from, given the judged message
+// body waiting there (`judged`, too short to splice) and whether the connection is in bulk
+// transfer: the judged rest and the next frame's header, not a chunk of the body behind them
+// (that body is spliced once its header is judged); at a frame boundary in bulk transfer, a
+// little, for the same reason; else a full chunk (control frames, small messages).
+inline size_t ReadSize(size_t judged, bool bulk) {
+  if (judged > 0) return std::min(kReadChunk, judged + kReadAfterSplice);
+  return bulk ? kReadAfterSplice : kReadChunk;
+}
 constexpr size_t kPipeBytes = 1 << 20;
 constexpr size_t kMaxLingering = 256;  // refused or violating connections flushing their GOAWAY
 constexpr auto kLinger = std::chrono::seconds(1);
@@ -76,7 +88,10 @@ struct Connection {
   bool closing = false;      // flush to_client, then close (refused, violation)
   bool dead = false;
   bool counted = false;  // holds a slot in the connection counts
-  bool spliced = false;  // the last bytes from the client were spliced: read a little next
+  // Bulk transfer: the last frame boundary read led to a splice, so the next one is read a
+  // little at a time too (its header, not a chunk of the body behind it, gets copied). Cleared
+  // when a small read finds no body to splice behind the header (small frames: read chunks).
+  bool bulk = false;
   TimePoint deadline{};  // handshake deadline, or the end of the linger when closing
   Endpoint client_ep{nullptr, true};
   Endpoint server_ep{nullptr, false};

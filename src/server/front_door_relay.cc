@@ -249,7 +249,7 @@ int FrontDoor::Impl::SpliceFromClient(IoThread* t, Connection* c) {
   }
   bytes_spliced += out;
   bytes_copied += in - out;
-  c->spliced = true;
+  c->bulk = true;
   Http2Out to_server, to_client;
   const bool ok = c->guard->Spliced(static_cast<size_t>(in), &to_server, &to_client);
   Append(&c->to_client, to_client);
@@ -271,10 +271,9 @@ void FrontDoor::Impl::ReadClient(IoThread* t, Connection* c) {
       if (spliced < 0) return;
       if (spliced > 0) continue;
     }
-    // Right after a splice the next frame's header is due: read a little, so that the body
-    // behind it is spliced too rather than copied here.
-    const size_t chunk = c->spliced ? front_door::kReadAfterSplice : kReadChunk;
-    c->spliced = false;
+    const size_t chunk = !c->ssl && t->pipe_w >= 0
+                             ? front_door::ReadSize(c->guard->PassThroughBytes(), c->bulk)
+                             : kReadChunk;
     ssize_t n;
     if (c->ssl) {
       ERR_clear_error();
@@ -330,9 +329,15 @@ void FrontDoor::Impl::ReadClient(IoThread* t, Connection* c) {
     }
     FlushToServer(c);
     FlushToClient(t, c);
+    // A small read at a frame boundary that found no body worth splicing behind the header:
+    // small frames follow, read them in chunks.
+    if (c->bulk && chunk == front_door::kReadAfterSplice && static_cast<size_t>(n) == chunk &&
+        c->guard->PassThroughBytes() < front_door::kMinSplice) {
+      c->bulk = false;
+    }
     // A short read emptied the socket: another read would only say EAGAIN (epoll reports what
-    // comes next). After a splice the read was short on purpose.
-    if (!c->ssl && static_cast<size_t>(n) < chunk && chunk == kReadChunk) return;
+    // comes next).
+    if (!c->ssl && static_cast<size_t>(n) < chunk) return;
   }
 }
 
