@@ -224,6 +224,17 @@ def main():
     for t in threads:
         t.join(timeout=30)
     honest.stop()
+    # Once the attacks and the honest clients stop, every connection they opened must close: the
+    # server's descriptors come back to where they started (a leaked connection would not).
+    settled_fds, settle_s = None, 0.0
+    if trend and server.alive():
+        t_stop = time.time()
+        while time.time() - t_stop < 30:
+            settled_fds = server.fds()
+            if settled_fds <= trend[0][3] + 8:
+                break
+            time.sleep(0.5)
+        settle_s = time.time() - t_stop
     alive = server.alive()
     code = server.stop(timeout=60) if alive else server.proc.returncode
 
@@ -257,6 +268,10 @@ def main():
         print(f"  RSS MiB start {rss[0]:.0f} max {max(rss):.0f} end {rss[-1]:.0f}; "
               f"fds start {fds[0]} max {max(fds)} end {fds[-1]}; "
               f"threads start {thr[0]} max {max(thr)} end {thr[-1]}")
+    fds_back = settled_fds is not None and settled_fds <= trend[0][3] + 8
+    if settled_fds is not None:
+        print(f"  fds once attackers and clients stopped: {settled_fds} "
+              f"({'back' if fds_back else 'NOT back'} within 8 of the start, {settle_s:.1f} s)")
     print(f"  alive to the end: {alive}; exit code after SIGTERM: {code}")
     if args.csv:
         with open(args.csv, "w") as f:
@@ -264,7 +279,8 @@ def main():
             for row in trend:
                 f.write(",".join(str(x) for x in row) + "\n")
         print(f"  trend: {args.csv}")
-    ok = alive and code == 0 and result["baseline"][2] == 0 and result["attacked"][2] == 0
+    ok = (alive and code == 0 and fds_back and result["baseline"][2] == 0 and
+          result["attacked"][2] == 0)
     print("\nverdict:", "PASS" if ok else "FAIL")
     server.close()
     return 0 if ok else 1
