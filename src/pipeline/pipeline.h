@@ -51,8 +51,10 @@ class PipelineObserver {
 // analyse_batch, decoded frames of all streams wait in one queue and go to analyse_batch
 // together: when max_frames wait, when the oldest has waited `window`, or when one of them has a
 // deadline less than `window` away - whichever comes first. Batches are fair across streams
-// (round-robin over the streams waiting, oldest first). A frame's Timings.analyse_us counts its
-// wait for the batch and the batch's run. Results still leave each stream in admission order.
+// (round-robin over the streams waiting, oldest first), frames near their deadline first.
+// Frames that failed to decode (or expired, or were cancelled) do not wait. A frame's
+// Timings.analyse_us is its share of its batch's run; its wait for the batch counts in total_us
+// only (and in OnBatch). Results still leave each stream in admission order.
 struct BatchOptions {
   uint32_t max_frames = 0;  // <= 1: no batching
   std::chrono::microseconds window{2000};

@@ -7,9 +7,11 @@
 //   - its oldest frame has waited one window;
 //   - a frame in it has a deadline less than one window away (so a frame with a deadline never
 //     waits in the queue past `deadline - window`; its batch still has that window to run).
-// Taking a batch is fair across streams: round-robin over the streams that have frames waiting,
-// the stream with the oldest waiting frame first, each stream's frames in arrival order - so a
-// burst from one stream cannot fill every batch while another stream's frames wait.
+// Taking a batch: first the frames that are urgent (their deadline less than one window away),
+// the nearest deadline first - the frame whose deadline sent the batch is in it; then the rest
+// fairly across streams: round-robin over the streams that have frames waiting, the stream with
+// the oldest waiting frame first, each stream's frames in arrival order - so a burst from one
+// stream cannot fill every batch while another stream's frames wait.
 #pragma once
 
 #include <chrono>
@@ -42,8 +44,9 @@ class BatchQueue {
   // When the batch in the making must go (see above); TimePoint::max() when nothing waits.
   TimePoint DueAt() const;
   bool Ready(TimePoint now) const { return full() || (!empty() && now >= DueAt()); }
-  // Up to max_frames waiting frames, fair across streams (see above).
-  std::vector<Item> Take();
+  // Up to max_frames waiting frames: the urgent ones at `now` first, then fair across streams
+  // (see above).
+  std::vector<Item> Take(TimePoint now);
 
  private:
   const uint32_t max_frames_;
@@ -54,6 +57,7 @@ class BatchQueue {
     Item item;
     uint64_t seq;
   };
+  TimePoint UrgentFrom(const Item& item) const;  // deadline - window (max: never urgent)
   std::unordered_map<const void*, std::deque<Waiting>> by_stream_;
 };
 

@@ -48,11 +48,11 @@ class Batcher {
   }
 
   void Add(Job* job, BatchGateway& gateway) {
-    gateway.reserve_wait();  // the graph is not idle while a frame waits here
     {
       std::lock_guard<std::mutex> l(mu_);
       gateway_ = &gateway;
       queue_.Add({job, job->stream.get(), core_->time()->Now(), job->deadline});
+      gateway.reserve_wait();  // the graph is not idle while a frame waits here
       core_->batch_waiting.store(static_cast<uint32_t>(queue_.size()), std::memory_order_relaxed);
       // Under the lock: once it is released, this frame may be analysed, delivered and the
       // pipeline stopped - this Batcher (and its cv_) may be gone.
@@ -86,12 +86,16 @@ class Batcher {
                         [&] { return flush_ || exit_ || queue_.full() || queue_.DueAt() < due; });
         continue;
       }
-      std::vector<BatchQueue::Item> batch = queue_.Take();
+      std::vector<BatchQueue::Item> batch = queue_.Take(time->Now());
       core_->batch_waiting.store(static_cast<uint32_t>(queue_.size()), std::memory_order_relaxed);
       BatchGateway* gateway = gateway_;
       l.unlock();
       for ([[maybe_unused]] const BatchQueue::Item& item : batch) FP_TSAN_ACQUIRE(item.job);
-      core_->RunBatch(batch);
+      try {
+        core_->RunBatch(batch);
+      } catch (const std::exception& e) {  // out of memory; the batch function's own are caught
+        core_->FailBatch(batch, absl::InternalError(absl::StrCat("batch failed: ", e.what())));
+      }
       for (const BatchQueue::Item& item : batch) {
         FP_TSAN_RELEASE(item.job);
         gateway->try_put(item.job);
@@ -152,6 +156,13 @@ class Graph {
       if (batcher_) {
         batch_ = std::make_unique<flow::async_node<Job*, Job*>>(
             *graph_, flow::unlimited, [this](Job* const& job, BatchGateway& gateway) {
+              FP_TSAN_ACQUIRE(job);
+              // A frame that failed to decode, expired or was cancelled has nothing to wait for:
+              // straight on (it would otherwise hold its stream's later results back a window).
+              if (job->failed || job->state.load(std::memory_order_acquire) != kRunning) {
+                gateway.try_put(job);
+                return;
+              }
               FP_TSAN_RELEASE(job);
               batcher_->Add(job, gateway);
             });
@@ -510,9 +521,22 @@ void Core::RunBatch(const std::vector<BatchQueue::Item>& items) {
                                                      run.size(), " frames (whole batch failed)")));
   }
   const TimePoint end = time_->Now();
-  // A frame's analyse time is its wait for the batch plus the batch's run.
+  // A frame's analyse time is its share of the batch's run (so that summed stage times stay the
+  // work done); its wait for the batch shows in its total only.
+  const uint64_t share = MicrosBetween(start, end) / run.size();
   for (size_t i = 0; i < run.size(); ++i) {
-    EndStage(*run[i]->job, 1, run[i]->arrived, end, statuses[i]);
+    EndStage(*run[i]->job, 1, start, end, statuses[i]);
+    run[i]->job->stage_us[1] = share;
+  }
+}
+
+void Core::FailBatch(const std::vector<BatchQueue::Item>& items, const absl::Status& st) {
+  const TimePoint now = time_->Now();
+  for (const BatchQueue::Item& item : items) {
+    Job& j = *item.job;
+    if (j.state.load(std::memory_order_acquire) == kRunning && !j.failed) {
+      EndStage(j, 1, now, now, st);
+    }
   }
 }
 

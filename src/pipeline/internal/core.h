@@ -55,6 +55,8 @@ class Core : public std::enable_shared_from_this<Core> {
   void Finish(Job& job);
   // The analyse stage over frames that waited together (on the batch thread).
   void RunBatch(const std::vector<BatchQueue::Item>& items);
+  // When RunBatch itself could not run (out of memory): the batch's frames fail with `st`.
+  void FailBatch(const std::vector<BatchQueue::Item>& items, const absl::Status& st);
   bool batching() const {
     return options_.batch.max_frames > 1 && static_cast<bool>(stages_.analyse_batch);
   }
@@ -92,7 +94,8 @@ class Core : public std::enable_shared_from_this<Core> {
   // Lock order (a lock on the left may be held while taking one on its right; no other nesting):
   //   stop_mu_ -> registry_mu_,   stop_mu_ -> timer_mu_,   StreamState::mu_ -> global_mu_.
   // global_mu_ is never held while calling into a stream; registry_mu_ and timer_mu_ are never
-  // held while calling into anything.
+  // held while calling into anything. The Batcher's mutex (core.cc) is a leaf too: held only
+  // around its queue (and inside the TimeSource's wait).
   std::mutex stop_mu_;  // serialises Stop()
 
   bool TryAcquireGlobalFast(uint64_t cost_bytes);
