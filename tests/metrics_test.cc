@@ -119,6 +119,30 @@ TEST(MetricsTest, ConcurrentScrapesDuringLoad) {
   EXPECT_EQ(MetricValue(text, "framepipe_in_flight"), 0);
 }
 
+// A scraper that cannot take the whole response at once (a small receive window: a Prometheus
+// across a real network) still gets all of it. The exporter used to close with SO_LINGER 0,
+// which resets the connection and throws away what the client has not yet acknowledged: such a
+// scrape stopped after ~4 KB of ~20 KB.
+TEST(MetricsTest, ASlowReaderGetsTheWholeScrape) {
+  ServerOptions o;
+  o.metrics = "127.0.0.1:0";
+  auto server = StartTestServer(o);
+  ASSERT_TRUE(server);
+  const std::string full = HttpGet(server->metrics_port(), "/metrics");
+  ASSERT_GT(full.size(), 16384u) << "the response must not fit a 4 KiB receive buffer";
+  for (int i = 0; i < 5; ++i) {
+    const std::string slow = HttpGet(server->metrics_port(), "/metrics", 4096);
+    // The same families in the same order, to the last line (values may move between scrapes).
+    ASSERT_GT(slow.size(), full.size() * 9 / 10)
+        << "scrape " << i << " was cut: " << slow.size() << " of ~" << full.size() << " bytes";
+    const size_t last = full.rfind("\n# HELP ");
+    ASSERT_NE(last, std::string::npos);
+    const std::string last_family = full.substr(last + 1, full.find('\n', last + 1) - last - 1);
+    EXPECT_NE(slow.find(last_family), std::string::npos) << "scrape " << i;
+    EXPECT_EQ(slow.back(), '\n') << "scrape " << i;
+  }
+}
+
 TEST(MetricsTest, DisabledMetricsServeNothing) {
   ServerOptions o;
   o.metrics = "";

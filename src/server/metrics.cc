@@ -131,9 +131,11 @@ absl::Status Metrics::Serve(const std::string& address) {
   try {
     // A scrape must get through a slowloris: enough threads (civetweb serves one connection per
     // thread) and short request / keep-alive timeouts so a half-sent request frees its thread.
-    exposer_ = std::make_unique<prometheus::Exposer>(std::vector<std::string>{
-        "listening_ports", address, "num_threads", "64", "request_timeout_ms", "2000",
-        "keep_alive_timeout_ms", "2000", "linger_timeout_ms", "0"});
+    // No linger_timeout_ms: civetweb would set SO_LINGER, and with 0 a close resets the
+    // connection, discarding what the scraper has not yet acknowledged (a cut scrape).
+    exposer_ = std::make_unique<prometheus::Exposer>(
+        std::vector<std::string>{"listening_ports", address, "num_threads", "64",
+                                 "request_timeout_ms", "2000", "keep_alive_timeout_ms", "2000"});
   } catch (const std::exception& e) {
     return absl::UnavailableError(
         absl::StrCat("cannot serve metrics on ", address, ": ", e.what()));

@@ -10,10 +10,15 @@
 
 namespace framepipe::testing {
 
-// Returns the response body, or "" on any error.
-inline std::string HttpGet(int port, const std::string& path) {
+// Returns the response body, or "" on any error (a connection reset after part of the body:
+// what came before it). `receive_buffer` > 0: the socket's SO_RCVBUF, for a reader that cannot
+// take the whole response at once (a scraper across a real network).
+inline std::string HttpGet(int port, const std::string& path, int receive_buffer = 0) {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
   if (fd < 0) return "";
+  if (receive_buffer > 0) {
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &receive_buffer, sizeof(receive_buffer));
+  }
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_port = htons(static_cast<uint16_t>(port));
