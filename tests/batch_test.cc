@@ -18,6 +18,7 @@
 #include "fake_clock.h"
 #include "pipeline/internal/batch_queue.h"
 #include "pipeline/pipeline.h"
+#include "pipeline_sink.h"
 #include "test_util.h"
 
 namespace framepipe {
@@ -28,6 +29,7 @@ using std::chrono::microseconds;
 using std::chrono::milliseconds;
 using testing::FakeClock;
 using testing::kWaitBound;
+using testing::Sink;
 
 // ---- The policy -------------------------------------------------------------------------------
 
@@ -150,45 +152,6 @@ FrameInput Frame(uint64_t seq) {
   f.data = std::string(32, static_cast<char>(seq & 0xFF));
   return f;
 }
-
-// Collects one stream's results in delivery order.
-class Sink {
- public:
-  StreamOptions Options(const std::string& id, uint32_t max_in_flight) {
-    StreamOptions o;
-    o.id = id;
-    o.max_in_flight = max_in_flight;
-    o.on_result = [this](Delivery d) {
-      std::lock_guard<std::mutex> l(mu_);
-      got_.push_back(*d.result);
-      cv_.notify_all();
-    };
-    o.on_complete = [this] {
-      std::lock_guard<std::mutex> l(mu_);
-      complete_ = true;
-      cv_.notify_all();
-    };
-    return o;
-  }
-  bool WaitCount(size_t n) {
-    std::unique_lock<std::mutex> l(mu_);
-    return cv_.wait_for(l, kWaitBound, [&] { return got_.size() >= n; });
-  }
-  bool WaitComplete() {
-    std::unique_lock<std::mutex> l(mu_);
-    return cv_.wait_for(l, kWaitBound, [&] { return complete_; });
-  }
-  std::vector<FrameResult> got() {
-    std::lock_guard<std::mutex> l(mu_);
-    return got_;
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::vector<FrameResult> got_;
-  bool complete_ = false;
-};
 
 // A batch analyser: marks each frame (analysis.width = seq) and records every batch it ran.
 // `hook` may fail frames, throw or sleep.
@@ -325,8 +288,8 @@ TEST(BatchPipelineTest, ManyStreamsExactOrderExactlyOnceUnderRandomDelaysAndFail
           EXPECT_EQ(got[i].error, absl::StrCat("frame seq=", seq, ": bad frame ", seq));
         } else {
           ASSERT_EQ(got[i].status, FrameStatus::kOk) << got[i].error;
-          EXPECT_EQ(got[i].analysis.width, static_cast<uint32_t>(seq));
-          EXPECT_EQ(got[i].enrichment.keypoints, static_cast<uint32_t>(seq));
+          EXPECT_EQ(got[i].width_mark, static_cast<uint32_t>(seq));
+          EXPECT_EQ(got[i].keypoints_mark, static_cast<uint32_t>(seq));
         }
       }
     }
@@ -369,8 +332,8 @@ TEST(BatchPipelineTest, ABatchGoesWhenFullOrWhenItsWindowEndsOnTheClock) {
   auto got = sink.got();
   EXPECT_EQ(got[4].seq, SeqOf(0, 4));
   EXPECT_EQ(got[4].status, FrameStatus::kOk);
-  EXPECT_GE(got[4].timings.total_us, 10000u) << "the wait for the batch counts in the total";
-  EXPECT_EQ(got[4].timings.analyse_us, 0u) << "analyse is the batch's run (no time on this clock)";
+  EXPECT_GE(got[4].total_us, 10000u) << "the wait for the batch counts in the total";
+  EXPECT_EQ(got[4].analyse_us, 0u) << "analyse is the batch's run (no time on this clock)";
   s->Close();
   ASSERT_TRUE(sink.WaitComplete());
 }
@@ -545,7 +508,7 @@ TEST(BatchPipelineTest, WithoutABatchFunctionTheFrameStageRuns) {
   ASSERT_TRUE(s->Submit(Frame(1)).ok());
   s->Close();
   ASSERT_TRUE(sink.WaitComplete());
-  EXPECT_EQ(sink.got()[0].analysis.width, 1u);
+  EXPECT_EQ(sink.got()[0].width_mark, 1u);
 }
 
 }  // namespace

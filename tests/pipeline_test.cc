@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "fake_clock.h"
+#include "pipeline_sink.h"
 #include "test_util.h"
 
 namespace framepipe {
@@ -25,7 +26,9 @@ namespace {
 using testing::Counter;
 using testing::FakeClock;
 using testing::Gate;
+using testing::Got;
 using testing::kWaitBound;
+using testing::Sink;
 
 // Deterministic pseudo-random delay for (seed, seq, stage) in [0, max_us].
 int DelayUs(uint32_t seed, uint64_t seq, int stage, int max_us) {
@@ -92,91 +95,6 @@ class CreditObserver : public PipelineObserver {
   std::atomic<int> in_flight{0};
   std::atomic<int> peak_in_flight{0};
   std::atomic<uint32_t> peak_depth{0};
-};
-
-struct Got {
-  uint64_t seq;
-  FrameStatus status;
-  std::string error;
-  uint32_t width_mark;
-  uint32_t keypoints_mark;
-  std::string tag;
-};
-
-// Collects one stream's results in the order they are delivered.
-class Sink {
- public:
-  StreamOptions Options(const std::string& id, uint32_t max_in_flight) {
-    StreamOptions o;
-    o.id = id;
-    o.max_in_flight = max_in_flight;
-    o.on_result = [this](Delivery d) {
-      std::lock_guard<std::mutex> l(mu_);
-      const FrameResult& r = *d.result;
-      got_.push_back({r.seq, r.status, r.error, r.analysis.width, r.enrichment.keypoints,
-                      r.tags.empty() ? "" : r.tags[0].second});
-      if (after_cancel_) ++late_callbacks_;
-      if (hold_credits_) held_.push_back(std::move(d.credit));
-      cv_.notify_all();
-    };
-    o.on_complete = [this] {
-      std::lock_guard<std::mutex> l(mu_);
-      ++complete_calls_;
-      cv_.notify_all();
-    };
-    return o;
-  }
-  bool WaitComplete() {
-    std::unique_lock<std::mutex> l(mu_);
-    return cv_.wait_for(l, kWaitBound, [&] { return complete_calls_ > 0; });
-  }
-  bool WaitCount(size_t n) {
-    std::unique_lock<std::mutex> l(mu_);
-    return cv_.wait_for(l, kWaitBound, [&] { return got_.size() >= n; });
-  }
-  std::vector<Got> got() {
-    std::lock_guard<std::mutex> l(mu_);
-    return got_;
-  }
-  int complete_calls() {
-    std::lock_guard<std::mutex> l(mu_);
-    return complete_calls_;
-  }
-  void set_hold_credits(bool v) {
-    std::lock_guard<std::mutex> l(mu_);
-    hold_credits_ = v;
-  }
-  void ReleaseHeld(size_t n = SIZE_MAX) {
-    std::vector<Credit> take;
-    {
-      std::lock_guard<std::mutex> l(mu_);
-      n = std::min(n, held_.size());
-      for (size_t i = 0; i < n; ++i) take.push_back(std::move(held_[i]));
-      held_.erase(held_.begin(), held_.begin() + static_cast<long>(n));
-    }
-  }
-  size_t held() {
-    std::lock_guard<std::mutex> l(mu_);
-    return held_.size();
-  }
-  void MarkCancelled() {
-    std::lock_guard<std::mutex> l(mu_);
-    after_cancel_ = true;
-  }
-  int late_callbacks() {
-    std::lock_guard<std::mutex> l(mu_);
-    return late_callbacks_;
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::vector<Got> got_;
-  std::vector<Credit> held_;
-  bool hold_credits_ = false;
-  bool after_cancel_ = false;
-  int late_callbacks_ = 0;
-  int complete_calls_ = 0;
 };
 
 FrameInput MakeFrame(uint64_t seq) {
