@@ -552,6 +552,10 @@ TEST(ServiceTest, LargeFramesThroughTheFrontDoorArriveIntactSplicedOrRead) {
       EXPECT_GE(c.bytes_spliced, raw_bytes / 2)
           << "most of the raw pixels go kernel to kernel (" << c.bytes_spliced << " spliced, "
           << c.bytes_copied << " read)";
+      // The relay threads' CPU time (framepipe_relay_cpu_seconds_total): counted, and a part of
+      // this process's.
+      EXPECT_GT(c.relay_cpu_ns, 0u);
+      EXPECT_LE(static_cast<double>(c.relay_cpu_ns) / 1e9, ProcessCpuSeconds());
     }
   }
   ASSERT_EQ(analyses[0].size(), analyses[1].size());

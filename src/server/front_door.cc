@@ -381,6 +381,7 @@ FrontDoorCounters FrontDoor::counters() const {
   }
   c.bytes_copied = m.bytes_copied;
   c.bytes_spliced = m.bytes_spliced;
+  c.relay_cpu_ns = m.RelayCpuNanos();
   c.handshake_timeouts = m.handshake_timeouts;
   c.tls_failures = m.tls_failures;
   c.max_connections = m.options.max_connections;

@@ -73,6 +73,7 @@ struct FrontDoorCounters {
   // had judged, moved kernel to kernel).
   uint64_t bytes_copied = 0;
   uint64_t bytes_spliced = 0;
+  uint64_t relay_cpu_ns = 0;  // CPU time of the relay threads: what the front door's hop costs
   uint64_t handshake_timeouts = 0;
   uint64_t tls_failures = 0;
   uint32_t max_connections = 0;

@@ -8,6 +8,7 @@
 #include <sys/socket.h>
 
 #include <atomic>
+#include <ctime>
 #include <list>
 #include <map>
 #include <memory>
@@ -134,7 +135,14 @@ struct FrontDoor::Impl {
     int pipe_r = -1;
     int pipe_w = -1;
     size_t pipe_bytes = 0;
+    // This thread's CPU time (framepipe_relay_cpu_seconds_total), under `mu`: read from its
+    // clock while it runs, kept when it ends.
+    clockid_t cpu_clock{};
+    bool cpu_live = false;
+    uint64_t cpu_ns = 0;
   };
+  // CPU time of the relay threads so far, in nanoseconds.
+  uint64_t RelayCpuNanos() const;
   std::vector<std::unique_ptr<IoThread>> io;
   size_t next_io = 0;
 

@@ -86,8 +86,29 @@ using front_door::kReadChunk;
 using front_door::kTick;
 using front_door::OpenSslError;
 
+namespace {
+uint64_t ClockNanos(clockid_t clock) {
+  timespec ts{};
+  if (clock_gettime(clock, &ts) != 0) return 0;
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000000u + static_cast<uint64_t>(ts.tv_nsec);
+}
+}  // namespace
+
+uint64_t FrontDoor::Impl::RelayCpuNanos() const {
+  uint64_t ns = 0;
+  for (const auto& t : io) {
+    std::lock_guard<std::mutex> l(t->mu);
+    ns += t->cpu_live ? ClockNanos(t->cpu_clock) : t->cpu_ns;
+  }
+  return ns;
+}
+
 void FrontDoor::Impl::IoLoop(IoThread* t) {
   pthread_setname_np(pthread_self(), "fp-relay");
+  {
+    std::lock_guard<std::mutex> l(t->mu);
+    t->cpu_live = pthread_getcpuclockid(pthread_self(), &t->cpu_clock) == 0;
+  }
   std::vector<epoll_event> events(256);
   std::vector<Connection*> closed;
   TimePoint next_check = time->Now() + kTick;
@@ -125,6 +146,9 @@ void FrontDoor::Impl::IoLoop(IoThread* t) {
       }
     }
   }
+  std::lock_guard<std::mutex> l(t->mu);
+  if (t->cpu_live) t->cpu_ns = ClockNanos(t->cpu_clock);
+  t->cpu_live = false;
 }
 
 void FrontDoor::Impl::Adopt(IoThread* t, Connection* c) {

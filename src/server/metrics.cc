@@ -452,6 +452,10 @@ void Metrics::CollectFrontDoor(MetricFamilies* f) const {
       "guard) or spliced (message bodies the guard had judged, moved kernel to kernel).",
       T::Counter, "path", 2, [](int i) { return i == 0 ? "copied" : "spliced"; },
       [&](int i) { return relayed[i]; });
+  f->Add("framepipe_relay_cpu_seconds_total",
+         "CPU time of the front door's relay threads (the HTTP/2 guard's hop between clients and "
+         "gRPC); divided by frames, what the front door costs per frame.",
+         T::Counter, static_cast<double>(c.relay_cpu_ns) / 1e9);
   const uint64_t closed[] = {c.handshake_timeouts, c.tls_failures};
   f->Labelled(
       "framepipe_connections_closed_total",
