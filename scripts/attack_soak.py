@@ -5,7 +5,7 @@ rotation for the rest of the time. Reports honest throughput and p99 latency att
 unattacked, server RSS / file descriptors / threads over time, and whether every honest frame was
 answered in order.
 
-usage: scripts/attack-soak.sh [--minutes 10] [--baseline-share 0.2] [--csv trend.csv]
+usage: scripts/attack-soak.sh [--minutes 10] [--baseline-share 0.2] [--csv trend.csv] [--only a,b]
        (the shell wrapper sets PYTHONPATH and FRAMEPIPE_BINARY)
 """
 from __future__ import annotations
@@ -168,6 +168,8 @@ def main():
     ap.add_argument("--fps", type=int, default=15)
     ap.add_argument("--attackers", type=int, default=4)
     ap.add_argument("--csv", default="")
+    ap.add_argument("--only", default="",
+                    help="comma-separated attack names to run (default: all of them)")
     args = ap.parse_args()
 
     server = FramepipeServer(["--max-memory-mb", "1024"])
@@ -184,6 +186,11 @@ def main():
         "connection_flood": lambda: attack_connection_flood(server.port),
         "metrics_slowloris": lambda: attack_metrics_slowloris(server.metrics_port),
     }
+    if args.only:
+        unknown = [a for a in args.only.split(",") if a not in attacks]
+        if unknown:
+            ap.error(f"unknown attack(s) {unknown}; known: {', '.join(attacks)}")
+        attacks = {k: v for k, v in attacks.items() if k in args.only.split(",")}
     counts = {k: 0 for k in attacks}
     errors = {k: 0 for k in attacks}
     trend = []
