@@ -12,14 +12,11 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "common/clock.h"
 
 namespace framepipe::codecs {
 
-int64_t ThreadCpuNanos() {
-  timespec ts{};
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-  return int64_t{ts.tv_sec} * 1000000000 + ts.tv_nsec;
-}
+int64_t ThreadCpuNanos() { return static_cast<int64_t>(CpuClockNanos(CLOCK_THREAD_CPUTIME_ID)); }
 
 namespace {
 

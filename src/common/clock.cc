@@ -22,10 +22,14 @@ const TimeSource* TimeSource::Real() {
   return real;
 }
 
-double ProcessCpuSeconds() {
+uint64_t CpuClockNanos(clockid_t clock) {
   timespec ts{};
-  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
+  if (clock_gettime(clock, &ts) != 0) return 0;
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000000u + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+double ProcessCpuSeconds() {
+  return static_cast<double>(CpuClockNanos(CLOCK_PROCESS_CPUTIME_ID)) * 1e-9;
 }
 
 void PrimeProcessClocks() { (void)absl::base_internal::NominalCPUFrequency(); }

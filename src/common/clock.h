@@ -5,6 +5,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <ctime>
 #include <functional>
 #include <mutex>
 
@@ -47,6 +48,10 @@ inline double SecondsBetween(TimePoint from, TimePoint to) {
 // moment fails with "No such file or directory". Every framepipe process (server, client, tests)
 // calls this before it starts gRPC. Idempotent and thread-safe.
 void PrimeProcessClocks();
+
+// A CPU-time clock (CLOCK_PROCESS_CPUTIME_ID, CLOCK_THREAD_CPUTIME_ID, or another thread's from
+// pthread_getcpuclockid) in nanoseconds; 0 if it cannot be read.
+uint64_t CpuClockNanos(clockid_t clock);
 
 // CPU time this process has used, all threads, in seconds.
 double ProcessCpuSeconds();

@@ -2,11 +2,10 @@
 // admission) and front_door_relay.cc (the relay threads). Not for use outside src/server.
 #pragma once
 
-#include <algorithm>
-
 #include <openssl/ssl.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <atomic>
 #include <ctime>
 #include <list>
@@ -33,6 +32,10 @@ constexpr size_t kReadChunk = 256 * 1024;
 // short, so that the next frame's header, not a chunk of its body, is what gets copied.
 constexpr size_t kMinSplice = 64 * 1024;
 constexpr size_t kReadAfterSplice = 4096;
+constexpr size_t kPipeBytes = 1 << 20;
+constexpr size_t kMaxLingering = 256;  // refused or violating connections flushing their GOAWAY
+constexpr auto kLinger = std::chrono::seconds(1);
+constexpr auto kTick = std::chrono::milliseconds(100);
 
 // How much the relay reads from a client socket it can splice from, given the judged message
 // body waiting there (`judged`, too short to splice) and whether the connection is in bulk
@@ -43,10 +46,6 @@ inline size_t ReadSize(size_t judged, bool bulk) {
   if (judged > 0) return std::min(kReadChunk, judged + kReadAfterSplice);
   return bulk ? kReadAfterSplice : kReadChunk;
 }
-constexpr size_t kPipeBytes = 1 << 20;
-constexpr size_t kMaxLingering = 256;  // refused or violating connections flushing their GOAWAY
-constexpr auto kLinger = std::chrono::seconds(1);
-constexpr auto kTick = std::chrono::milliseconds(100);
 
 std::string PeerString(const sockaddr_storage& ss);
 std::string Errno(const char* what);

@@ -86,19 +86,11 @@ using front_door::kReadChunk;
 using front_door::kTick;
 using front_door::OpenSslError;
 
-namespace {
-uint64_t ClockNanos(clockid_t clock) {
-  timespec ts{};
-  if (clock_gettime(clock, &ts) != 0) return 0;
-  return static_cast<uint64_t>(ts.tv_sec) * 1000000000u + static_cast<uint64_t>(ts.tv_nsec);
-}
-}  // namespace
-
 uint64_t FrontDoor::Impl::RelayCpuNanos() const {
   uint64_t ns = 0;
   for (const auto& t : io) {
     std::lock_guard<std::mutex> l(t->mu);
-    ns += t->cpu_live ? ClockNanos(t->cpu_clock) : t->cpu_ns;
+    ns += t->cpu_live ? CpuClockNanos(t->cpu_clock) : t->cpu_ns;
   }
   return ns;
 }
@@ -147,7 +139,7 @@ void FrontDoor::Impl::IoLoop(IoThread* t) {
     }
   }
   std::lock_guard<std::mutex> l(t->mu);
-  if (t->cpu_live) t->cpu_ns = ClockNanos(t->cpu_clock);
+  if (t->cpu_live) t->cpu_ns = CpuClockNanos(t->cpu_clock);
   t->cpu_live = false;
 }
 

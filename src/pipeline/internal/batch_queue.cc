@@ -64,13 +64,12 @@ std::vector<BatchQueue::Item> BatchQueue::Take(TimePoint now) {
     std::sort(out.begin(), out.end(),
               [](const Item& a, const Item& b) { return a.deadline < b.deadline; });
   }
-  for (auto it = by_stream_.begin(); it != by_stream_.end();) {
-    it = it->second.empty() ? by_stream_.erase(it) : std::next(it);
-  }
   // Streams with frames waiting, the one whose oldest frame came first leading.
   std::vector<std::deque<Waiting>*> order;
   order.reserve(by_stream_.size());
-  for (auto& [stream, waiting] : by_stream_) order.push_back(&waiting);
+  for (auto& [stream, waiting] : by_stream_) {
+    if (!waiting.empty()) order.push_back(&waiting);
+  }
   std::sort(order.begin(), order.end(),
             [](const std::deque<Waiting>* a, const std::deque<Waiting>* b) {
               return a->front().seq < b->front().seq;
