@@ -37,7 +37,7 @@ phase() {  # phase <name> <ctest preset> <build target...>
 }
 phase "default (Release)" default
 if [ "${FRAMEPIPE_SANITIZERS:-1}" != "0" ]; then
-  san_targets=(--target pipeline_test stages_test video_test service_test reactor_lifecycle_test http2_guard_test sigterm_test metrics_test framepipe)
+  san_targets=(--target pipeline_test stages_test video_test service_test reactor_lifecycle_test read_budget_test http2_guard_test sigterm_test metrics_test framepipe)
   phase "ThreadSanitizer" tsan "${san_targets[@]}"
   phase "AddressSanitizer+UBSan" asan "${san_targets[@]}" reliability_test
   phase "libFuzzer (clang, ASan+UBSan)" fuzz --target decode_fuzzer video_fuzzer http2_guard_fuzzer

@@ -125,7 +125,8 @@ void AddStreamLimitFlags(CLI::App* cmd, ServerOptions* o) {
       ->capture_default_str();
   cmd->add_option("--max-streams-per-peer", o->max_streams_per_peer,
                   "Concurrent streams from one client IP address; more are refused with "
-                  "RESOURCE_EXHAUSTED (0 = a quarter of --max-streams)")
+                  "RESOURCE_EXHAUSTED (0 = a quarter of --max-streams). The address's share of "
+                  "the receive budget is the same fraction of it")
       ->capture_default_str();
   AddDurationFlag(cmd, "--idle-timeout", &o->idle_timeout, "60s",
                   "End streams that send nothing for this long while the server waits for "

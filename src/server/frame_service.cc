@@ -29,13 +29,19 @@ std::string FrameService::MakeInstanceId() {
   return absl::StrFormat("%s/%d/%08x", host, static_cast<int>(getpid()), rd());
 }
 
+uint64_t PeerReadShare(const ServiceOptions& o) {
+  if (o.max_streams_per_peer == 0 || o.max_streams_per_peer >= o.max_streams) return 0;
+  return o.read_budget_bytes / o.max_streams * o.max_streams_per_peer;
+}
+
 FrameService::FrameService(Pipeline* pipeline, ServiceOptions options, ServiceObserver* observer)
     : pipeline_(pipeline),
       options_(std::move(options)),
       observer_(observer),
       time_(options_.time ? options_.time : TimeSource::Real()),
       own_peer_log_(options_.peer_log ? nullptr : std::make_unique<PeerLog>()),
-      peer_log_(options_.peer_log ? options_.peer_log : own_peer_log_.get()) {
+      peer_log_(options_.peer_log ? options_.peer_log : own_peer_log_.get()),
+      read_budget_(options_.read_budget_bytes, PeerReadShare(options_)) {
   watchdog_ = std::thread([this] { WatchdogLoop(); });
 }
 
@@ -134,43 +140,29 @@ void FrameService::ForEachReactor(const std::function<void(ProcessReactor*)>& fn
 }
 
 bool FrameService::TryReserve(ProcessReactor* r, uint64_t bytes) {
-  if (options_.read_budget_bytes == 0) return true;
   std::lock_guard<std::mutex> l(mu_);
-  // One message larger than the whole budget still gets read when nothing else is.
-  if (read_waiters_.empty() &&
-      (read_used_ == 0 || read_used_ + bytes <= options_.read_budget_bytes)) {
-    read_used_ += bytes;
-    return true;
-  }
-  read_waiters_.emplace_back(r, bytes);
-  return false;
+  return read_budget_.Reserve(r, r->peer_host(), bytes);
 }
 
-void FrameService::ReleaseReserved(uint64_t bytes) {
-  if (options_.read_budget_bytes == 0) return;
-  std::vector<std::pair<ProcessReactor*, uint64_t>> granted;
-  {
-    std::lock_guard<std::mutex> l(mu_);
-    read_used_ -= bytes;
-    while (!read_waiters_.empty()) {
-      auto [r, need] = read_waiters_.front();
-      if (read_used_ != 0 && read_used_ + need > options_.read_budget_bytes) break;
-      read_waiters_.pop_front();
-      read_used_ += need;
-      ++r->holds;
-      granted.emplace_back(r, need);
-    }
-  }
-  for (auto& [r, need] : granted) {
-    r->GrantRead(need);
-    Release(r);
-  }
+void FrameService::ReleaseReserved(ProcessReactor* r, uint64_t bytes) {
+  UpdateReadBudget([&] { return read_budget_.Release(r->peer_host(), bytes); });
 }
 
 void FrameService::ForgetReservation(ProcessReactor* r) {
-  std::lock_guard<std::mutex> l(mu_);
-  for (auto it = read_waiters_.begin(); it != read_waiters_.end();) {
-    it = it->first == r ? read_waiters_.erase(it) : it + 1;
+  UpdateReadBudget([&] { return read_budget_.Forget(r, r->peer_host()); });
+}
+
+void FrameService::UpdateReadBudget(const std::function<std::vector<ReadBudget::Grant>()>& change) {
+  std::vector<ReadBudget::Grant> grants;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    grants = change();
+    for (const ReadBudget::Grant& g : grants) ++static_cast<ProcessReactor*>(g.who)->holds;
+  }
+  for (const ReadBudget::Grant& g : grants) {
+    auto* r = static_cast<ProcessReactor*>(g.who);
+    r->GrantRead(g.bytes);
+    Release(r);
   }
 }
 

@@ -12,7 +12,6 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
-#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -28,6 +27,7 @@
 #include "framepipe/v1/framepipe.grpc.pb.h"
 #include "pipeline/pipeline.h"
 #include "server/peer_log.h"
+#include "server/read_budget.h"
 #include "server/service_observer.h"
 
 namespace framepipe {
@@ -43,7 +43,8 @@ struct ServiceOptions {
   std::chrono::milliseconds first_frame_timeout{10000};
   std::chrono::milliseconds idle_timeout{60000};  // no message for this long: ended (0 = off)
   // Bytes that messages being received (and read frames not yet admitted) may hold; a stream
-  // reserves room for its next message before it reads it. 0 = no budget.
+  // reserves room for its next message before it reads it. 0 = no budget. One address may hold
+  // at most max_streams_per_peer / max_streams of it (see ReadBudget).
   uint64_t read_budget_bytes = 0;
   uint64_t first_read_bytes = 1 << 20;  // what a stream's first message is assumed to need
   // Bearer tokens a call must present ("authorization: Bearer <token>"); empty = no check.
@@ -63,6 +64,10 @@ struct ServiceOptions {
 };
 
 class ProcessReactor;
+
+// The read budget one client address may hold: max_streams_per_peer / max_streams of it (0: no
+// share, when there is no per-address stream cap).
+uint64_t PeerReadShare(const ServiceOptions& o);
 
 class FrameService final
     : public v1::FramePipeline::WithRawCallbackMethod_Process<
@@ -97,11 +102,14 @@ class FrameService final
   void ForEachReactor(const std::function<void(ProcessReactor*)>& fn);
   void Release(ProcessReactor* r);  // drops a hold taken under mu_; may delete r
   void WatchdogLoop();
-  // Read budget: TryReserve counts `bytes` or queues `r` (FIFO) to be granted them later (by a
-  // call to r->GrantRead from ReleaseReserved); Forget drops r from the queue.
+  // Read budget: TryReserve counts `bytes` or queues `r` to be granted them later (by a call to
+  // r->GrantRead when another stream releases room); Forget drops r's queued request.
   bool TryReserve(ProcessReactor* r, uint64_t bytes);
-  void ReleaseReserved(uint64_t bytes);
+  void ReleaseReserved(ProcessReactor* r, uint64_t bytes);
   void ForgetReservation(ProcessReactor* r);
+  // Applies `change` to the read budget under the lock, then runs the grants it made (each
+  // granted reactor held meanwhile).
+  void UpdateReadBudget(const std::function<std::vector<ReadBudget::Grant>()>& change);
   // OK, or UNAUTHENTICATED saying what is missing (with auth_tokens set).
   absl::Status Authorize(const grpc::CallbackServerContext* ctx) const;
 
@@ -125,8 +133,7 @@ class FrameService final
   std::condition_variable cv_;
   std::set<ProcessReactor*> reactors_;
   std::map<std::string, uint32_t> streams_by_peer_;
-  uint64_t read_used_ = 0;
-  std::deque<std::pair<ProcessReactor*, uint64_t>> read_waiters_;
+  ReadBudget read_budget_;
   bool watchdog_exit_ = false;
   std::thread watchdog_;
 };

@@ -232,7 +232,7 @@ void ProcessReactor::ReleaseReservation() {
     bytes = reserved_;
     reserved_ = 0;
   }
-  if (bytes > 0) svc_->ReleaseReserved(bytes);
+  if (bytes > 0) svc_->ReleaseReserved(this, bytes);
 }
 
 void ProcessReactor::LogClose() {

@@ -44,7 +44,7 @@ void ProcessReactor::GrantRead(uint64_t bytes) {
     }
   }
   if (!start) {
-    svc_->ReleaseReserved(bytes);
+    svc_->ReleaseReserved(this, bytes);
     MaybeFinish();
     return;
   }

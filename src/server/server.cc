@@ -299,7 +299,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   svc.idle_timeout = options.idle_timeout;
   svc.limits = options.limits;
   svc.read_budget_bytes = memory / 4;
-  svc.first_read_bytes = std::min<uint64_t>(options.max_receive_message_bytes, memory / 16);
+  // A call's first message is assumed to need a quarter of its address's share of the read
+  // budget (at most the message limit, at least 1 MiB): four calls of one address read their
+  // first message at once, and calls that never send one tie up no more than that share.
+  const uint64_t share = PeerReadShare(svc) > 0 ? PeerReadShare(svc) : svc.read_budget_bytes;
+  svc.first_read_bytes =
+      std::min<uint64_t>(options.max_receive_message_bytes, std::max<uint64_t>(1 << 20, share / 4));
   svc.backend = impl->backend.name;
   svc.version = kVersion;
   if (options.video_decoder == "nvdec" ||

@@ -115,6 +115,34 @@ def test_stalled_streams_from_one_peer_do_not_lock_out_others(make_server):
     assert s.stop() == 0
 
 
+# Item 6 with a memory budget: calls that never send a message each hold a read reservation
+# (room for the message they might send). One peer's must not hold up another peer's reads:
+# before the per-address share of the read budget, 64 stalled calls from one address (the
+# per-address stream cap) reserved a first message's worth each, filled the budget, and every
+# other stream's next read queued behind them until they went away (here: a minute).
+def test_stalled_streams_do_not_hold_up_other_peers_reads(make_server):
+    s = make_server("--max-memory-mb", "1024", "--first-frame-timeout", "60s")
+    attackers = []
+    for conn in range(2):  # 2 connections x 50 calls from 127.0.0.2, held open throughout
+        c = H2Client(s.port, source="127.0.0.2")
+        for k in range(50):
+            c.conn.send_headers(1 + 2 * k, grpc_headers())
+        c.flush()
+        attackers.append(c)
+    for c in attackers:
+        c.pump(0.5)
+    ok, why = honest_stream(s.target, frames=30, timeout=20)
+    for c in attackers:
+        c.pump(0.2)
+    open_calls = sum(1 for c in attackers for k in range(50) if c.trailers(1 + 2 * k) is None)
+    assert ok, f"an honest client was held up by another address's stalled calls: {why}"
+    # The attackers' admitted calls were open all along: the honest stream did not wait for them.
+    assert open_calls == 64, f"{open_calls} stalled calls open, expected the per-address cap (64)"
+    for c in attackers:
+        c.close()
+    assert s.stop() == 0
+
+
 # Item 6, defaults: streams that send a config and then nothing are ended by the idle timeout,
 # and the first-frame timeout is on by default (10 s) - checked from --help, not by waiting.
 def test_stall_timeouts_are_on_by_default(make_server):
