@@ -27,6 +27,7 @@ namespace framepipe {
 
 // Acquires `object` for TSan on entry and releases it on exit: for an object whose callbacks a
 // non-instrumented library orders (gRPC's reactions), every callback states that order.
+#ifdef FP_TSAN_ENABLED
 class TsanScope {
  public:
   explicit TsanScope(const void* object) : object_(const_cast<void*>(object)) {
@@ -39,6 +40,14 @@ class TsanScope {
  private:
   void* object_;
 };
+#else
+class TsanScope {  // nothing to announce without TSan (and no field for clang to call unused)
+ public:
+  explicit TsanScope(const void*) {}
+  TsanScope(const TsanScope&) = delete;
+  TsanScope& operator=(const TsanScope&) = delete;
+};
+#endif
 
 }  // namespace framepipe
 #endif
