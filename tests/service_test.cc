@@ -2,6 +2,9 @@
 // semantic of the contract in ARCHITECTURE.md: order, completeness, per-frame errors, protocol
 // errors, config rules, cancel, slow readers, DROP_OLDEST, deadlines, health, limits, drain.
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <random>
 #include <set>
@@ -473,6 +476,54 @@ TEST(ServiceTest, StreamLimitIsResourceExhausted) {
   EXPECT_TRUE(a.Finish().ok());
   EXPECT_TRUE(b.Finish().ok());
   EXPECT_EQ(GetStats(*server).streams_rejected(), 1u);
+}
+
+bool Ipv6LoopbackWorks() {
+  const int fd = socket(AF_INET6, SOCK_STREAM, 0);
+  if (fd < 0) return false;
+  sockaddr_in6 a{};
+  a.sin6_family = AF_INET6;
+  a.sin6_addr = in6addr_loopback;
+  const bool ok = bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0;
+  close(fd);
+  return ok;
+}
+
+// An IPv6 host is usually given a whole /64: counted address by address, one such client would
+// have 2^64 shares of every per-address limit. Through the front door and through gRPC's own
+// listener (which write peers differently), an IPv6 client is its --peer-ipv6-prefix.
+TEST(ServiceTest, Ipv6ClientsAreCountedByTheirPrefix) {
+  if (!Ipv6LoopbackWorks()) GTEST_SKIP() << "no IPv6 loopback (::1) on this machine";
+  for (const bool guard : {true, false}) {
+    for (const int prefix : {64, 128}) {
+      SCOPED_TRACE(std::string(guard ? "front door" : "gRPC's listener") + ", prefix /" +
+                   std::to_string(prefix));
+      ServerOptions o;
+      o.listen = "[::1]:0";
+      o.guard = guard;
+      o.peer_ipv6_prefix = prefix;
+      o.max_streams = 8;
+      o.max_streams_per_peer = 1;
+      auto server = StartTestServer(o);
+      ASSERT_TRUE(server);
+      Call a(Channel(*server, 0, "[::1]"));
+      pb::FrameResult r;
+      ASSERT_TRUE(a.Write(JpegFrame(1)));
+      ASSERT_TRUE(a.Read(&r));
+      Call b(Channel(*server, 0, "[::1]"));
+      b.Write(JpegFrame(1));
+      b.WritesDone();
+      EXPECT_TRUE(b.ReadAll().empty());
+      const grpc::Status st = b.Finish();
+      EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << st.error_message();
+      const std::string who = prefix == 64 ? "(::/64)" : "(::1)";
+      EXPECT_NE(st.error_message().find("this client address " + who), std::string::npos)
+          << st.error_message();
+      a.WritesDone();
+      EXPECT_EQ(a.ReadAll().size(), 0u);
+      EXPECT_TRUE(a.Finish().ok());
+    }
+  }
 }
 
 TEST(ServiceTest, OversizedMessageIsResourceExhausted) {

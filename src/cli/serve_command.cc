@@ -165,6 +165,12 @@ void AddConnectionLimitFlags(CLI::App* cmd, ServeArgs* a) {
   cmd->add_option("--max-connections-per-peer", o->max_connections_per_peer,
                   "Open connections from one client IP address")
       ->capture_default_str();
+  cmd->add_option("--peer-ipv6-prefix", o->peer_ipv6_prefix,
+                  "What one client address is for IPv6 clients in every per-address limit and "
+                  "log line: a prefix of this many bits (a host is usually given a whole /64; "
+                  "128 = each address on its own)")
+      ->check(CLI::Range(16, 128))
+      ->capture_default_str();
   cmd->add_option("--max-concurrent-streams", o->max_concurrent_streams,
                   "HTTP/2 streams one connection may have open (SETTINGS_MAX_CONCURRENT_STREAMS)")
       ->capture_default_str();

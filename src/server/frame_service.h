@@ -37,7 +37,8 @@ struct ServiceOptions {
   uint32_t max_stream_in_flight = 1024;  // largest max_in_flight a client may ask for
   uint32_t max_streams = 256;            // concurrent Process calls; beyond: RESOURCE_EXHAUSTED
   uint32_t max_streams_per_peer = 64;    // concurrent Process calls from one IP address
-  DecodeLimits limits;                   // for charging frames against the memory budget
+  int peer_ipv6_prefix = 64;  // IPv6 clients count as one address per prefix (see PeerHost)
+  DecodeLimits limits;        // for charging frames against the memory budget
   // A stream whose first frame has not arrived this long after the call started is ended
   // (DEADLINE_EXCEEDED); a StreamConfig alone does not count. 0 = off.
   std::chrono::milliseconds first_frame_timeout{10000};

@@ -455,7 +455,7 @@ void FrontDoor::Impl::AcceptReady(int lfd) {
       return;  // EAGAIN, or an error the next poll retries
     }
     const std::string peer = PeerString(ss);
-    const std::string host = PeerHost(peer);
+    const std::string host = PeerHost(peer, options.peer_ipv6_prefix);
     const TimePoint now = time->Now();
     if (auto why = Admit(host, now)) {
       Refuse(fd, peer, host, *why, RefusalDetail(*why));

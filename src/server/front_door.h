@@ -49,7 +49,8 @@ struct FrontDoorOptions {
   Http2Limits http2;
   uint32_t max_connections = 0;             // 0: from the file limit (see FrontDoor::Bind)
   uint32_t max_connections_per_peer = 256;  // open connections from one client address
-  double peer_connects_per_second = 200;    // new connections one address may open, sustained
+  int peer_ipv6_prefix = 64;  // IPv6 clients count as one address per prefix (see PeerHost)
+  double peer_connects_per_second = 200;  // new connections one address may open, sustained
   double peer_connect_burst = 1000;
   std::chrono::milliseconds handshake_timeout{10000};  // TLS + HTTP/2 preface and SETTINGS
   int io_threads = 1;

@@ -1,6 +1,10 @@
 #include "server/peer_log.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
 #include <algorithm>
+#include <cstring>
 
 #include "common/log.h"
 
@@ -93,7 +97,33 @@ void PeerLog::Flush(TimePoint now, bool force) {
   }
 }
 
-std::string PeerHost(const std::string& peer) {
+namespace {
+
+// "2001:db8:1:2:3:4:5:6" with `prefix` 64 -> "2001:db8:1:2::/64"; an IPv4-mapped address as
+// IPv4; text that is not an IPv6 address (a zone index, say) as it is.
+std::string Ipv6Key(const std::string& addr, int prefix) {
+  in6_addr a{};
+  if (inet_pton(AF_INET6, addr.c_str(), &a) != 1) return addr;
+  char text[INET6_ADDRSTRLEN] = {};
+  if (IN6_IS_ADDR_V4MAPPED(&a)) {
+    in_addr v4;
+    std::memcpy(&v4, a.s6_addr + 12, 4);
+    inet_ntop(AF_INET, &v4, text, sizeof(text));
+    return text;
+  }
+  prefix = std::clamp(prefix, 0, 128);
+  if (prefix == 128) return addr;
+  for (int i = 0; i < 16; ++i) {
+    const int keep = std::clamp(prefix - 8 * i, 0, 8);  // bits of this byte inside the prefix
+    a.s6_addr[i] &= static_cast<uint8_t>(0xff << (8 - keep));
+  }
+  inet_ntop(AF_INET6, &a, text, sizeof(text));
+  return std::string(text) + "/" + std::to_string(prefix);
+}
+
+}  // namespace
+
+std::string PeerHost(const std::string& peer, int ipv6_prefix) {
   std::string_view p = peer;
   if (p.rfind("ipv4:", 0) == 0) {
     p.remove_prefix(5);
@@ -101,11 +131,21 @@ std::string PeerHost(const std::string& peer) {
   }
   if (p.rfind("ipv6:", 0) == 0) {
     p.remove_prefix(5);
+    // "[::1]:5678" from the front door, "%5B::1%5D:5678" (URI-escaped) from gRPC's own listener.
+    std::string_view close;
     if (!p.empty() && p[0] == '[') {
-      const size_t end = p.find(']');
-      return std::string(p.substr(1, end == std::string_view::npos ? p.size() - 1 : end - 1));
+      p.remove_prefix(1);
+      close = "]";
+    } else if (p.size() >= 3 && (p.substr(0, 3) == "%5B" || p.substr(0, 3) == "%5b")) {
+      p.remove_prefix(3);
+      close = p.find("%5D") != std::string_view::npos ? "%5D" : "%5d";
     }
-    return std::string(p.substr(0, p.rfind(':')));
+    if (!close.empty()) {
+      p = p.substr(0, p.find(close));
+    } else {
+      p = p.substr(0, p.rfind(':'));
+    }
+    return Ipv6Key(std::string(p), ipv6_prefix);
   }
   return peer;
 }

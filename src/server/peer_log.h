@@ -61,7 +61,11 @@ class PeerLog {
   TimePoint last_flush_{};
 };
 
-// "ipv4:10.1.2.3:5678" -> "10.1.2.3", "ipv6:[::1]:5678" -> "::1"; anything else as it is.
-std::string PeerHost(const std::string& grpc_peer);
+// The client address every per-address limit and log line counts by: "ipv4:10.1.2.3:5678" ->
+// "10.1.2.3"; an IPv6 address masked to its first `ipv6_prefix` bits,
+// "ipv6:[2001:db8::7]:5678" -> "2001:db8::/64" (an IPv6 host is usually given a whole /64, so
+// counting single addresses would hand it 2^64 shares; 128: each address on its own, "::1");
+// an IPv4-mapped IPv6 address as IPv4; anything else as it is.
+std::string PeerHost(const std::string& grpc_peer, int ipv6_prefix);
 
 }  // namespace framepipe

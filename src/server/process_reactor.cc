@@ -37,7 +37,7 @@ ProcessReactor::ProcessReactor(FrameService* svc, grpc::CallbackServerContext* c
     : svc_(svc),
       ctx_(ctx),
       peer_(svc->options_.resolve_peer ? svc->options_.resolve_peer(ctx->peer()) : ctx->peer()),
-      peer_host_(PeerHost(peer_)),
+      peer_host_(PeerHost(peer_, svc->options_.peer_ipv6_prefix)),
       id_(absl::StrCat(peer_, "#", ++svc->stream_counter_)),
       expected_bytes_(svc->options_.first_read_bytes / 2) {}
 

@@ -155,6 +155,7 @@ absl::StatusOr<std::unique_ptr<FrontDoor>> Server::Impl::BindFrontDoor(const std
   fo.http2.max_tracked_streams = std::max<uint32_t>(2 * options.max_concurrent_streams, 64);
   fo.max_connections = options.max_connections;
   fo.max_connections_per_peer = options.max_connections_per_peer;
+  fo.peer_ipv6_prefix = options.peer_ipv6_prefix;
   fo.handshake_timeout = options.handshake_timeout;
   fo.io_threads = options.io_threads > 0
                       ? options.io_threads
@@ -265,6 +266,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   const int workers =
       options.workers > 0 ? options.workers : std::max(1u, std::thread::hardware_concurrency());
   FP_RETURN_IF_ERROR(ValidateServerSecurity(options.security));
+  if (options.peer_ipv6_prefix < 16 || options.peer_ipv6_prefix > 128) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("peer IPv6 prefix /", options.peer_ipv6_prefix, " is not in /16 to /128"));
+  }
   BackendOptions bo;
   bo.backend = options.backend;
   bo.device = options.device;
@@ -295,6 +300,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   svc.max_streams_per_peer = options.max_streams_per_peer > 0
                                  ? options.max_streams_per_peer
                                  : std::max<uint32_t>(1, options.max_streams / 4);
+  svc.peer_ipv6_prefix = options.peer_ipv6_prefix;
   svc.first_frame_timeout = options.first_frame_timeout;
   svc.idle_timeout = options.idle_timeout;
   svc.limits = options.limits;

@@ -43,6 +43,9 @@ struct ServerOptions {
   bool guard = true;
   uint32_t max_connections = 0;  // 0: from the file limit
   uint32_t max_connections_per_peer = 256;
+  // "One client address" for every per-address limit: an IPv4 address, or an IPv6 prefix of
+  // this many bits (a host is usually given a /64; 128 counts each IPv6 address alone).
+  int peer_ipv6_prefix = 64;
   uint32_t max_concurrent_streams = 100;  // HTTP/2 streams per connection (SETTINGS)
   uint32_t max_header_bytes = 16384;      // request metadata (gRPC's limit, decoded)
   Http2Limits http2;                      // the guard's limits (max_message_bytes is set from

@@ -26,7 +26,7 @@ namespace pb = ::framepipe::v1;
 inline std::unique_ptr<Server> StartTestServer(ServerOptions o) {
   PrimeProcessClocks();
   if (!std::getenv("FRAMEPIPE_TEST_LOGS")) SetLogEnabled(false);
-  o.listen = "127.0.0.1:0";
+  if (o.listen == ServerOptions{}.listen) o.listen = "127.0.0.1:0";  // else the test's own
   o.backend = "cpu";
   // Metrics off unless a test asks: the exposer takes ~2 s to shut down.
   if (o.metrics == "0.0.0.0:9464") o.metrics = "";
@@ -46,7 +46,8 @@ inline std::unique_ptr<Server> StartTestServer(ServerOptions o) {
 
 // `window_bytes` > 0 pins the client's HTTP/2 receive window (no BDP growth): a client that
 // stops reading then really stops accepting results once that much is buffered.
-inline std::shared_ptr<grpc::Channel> Channel(const Server& s, int window_bytes = 0) {
+inline std::shared_ptr<grpc::Channel> Channel(const Server& s, int window_bytes = 0,
+                                              const std::string& host = "127.0.0.1") {
   grpc::ChannelArguments args;
   if (window_bytes > 0) {
     args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
@@ -55,7 +56,7 @@ inline std::shared_ptr<grpc::Channel> Channel(const Server& s, int window_bytes 
   args.SetMaxReceiveMessageSize(64 << 20);
   args.SetMaxSendMessageSize(64 << 20);
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-  return grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(s.port()),
+  return grpc::CreateCustomChannel(host + ":" + std::to_string(s.port()),
                                    grpc::InsecureChannelCredentials(), args);
 }
 
