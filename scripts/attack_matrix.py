@@ -22,8 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "support"))
 sys.path.insert(0, str(ROOT / "tests" / "security"))
 
-from attack import (H2Client, Prober, config_msg, grpc_headers, grpc_message, gzip_bomb,  # noqa
-                    header_flood, health_check, honest_stream, png_of_zeros, raw_frame_msg)
+from attack import (H2Client, NonReader, Prober, config_msg, grpc_headers, grpc_message,  # noqa
+                    gzip_bomb, header_flood, health_check, honest_stream, png_of_zeros,
+                    raw_frame_msg)
 from framepipe_testing import FramepipeServer  # noqa: E402
 
 
@@ -183,6 +184,26 @@ def m_stalled(binary, extra):
     return out
 
 
+def m_non_reader(binary, extra):
+    s = start(binary, extra)
+
+    def in_flight():
+        text = urllib.request.urlopen(f"http://127.0.0.1:{s.metrics_port}/metrics",
+                                      timeout=5).read().decode()
+        return int(float(text.split("\nframepipe_in_flight ")[1].split()[0]))
+
+    a = NonReader(s.port, streams=4, frames=300)
+    a.push(5)
+    held = in_flight()
+    t0 = time.time()
+    ok, why = honest_stream(s.target, frames=10, timeout=10)
+    out = (f"non-reader holds {held} credits; honest client "
+           + (f"served in {time.time() - t0:.2f}s" if ok else f"STARVED: {why[:60]}"))
+    a.close()
+    s.close()
+    return out
+
+
 def m_slowloris(binary, extra):
     s = start(binary, extra)
     socks = []
@@ -259,6 +280,7 @@ MEASURES = {
     "4 header flood": m_header_flood,
     "5 EMFILE": m_emfile,
     "6 stalled streams": m_stalled,
+    "6 results never read": m_non_reader,
     "7 metrics slowloris": m_slowloris,
     "8 malformed message": m_malformed,
     "8 4 GiB prefix": m_huge_prefix,

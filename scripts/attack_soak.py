@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "support"))
 sys.path.insert(0, str(ROOT / "tests" / "security"))
 
-from attack import (H2Client, config_msg, grpc_headers, grpc_message, gzip_bomb,  # noqa: E402
-                    header_flood_frames, png_of_zeros, raw_frame_msg)
+from attack import (H2Client, NonReader, config_msg, grpc_headers, grpc_message,  # noqa: E402
+                    gzip_bomb, header_flood_frames, png_of_zeros, raw_frame_msg)
 from framepipe_testing import FramepipeServer, framepipe_binary  # noqa: E402
 
 
@@ -88,6 +88,13 @@ def attack_stalled_streams(port):
     c.flush()
     c.pump(3)
     c.close()
+
+
+def attack_non_reader(port):
+    """Four streams asking for a window of 300 whose results are never read."""
+    a = NonReader(port, streams=4, frames=300)
+    a.push(4)
+    a.close()
 
 
 def attack_gzip_bomb(port, bomb=[]):
@@ -179,6 +186,7 @@ def main():
         "rapid_reset": lambda: attack_rapid_reset(server.port),
         "header_flood": lambda: attack_header_flood(server.port),
         "stalled_streams": lambda: attack_stalled_streams(server.port),
+        "non_reader": lambda: attack_non_reader(server.port),
         "gzip_bomb": lambda: attack_gzip_bomb(server.port),
         "malformed": lambda: attack_malformed(server.port),
         "huge_prefix": lambda: attack_huge_prefix(server.port),

@@ -738,3 +738,173 @@ TEST(PipelineTest, BadOptionsAreRejected) {
 
 }  // namespace
 }  // namespace framepipe
+
+namespace framepipe {
+namespace {
+
+// Credit groups (the service: one per client address): streams of a group hold at most its
+// credits together; other streams are not affected; a group credit coming back wakes a waiting
+// stream of the group.
+TEST(CreditGroupTest, StreamsOfAGroupShareItsCreditsAndOnlyThey) {
+  FakeStages fakes;
+  fakes.max_delay_us = 0;
+  auto p = MakePipeline(fakes, 2, 64);
+  auto group = std::make_shared<CreditGroup>(3);
+  Sink a, b, c;
+  a.set_hold_credits(true);
+  b.set_hold_credits(true);
+  c.set_hold_credits(true);
+  StreamOptions oa = a.Options("a", 8), ob = b.Options("b", 8);
+  oa.credit_group = group;
+  ob.credit_group = group;
+  Counter b_wakes;
+  ob.on_credit = [&] { b_wakes.Add(); };
+  auto sa = std::move(p->OpenStream(oa)).value();
+  auto sb = std::move(p->OpenStream(ob)).value();
+  auto sc = std::move(p->OpenStream(c.Options("c", 8))).value();
+  for (int i = 0; i < 3; ++i) {
+    FrameInput f = MakeFrame(SeqOf(i));
+    ASSERT_EQ(sa->TryAdmit(f), AdmitOutcome::kAdmitted);
+  }
+  ASSERT_TRUE(a.WaitCount(3));
+  FrameInput fa = MakeFrame(SeqOf(3)), fb = MakeFrame(SeqOf(0));
+  EXPECT_EQ(sb->TryAdmit(fb), AdmitOutcome::kNoCredit) << "the group's credits are all a's";
+  EXPECT_EQ(fb.seq, SeqOf(0)) << "a refused frame is not consumed";
+  EXPECT_EQ(sa->TryAdmit(fa), AdmitOutcome::kNoCredit) << "a's window is 8, the group's 3";
+  for (int i = 0; i < 8; ++i) {
+    FrameInput f = MakeFrame(SeqOf(i));
+    ASSERT_EQ(sc->TryAdmit(f), AdmitOutcome::kAdmitted) << "c is in no group: its window rules";
+  }
+  EXPECT_EQ(group->held(), 3u);
+  EXPECT_EQ(b_wakes.value(), 0);
+  a.ReleaseHeld(1);  // a result of a was written: b, first to wait for the group, is woken
+  ASSERT_TRUE(b_wakes.WaitAtLeast(1));
+  EXPECT_EQ(sb->TryAdmit(fb), AdmitOutcome::kAdmitted);
+  ASSERT_TRUE(b.WaitCount(1));
+  EXPECT_EQ(group->held(), 3u);
+  EXPECT_EQ(group->peak_held(), 3u);
+  for (auto* s : {sa.get(), sb.get(), sc.get()}) s->Close();
+  ASSERT_TRUE(a.WaitComplete());
+  ASSERT_TRUE(b.WaitComplete());
+  ASSERT_TRUE(c.WaitComplete());
+  ExpectInOrder(a.got(), 3);
+  ExpectInOrder(b.got(), 1);
+  ExpectInOrder(c.got(), 8);
+  a.ReleaseHeld();
+  b.ReleaseHeld();
+  c.ReleaseHeld();
+  EXPECT_EQ(group->held(), 0u);
+  EXPECT_EQ(p->counters().in_flight, 0u);
+}
+
+// A cancelled stream's credits - undelivered frames' and inline-returned ones - go back to its
+// group, and the group's waiting stream is woken.
+TEST(CreditGroupTest, CancelGivesTheGroupItsCreditsBack) {
+  FakeStages fakes;
+  fakes.max_delay_us = 20000;
+  auto p = MakePipeline(fakes, 2, 64);
+  auto group = std::make_shared<CreditGroup>(4);
+  Sink a, b;
+  a.set_hold_credits(true);
+  StreamOptions oa = a.Options("a", 8), ob = b.Options("b", 8);
+  oa.credit_group = group;
+  ob.credit_group = group;
+  Counter b_wakes;
+  ob.on_credit = [&] { b_wakes.Add(); };
+  auto sa = std::move(p->OpenStream(oa)).value();
+  auto sb = std::move(p->OpenStream(ob)).value();
+  for (int i = 0; i < 4; ++i) {
+    FrameInput f = MakeFrame(SeqOf(i));
+    ASSERT_EQ(sa->TryAdmit(f), AdmitOutcome::kAdmitted);
+  }
+  FrameInput fb = MakeFrame(SeqOf(0));
+  EXPECT_EQ(sb->TryAdmit(fb), AdmitOutcome::kNoCredit);
+  sa->Cancel();  // some frames still in the stages, some maybe delivered and held by the sink
+  a.MarkCancelled();
+  a.ReleaseHeld();
+  EXPECT_EQ(group->held(), 0u);
+  ASSERT_TRUE(b_wakes.WaitAtLeast(1));
+  EXPECT_EQ(sb->TryAdmit(fb), AdmitOutcome::kAdmitted);
+  sb->Close();
+  ASSERT_TRUE(b.WaitComplete());
+  ExpectInOrder(b.got(), 1);
+  EXPECT_EQ(a.late_callbacks(), 0);
+  EXPECT_TRUE(p->Stop(std::chrono::seconds(10)));
+  EXPECT_EQ(group->held(), 0u);
+  EXPECT_EQ(p->counters().in_flight, 0u);
+}
+
+// Blocking producers of two groups and of no group, random stage delays, consumers that hold
+// each credit a random while: every stream's results exactly once and in order, no group ever
+// over its credits, and all of them back at the end.
+TEST(CreditGroupTest, BoundsHoldUnderConcurrentProducersAndSlowConsumers) {
+  FakeStages fakes;
+  fakes.seed = 17;
+  fakes.max_delay_us = 300;
+  auto p = MakePipeline(fakes, 3, 12);
+  constexpr int kStreams = 8, kFrames = 80;
+  std::shared_ptr<CreditGroup> groups[2] = {std::make_shared<CreditGroup>(3),
+                                            std::make_shared<CreditGroup>(2)};
+  std::vector<std::unique_ptr<Sink>> sinks;
+  std::vector<std::unique_ptr<Stream>> streams;
+  std::mutex held_mu;
+  std::vector<Credit> held;  // released by a consumer thread, in random order
+  std::atomic<bool> done{false};
+  for (int k = 0; k < kStreams; ++k) {
+    sinks.push_back(std::make_unique<Sink>());
+    StreamOptions o = sinks[k]->Options("s" + std::to_string(k), 4);
+    auto record = o.on_result;
+    o.on_result = [&, record](Delivery d) {
+      Credit c = std::move(d.credit);
+      record(std::move(d));
+      std::lock_guard<std::mutex> l(held_mu);
+      held.push_back(std::move(c));
+    };
+    if (k < 6) o.credit_group = groups[k % 2];
+    streams.push_back(std::move(p->OpenStream(o)).value());
+  }
+  std::thread consumer([&] {
+    std::mt19937 rng(5);
+    while (!done) {
+      Credit c;
+      {
+        std::lock_guard<std::mutex> l(held_mu);
+        if (!held.empty()) {
+          const size_t i = std::uniform_int_distribution<size_t>(0, held.size() - 1)(rng);
+          c = std::move(held[i]);
+          held.erase(held.begin() + static_cast<long>(i));
+        }
+      }
+      std::this_thread::sleep_for(std::chrono::microseconds(rng() % 400));
+    }  // each credit returns as `c` goes
+  });
+  std::vector<std::thread> producers;
+  for (int k = 0; k < kStreams; ++k) {
+    producers.emplace_back([&, k] {
+      for (int i = 0; i < kFrames; ++i) ASSERT_TRUE(streams[k]->Submit(MakeFrame(SeqOf(i))).ok());
+      streams[k]->Close();
+    });
+  }
+  for (auto& t : producers) t.join();
+  for (int k = 0; k < kStreams; ++k) {
+    ASSERT_TRUE(sinks[k]->WaitComplete());
+    ExpectInOrder(sinks[k]->got(), kFrames);
+  }
+  done = true;
+  consumer.join();
+  {
+    std::lock_guard<std::mutex> l(held_mu);
+    held.clear();
+  }
+  EXPECT_LE(groups[0]->peak_held(), 3u);
+  EXPECT_LE(groups[1]->peak_held(), 2u);
+  EXPECT_EQ(groups[0]->peak_held(), 3u) << "the group's credits were never all used";
+  EXPECT_EQ(groups[1]->peak_held(), 2u);
+  EXPECT_EQ(groups[0]->held(), 0u);
+  EXPECT_EQ(groups[1]->held(), 0u);
+  EXPECT_LE(p->counters().peak_in_flight, 12u);
+  EXPECT_EQ(p->counters().in_flight, 0u);
+}
+
+}  // namespace
+}  // namespace framepipe

@@ -249,57 +249,122 @@ TEST(ServiceTest, CancelMidStreamReturnsCreditsAndAFreshStreamWorks) {
   for (int i = 0; i < 10; ++i) EXPECT_EQ(got[i].seq(), static_cast<uint64_t>(i + 1));
 }
 
+// A client that sends raw 640x480 frames asking for thumbnails in its results (~6 KB each) and
+// reads none of them, against a client window of 16 KB: it stops accepting results after a
+// few, and the server then holds the stream's 4 credits and stops reading.
+class NonReadingCall {
+ public:
+  static constexpr int kFrames = 60;
+  explicit NonReadingCall(const Server& server) : call_(Channel(server, 16 * 1024)) {
+    pb::ProcessRequest cfg = ConfigMsg(4);
+    cfg.mutable_config()->set_include_thumbnail(true);
+    EXPECT_TRUE(call_.Write(cfg));
+    writer_ = std::thread([this] {
+      const std::string raw =
+          EncodeImage(SyntheticSource({640, 480, 30, 1}).Render(0), Encoding::kRaw).value();
+      for (int i = 1; i <= kFrames; ++i) {
+        pb::ProcessRequest req;
+        auto* f = req.mutable_frame();
+        f->set_seq(i);
+        auto* r = f->mutable_raw();
+        r->set_width(640), r->set_height(480), r->set_format(pb::PIXEL_FORMAT_BGR8);
+        r->set_data(raw);
+        if (!call_.Write(req)) break;
+        sent_ = i;
+      }
+      call_.WritesDone();
+    });
+  }
+  ~NonReadingCall() {
+    if (writer_.joinable()) writer_.join();
+  }
+  // In flight moves while results are written into the client's window; once that is full the
+  // server holds all 4 credits and stays there: the same frames_in twice, with in_flight 4.
+  bool WaitStuck(const Server& server) {
+    uint64_t stuck_at = 0;
+    return WaitForStats(server, [&](const pb::Stats& s) {
+      const bool again = s.in_flight() == 4 && s.frames_in() == stuck_at;
+      stuck_at = s.in_flight() == 4 ? s.frames_in() : 0;
+      return again;
+    });
+  }
+  int sent() const { return sent_; }
+  Call& call() { return call_; }
+  // Reads what the server sends until the call ends, and waits for the writer.
+  std::vector<pb::FrameResult> ReadAll() {
+    auto got = call_.ReadAll();
+    writer_.join();
+    return got;
+  }
+
+ private:
+  Call call_;
+  std::atomic<int> sent_{0};
+  std::thread writer_;
+};
+
 TEST(ServiceTest, SlowReaderIsBoundedByTheCreditWindow) {
   ServerOptions o;
   o.workers = 2;
   o.stream_window_bytes = 64 * 1024;
   auto server = StartTestServer(o);
   ASSERT_TRUE(server);
-  constexpr int kFrames = 60;
-  const std::string raw =
-      EncodeImage(SyntheticSource({640, 480, 30, 1}).Render(0), Encoding::kRaw).value();
-  // Results with thumbnails (~6 KB) against a client window of 16 KB: a client that does not
-  // read stops accepting results after a few; the server then holds 4 credits and stops reading.
-  Call call(Channel(*server, 16 * 1024));
-  pb::ProcessRequest cfg = ConfigMsg(4);
-  cfg.mutable_config()->set_include_thumbnail(true);
-  ASSERT_TRUE(call.Write(cfg));
-  std::atomic<int> sent{0};
-  std::thread writer([&] {
-    for (int i = 1; i <= kFrames; ++i) {
-      pb::ProcessRequest req;
-      auto* f = req.mutable_frame();
-      f->set_seq(i);
-      auto* r = f->mutable_raw();
-      r->set_width(640), r->set_height(480), r->set_format(pb::PIXEL_FORMAT_BGR8);
-      r->set_data(raw);
-      if (!call.Write(req)) break;
-      sent = i;
-    }
-    call.WritesDone();
-  });
-  // Nobody reads: the server fills its window of 4 and stops reading. In flight moves while
-  // results are written into the client's window; once that is full the server holds all 4
-  // credits and stays there: the same frames_in twice, with in_flight 4 both times.
-  uint64_t stuck_at = 0;
-  ASSERT_TRUE(WaitForStats(*server, [&](const pb::Stats& s) {
-    const bool again = s.in_flight() == 4 && s.frames_in() == stuck_at;
-    stuck_at = s.in_flight() == 4 ? s.frames_in() : 0;
-    return again;
-  }));
+  NonReadingCall reader(*server);
+  ASSERT_TRUE(reader.WaitStuck(*server));
   // The server is stuck and reads nothing more: an unbounded path (the server reading ahead, or
   // buffering without flow control) would have let the writer finish by now.
-  EXPECT_LT(sent.load(), kFrames) << "the writer should be held back by flow control";
+  EXPECT_LT(reader.sent(), NonReadingCall::kFrames) << "the writer should be held back";
   pb::Stats st = GetStats(*server);
   EXPECT_LE(st.peak_in_flight(), 4u);
-  EXPECT_LT(st.frames_in(), static_cast<uint64_t>(kFrames)) << "the server stopped reading";
+  EXPECT_LT(st.frames_in(), static_cast<uint64_t>(NonReadingCall::kFrames))
+      << "the server stopped reading";
   // Now read everything: all results, in order.
-  auto got = call.ReadAll();
-  writer.join();
-  EXPECT_TRUE(call.Finish().ok());
-  ASSERT_EQ(got.size(), static_cast<size_t>(kFrames));
-  for (int i = 0; i < kFrames; ++i) EXPECT_EQ(got[i].seq(), static_cast<uint64_t>(i + 1));
+  auto got = reader.ReadAll();
+  EXPECT_TRUE(reader.call().Finish().ok());
+  ASSERT_EQ(got.size(), static_cast<size_t>(NonReadingCall::kFrames));
+  for (int i = 0; i < NonReadingCall::kFrames; ++i) {
+    EXPECT_EQ(got[i].seq(), static_cast<uint64_t>(i + 1));
+  }
   EXPECT_LE(GetStats(*server).peak_in_flight(), 4u);
+}
+
+// ...but not for ever: once its client has accepted no result for --write-timeout, the call is
+// cancelled and its credits come back (a reader slower than that is not cut: each write that
+// completes starts the timeout again).
+TEST(ServiceTest, AReaderThatStopsIsCancelledAtTheWriteTimeout) {
+  FakeClock clock;
+  ServerOptions o;
+  o.time = &clock;
+  o.workers = 2;
+  o.stream_window_bytes = 64 * 1024;
+  o.write_timeout = std::chrono::seconds(30);
+  o.idle_timeout = std::chrono::seconds(0);
+  auto server = StartTestServer(o);
+  ASSERT_TRUE(server);
+  NonReadingCall reader(*server);
+  ASSERT_TRUE(reader.WaitStuck(*server));
+  clock.Advance(std::chrono::seconds(29));
+  ASSERT_TRUE(reader.WaitStuck(*server)) << "cancelled before the write timeout";
+  // On a slow machine (a sanitizer) the last writes may still have been completing when the
+  // stream looked stuck, each starting the timeout again: move time on until the write the
+  // client's window holds has waited a whole timeout.
+  bool cancelled = false;
+  for (int step = 0; step < 30 && !cancelled; ++step) {
+    clock.Advance(std::chrono::seconds(31));
+    cancelled = WaitForStats(
+        *server, [](const pb::Stats& s) { return s.in_flight() == 0 && s.active_streams() == 0; },
+        std::chrono::seconds(2));
+  }
+  EXPECT_TRUE(cancelled) << "the stream was not cancelled, its credits did not come back";
+  auto got = reader.ReadAll();  // what the client window held before the cancel
+  EXPECT_LT(got.size(), static_cast<size_t>(NonReadingCall::kFrames));
+  for (size_t i = 0; i < got.size(); ++i) EXPECT_EQ(got[i].seq(), i + 1);
+  EXPECT_EQ(reader.call().Finish().error_code(), grpc::StatusCode::CANCELLED);
+  auto honest = Call(Channel(*server));
+  ASSERT_TRUE(honest.Write(JpegFrame(1)));
+  honest.WritesDone();
+  EXPECT_EQ(honest.ReadAll().size(), 1u);
+  EXPECT_TRUE(honest.Finish().ok());
 }
 
 TEST(ServiceTest, DropOldestAnswersEverySeqInOrder) {

@@ -97,7 +97,8 @@ void AddPipelineFlags(CLI::App* cmd, ServeArgs* a) {
       ->capture_default_str();
   cmd->add_option("--global-max-in-flight", o->global_max_in_flight,
                   "Frames in flight across all streams; when reached, streams stop reading "
-                  "(flow control pushes back to the clients)")
+                  "(flow control pushes back to the clients). One client address's streams hold "
+                  "at most --max-streams-per-peer / --max-streams of it")
       ->capture_default_str();
   cmd->add_option("--max-memory-mb", a->memory,
                   "Memory budget for the whole process' growth under load: 5/8 for frames in "
@@ -131,6 +132,9 @@ void AddStreamLimitFlags(CLI::App* cmd, ServerOptions* o) {
   AddDurationFlag(cmd, "--idle-timeout", &o->idle_timeout, "60s",
                   "End streams that send nothing for this long while the server waits for "
                   "their next message (DEADLINE_EXCEEDED; 0 = never)");
+  AddDurationFlag(cmd, "--write-timeout", &o->write_timeout, "60s",
+                  "Cancel streams whose client has accepted no result for this long (it stopped "
+                  "reading: its frames' results wait, holding their credits; 0 = never)");
   AddDurationFlag(cmd, "--first-frame-timeout", &o->first_frame_timeout, "10s",
                   "End calls whose first frame has not arrived this long after they started "
                   "(a StreamConfig alone does not count; 0 = never)");

@@ -16,6 +16,7 @@
 #include "absl/status/status.h"
 #include "common/frame.h"
 #include "pipeline/credit.h"
+#include "pipeline/credit_group.h"
 
 namespace framepipe {
 
@@ -38,6 +39,8 @@ struct StreamOptions {
   uint32_t max_in_flight = 8;  // >= 1
   OverloadPolicy overload = OverloadPolicy::kBlock;
   std::chrono::milliseconds frame_timeout{0};  // 0 = no per-frame deadline
+  // Shared with other streams: together they hold at most its credits (null: no such limit).
+  std::shared_ptr<CreditGroup> credit_group;
   // Receives each result in frame order. Runs on a pipeline thread (worker, deadline timer, or
   // the producer's thread for DROPPED frames), one call at a time per stream; must not block.
   std::function<void(Delivery)> on_result;

@@ -19,7 +19,17 @@ const char* StreamRefusalLabel(StreamRefusal r) {
 }
 
 const char* StreamExpiryLabel(StreamExpiry e) {
-  return e == StreamExpiry::kFirstFrame ? "first_frame" : "idle";
+  switch (e) {
+    case StreamExpiry::kFirstFrame:
+      return "first_frame";
+    case StreamExpiry::kIdle:
+      return "idle";
+    case StreamExpiry::kWrite:
+      return "write";
+    case StreamExpiry::kCount:
+      break;
+  }
+  return "unknown";
 }
 
 std::string FrameService::MakeInstanceId() {
@@ -32,6 +42,12 @@ std::string FrameService::MakeInstanceId() {
 uint64_t PeerReadShare(const ServiceOptions& o) {
   if (o.max_streams_per_peer == 0 || o.max_streams_per_peer >= o.max_streams) return 0;
   return o.read_budget_bytes / o.max_streams * o.max_streams_per_peer;
+}
+
+uint32_t PeerInFlightShare(uint32_t global_max_in_flight, const ServiceOptions& o) {
+  if (o.max_streams_per_peer == 0 || o.max_streams_per_peer >= o.max_streams) return 0;
+  return static_cast<uint32_t>(std::max<uint64_t>(
+      1, uint64_t{global_max_in_flight} * o.max_streams_per_peer / o.max_streams));
 }
 
 FrameService::FrameService(Pipeline* pipeline, ServiceOptions options, ServiceObserver* observer)
@@ -82,7 +98,8 @@ std::optional<StreamRefusal> FrameService::Register(ProcessReactor* r, std::stri
                             " concurrent streams (--max-streams); retry later or elsewhere");
     return StreamRefusal::kMaxStreams;
   }
-  uint32_t& mine = streams_by_peer_[r->peer_host()];
+  PeerStreams& peer = streams_by_peer_[r->peer_host()];
+  uint32_t& mine = peer.streams;
   if (options_.max_streams_per_peer > 0 && mine >= options_.max_streams_per_peer) {
     if (mine == 0) streams_by_peer_.erase(r->peer_host());
     *why_not = absl::StrCat("this client address (", r->peer_host(), ") has ",
@@ -92,6 +109,10 @@ std::optional<StreamRefusal> FrameService::Register(ProcessReactor* r, std::stri
     return StreamRefusal::kPeerLimit;
   }
   ++mine;
+  if (options_.max_in_flight_per_peer > 0 && !peer.credits) {
+    peer.credits = std::make_shared<CreditGroup>(options_.max_in_flight_per_peer);
+  }
+  r->credit_group = peer.credits;
   r->registered = true;
   reactors_.insert(r);
   return std::nullopt;
@@ -104,7 +125,7 @@ void FrameService::Unregister(ProcessReactor* r) {
     if (r->registered) {
       reactors_.erase(r);
       auto it = streams_by_peer_.find(r->peer_host());
-      if (it != streams_by_peer_.end() && --it->second == 0) streams_by_peer_.erase(it);
+      if (it != streams_by_peer_.end() && --it->second.streams == 0) streams_by_peer_.erase(it);
     }
     r->done = true;
     del = r->holds == 0;

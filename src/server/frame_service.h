@@ -48,6 +48,14 @@ struct ServiceOptions {
   // at most max_streams_per_peer / max_streams of it (see ReadBudget).
   uint64_t read_budget_bytes = 0;
   uint64_t first_read_bytes = 1 << 20;  // what a stream's first message is assumed to need
+  // Frames in flight (admitted, result not yet written) that the streams of one address may
+  // hold together: a client that stops reading its results keeps their credits, and must not
+  // keep the pipeline's whole --global-max-in-flight. 0 = no such limit.
+  uint32_t max_in_flight_per_peer = 0;
+  // A stream whose result write has not completed for this long is cancelled: its client no
+  // longer reads (HTTP/2 flow control holds the write), and it would keep its credits and its
+  // slot for ever. 0 = never.
+  std::chrono::milliseconds write_timeout{60000};
   // Bearer tokens a call must present ("authorization: Bearer <token>"); empty = no check.
   // Checked here when TLS ends in the server's own front door (gRPC then sees plaintext and
   // cannot run its auth processor).
@@ -69,6 +77,8 @@ class ProcessReactor;
 // The read budget one client address may hold: max_streams_per_peer / max_streams of it (0: no
 // share, when there is no per-address stream cap).
 uint64_t PeerReadShare(const ServiceOptions& o);
+// The same fraction of the pipeline's global in-flight limit (0: no share).
+uint32_t PeerInFlightShare(uint32_t global_max_in_flight, const ServiceOptions& o);
 
 class FrameService final
     : public v1::FramePipeline::WithRawCallbackMethod_Process<
@@ -133,7 +143,11 @@ class FrameService final
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::set<ProcessReactor*> reactors_;
-  std::map<std::string, uint32_t> streams_by_peer_;
+  struct PeerStreams {
+    uint32_t streams = 0;
+    std::shared_ptr<CreditGroup> credits;  // the address's share of the in-flight limit
+  };
+  std::map<std::string, PeerStreams> streams_by_peer_;
   ReadBudget read_budget_;
   bool watchdog_exit_ = false;
   std::thread watchdog_;

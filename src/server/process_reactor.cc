@@ -114,6 +114,31 @@ void ProcessReactor::CheckTimeouts(TimePoint now) {
   std::optional<StreamExpiry> expiry;
   {
     std::lock_guard<std::mutex> l(mu_);
+    // A result its client has not accepted for the write timeout: HTTP/2 flow control holds the
+    // write because the client reads nothing, and the stream's frames keep their credits.
+    if ((phase_ == Phase::kOpen || phase_ == Phase::kClosing) && write_in_flight_ && !cancelling_ &&
+        so.write_timeout.count() > 0 && now - write_started_ >= so.write_timeout) {
+      write_expired_ = absl::DeadlineExceededError(absl::StrCat(
+          "the client accepted no result for ", so.write_timeout.count(),
+          " ms: the server cancels streams whose results are not read (--write-timeout)"));
+      cancelling_ = true;  // keeps the call unfinished (its context alive) while we cancel it
+      expiry = StreamExpiry::kWrite;
+    }
+  }
+  if (expiry) {
+    if (svc_->observer_) svc_->observer_->OnStreamExpired(*expiry);
+    // RST_STREAM to the client; gRPC then fails the write (OnWriteDone) and calls OnCancel,
+    // which discard the results and cancel the pipeline stream: every credit comes back.
+    ctx_->TryCancel();
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      cancelling_ = false;
+    }
+    MaybeFinish();
+    return;
+  }
+  {
+    std::lock_guard<std::mutex> l(mu_);
     // Only a stream the server is waiting on: a read in flight, nothing held back by the server.
     if (phase_ != Phase::kOpen || !read_in_flight_) return;
     if (!got_frame_ && so.first_frame_timeout.count() > 0 &&
@@ -179,12 +204,12 @@ void ProcessReactor::MaybeFinish() {
   {
     std::lock_guard<std::mutex> l(mu_);
     if (phase_ == Phase::kOpen || phase_ == Phase::kFinished) return;
-    if (write_in_flight_ || producer_busy_ || read_starting_) return;
+    if (write_in_flight_ || producer_busy_ || read_starting_ || cancelling_) return;
     if (phase_ == Phase::kClosing) {
       if (pending_ || !queue_.empty() || (stream_ && !stream_complete_)) return;
       final_ = FinalStatusLocked();
     } else {
-      final_ = absl::CancelledError("the client went away");
+      final_ = write_expired_.ok() ? absl::CancelledError("the client went away") : write_expired_;
     }
     phase_ = Phase::kFinished;
     status = ToGrpc(final_);

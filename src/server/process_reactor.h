@@ -79,6 +79,8 @@ class ProcessReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
   int holds = 0;
   bool done = false;
   bool registered = false;
+  // Set by Register, before the stream opens: the address's share of the in-flight limit.
+  std::shared_ptr<CreditGroup> credit_group;
 
  private:
   struct Outgoing {
@@ -132,8 +134,11 @@ class ProcessReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
   bool read_starting_ = false;    // StartRead is being called outside the lock
   bool awaiting_budget_ = false;  // queued for read budget
   bool write_in_flight_ = false;
-  bool producer_busy_ = false;            // a thread is inside stream_->TryAdmit or stream_->Close
-  bool retry_admit_ = false;              // a credit came back while the producer was busy
+  TimePoint write_started_{};   // when the write in flight started (the service's clock)
+  bool cancelling_ = false;     // the watchdog is cancelling the call: nothing may finish it
+  absl::Status write_expired_;  // set when the write timeout cancelled the call
+  bool producer_busy_ = false;  // a thread is inside stream_->TryAdmit or stream_->Close
+  bool retry_admit_ = false;    // a credit came back while the producer was busy
   std::optional<PendingFrame> pending_;   // read, waiting for a credit (reads pause meanwhile)
   std::unique_ptr<StreamHandle> stream_;  // a pipeline Stream, or a VideoStream in front of one
   bool stream_closed_ = false;

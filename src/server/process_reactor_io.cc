@@ -226,6 +226,7 @@ absl::Status ProcessReactor::OpenStream(const v1::StreamConfig* config) {
   if (config) {
     FP_RETURN_IF_ERROR(ApplyStreamConfig(*config, so.max_stream_in_flight, &o, &thumbnail, &video));
   }
+  o.credit_group = credit_group;
   o.on_result = [this](Delivery d) { OnResult(std::move(d)); };
   o.on_credit = [this] { AdmitPending(); };
   o.on_complete = [this] { OnComplete(); };
@@ -351,6 +352,7 @@ void ProcessReactor::OnResult(Delivery d) {
       current_ = std::move(queue_.front());
       queue_.pop_front();
       write_in_flight_ = true;
+      write_started_ = svc_->time_->Now();
       start = true;
     }
   }
@@ -397,6 +399,7 @@ void ProcessReactor::OnWriteDone(bool ok) {
     if (ok && !queue_.empty()) {
       current_ = std::move(queue_.front());
       queue_.pop_front();
+      write_started_ = svc_->time_->Now();
       start = true;
     } else {
       write_in_flight_ = false;

@@ -303,6 +303,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   svc.peer_ipv6_prefix = options.peer_ipv6_prefix;
   svc.first_frame_timeout = options.first_frame_timeout;
   svc.idle_timeout = options.idle_timeout;
+  svc.write_timeout = options.write_timeout;
+  // One address's streams hold at most the same fraction of the global in-flight limit as of
+  // the streams (a quarter by default): a client that stops reading its results keeps its
+  // frames' credits, but never the credits every other client needs.
+  svc.max_in_flight_per_peer = PeerInFlightShare(options.global_max_in_flight, svc);
   svc.limits = options.limits;
   svc.read_budget_bytes = memory / 4;
   // A call's first message is assumed to need a quarter of its address's share of the read

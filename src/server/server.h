@@ -57,6 +57,8 @@ struct ServerOptions {
   uint32_t max_streams_per_peer = 0;      // streams from one IP address; 0 = max_streams / 4
   std::chrono::milliseconds first_frame_timeout{10000};  // a call with no frame by then ends
   std::chrono::milliseconds idle_timeout{60000};         // a stream silent this long ends (0=off)
+  // A stream whose client accepts no result this long is cancelled (0 = off).
+  std::chrono::milliseconds write_timeout{60000};
   bool intra_frame_parallel = true;
   DecodeLimits limits;
   // Where video streams decode: "auto" (NVDEC when the CUDA backend is active and FFmpeg can open

@@ -14,8 +14,10 @@ enum class StreamRefusal { kMaxStreams, kPeerLimit, kDraining, kUnauthenticated,
 const char* StreamRefusalLabel(StreamRefusal r);  // "max_streams", "peer_limit", ...
 
 // Why the server ended a stream that had stopped sending.
-enum class StreamExpiry { kFirstFrame, kIdle, kCount };
-const char* StreamExpiryLabel(StreamExpiry e);  // "first_frame", "idle"
+// Why the server ended a stream on a timer: no first frame, no message (idle), or a result
+// write its client did not accept in time (write).
+enum class StreamExpiry { kFirstFrame, kIdle, kWrite, kCount };
+const char* StreamExpiryLabel(StreamExpiry e);  // "first_frame", "idle", "write"
 
 // Also the video decoders' hooks (VideoObserver: decode time, pictures, errors per codec).
 class ServiceObserver : public VideoObserver {

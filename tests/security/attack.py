@@ -177,6 +177,44 @@ class H2Client:
             pass
 
 
+class NonReader:
+    """A client that stops reading its results: it tells the server its HTTP/2 receive window
+    is 0 (SETTINGS_INITIAL_WINDOW_SIZE) and never opens it, so no result can be written, and
+    sends frames on `streams` calls, each asking for a window of `frames`."""
+
+    def __init__(self, port: int, streams: int, frames: int, source: str = "127.0.0.2"):
+        import h2.settings
+        self.client = H2Client(port, source=source)
+        self.client.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+        self.client.flush()
+        self.streams = [1 + 2 * k for k in range(streams)]
+        self.unsent = {}
+        for sid in self.streams:
+            self.client.conn.send_headers(sid, grpc_headers())
+            self.unsent[sid] = grpc_message(config_msg(max_in_flight=frames)) + b"".join(
+                grpc_message(raw_frame_msg(i + 1)) for i in range(frames))
+
+    def push(self, seconds: float, until: Optional[Callable[[], bool]] = None) -> None:
+        """Sends frames as the server's flow control lets them in, for `seconds` or until
+        `until()`."""
+        end = time.time() + seconds
+        while time.time() < end and self.unsent and not self.client.closed and \
+                not (until and until()):
+            for sid in list(self.unsent):
+                n = self.client.send_data(sid, self.unsent[sid])
+                self.unsent[sid] = self.unsent[sid][n:]
+                if not self.unsent[sid]:
+                    del self.unsent[sid]
+            self.client.pump(0.05)
+
+    def resets(self) -> List[int]:
+        """The streams the server reset."""
+        return [e.stream_id for e in self.client.events if isinstance(e, h2.events.StreamReset)]
+
+    def close(self) -> None:
+        self.client.close()
+
+
 def header_flood_frames(stream_id: int, total_bytes: int, frame_bytes: int = 16384) -> bytes:
     """A HEADERS frame and CONTINUATION frames carrying one header block of `total_bytes`: a valid
     HPACK encoding (hpack's encoder, no Huffman) of a request whose last header is huge."""

@@ -7,8 +7,8 @@ import threading
 import time
 
 
-from attack import (H2Client, config_msg, grpc_headers, grpc_message, honest_stream,
-                    raw_frame_msg)
+from attack import (H2Client, NonReader, config_msg, grpc_headers, grpc_message,
+                    honest_stream, raw_frame_msg)
 from framepipe.v1 import framepipe_pb2 as pb
 
 
@@ -200,4 +200,54 @@ def test_length_prefix_of_4_gib_is_refused_at_the_prefix(make_server):
     assert grew < 64, f"the server took {grew:.0f} MiB for a message it was going to refuse"
     ok, why = honest_stream(s.target)
     assert ok, why
+    assert s.stop() == 0
+
+
+def metric(server, name: str) -> float:
+    import urllib.request
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics",
+                                  timeout=5).read().decode()
+    m = re.search(r"^" + re.escape(name) + r" (\S+)$", text, re.M)
+    assert m, f"{name} not in /metrics"
+    return float(m.group(1))
+
+
+# A client that stops reading its results (its HTTP/2 receive window stays 0): a frame's credit
+# comes back only when its result is written, so its frames keep theirs. Before, one address's
+# streams, each asking for a window of 300, took the whole --global-max-in-flight (256) and
+# every other client waited for ever (DEADLINE_EXCEEDED). One address's streams now hold at
+# most its share of the credits: --max-streams-per-peer / --max-streams of them, 64.
+def test_a_client_that_stops_reading_does_not_starve_others(make_server):
+    s = make_server()
+    attacker = NonReader(s.port, streams=4, frames=300)
+    attacker.push(8.0, until=lambda: metric(s, "framepipe_in_flight") >= 64)
+    attacker.push(1.0)  # and keeps trying
+    held = metric(s, "framepipe_in_flight")
+    ok, why = honest_stream(s.target, frames=10, timeout=10)
+    assert ok, f"a client that reads nothing starved everyone else: {why}"
+    assert held == 64, f"one address held {held} of the 256 credits, its share is 64"
+    assert not attacker.resets(), "cancelled before --write-timeout (60 s)"
+    attacker.close()
+    assert s.stop() == 0
+
+
+# ...and it does not keep them for ever: a stream whose client has accepted no result for
+# --write-timeout is cancelled (RST_STREAM), its results discarded, its credits back.
+def test_a_stream_whose_results_are_not_read_is_cancelled(make_server):
+    s = make_server("--write-timeout", "2s")
+    attacker = NonReader(s.port, streams=1, frames=20)
+    attacker.push(3.0)
+    assert metric(s, "framepipe_in_flight") == 20
+    attacker.client.pump(6.0, until=lambda: bool(attacker.resets()))
+    assert attacker.resets() == [1], "the stream whose results were never read was not cancelled"
+    deadline = time.time() + 5
+    while time.time() < deadline and metric(s, "framepipe_in_flight") > 0:
+        time.sleep(0.05)
+    assert metric(s, "framepipe_in_flight") == 0, "the cancelled stream's credits did not return"
+    assert metric(s, 'framepipe_streams_expired_total{reason="write"}') == 1
+    assert re.search(r"status=DEADLINE_EXCEEDED .*results_discarded=20 .*--write-timeout",
+                     s.text()), s.text()[-2000:]
+    ok, why = honest_stream(s.target)
+    assert ok, why
+    attacker.close()
     assert s.stop() == 0

@@ -97,6 +97,8 @@ AdmitOutcome StreamState::TryAdmit(FrameInput& frame, uint64_t cost_bytes, uint6
   uint64_t bytes_freed = 0;
   bool dropped = false;
   bool undo_global = false;
+  bool undo_group = false;
+  CreditGroup* const group = options_.credit_group.get();
 
   std::unique_lock<std::mutex> lock(mu_);
   if (closed_) return AdmitOutcome::kClosed;
@@ -104,15 +106,24 @@ AdmitOutcome StreamState::TryAdmit(FrameInput& frame, uint64_t cost_bytes, uint6
   const bool need_drop = room && payload_used_ >= max;
   if (need_drop && !drop_policy) room = false;
   last_refusal_global_ = false;
+  // The group's credit first, then the global one; either refusal is a shared limit's (the
+  // stream is woken when one comes back), and a credit taken for a frame that is not admitted
+  // after all goes back once this stream's lock is released (a release wakes other streams).
+  if (room && group && !group->TryAcquire(this)) {
+    room = false;
+    last_refusal_global_ = true;
+  }
   if (room && !core_->TryAcquireGlobal(cost_bytes, this)) {
     room = false;
     last_refusal_global_ = true;
+    undo_group = group != nullptr;
   }
   if (room && need_drop) {
     dropped = DropOldestQueuedLocked(&bytes_freed);
     if (!dropped) {
       room = false;
       undo_global = true;  // every queued frame was started meanwhile
+      undo_group = group != nullptr;
     }
   }
   if (!room) {
@@ -120,6 +131,7 @@ AdmitOutcome StreamState::TryAdmit(FrameInput& frame, uint64_t cost_bytes, uint6
     if (generation) *generation = generation_;
     lock.unlock();
     if (undo_global) core_->ReleaseGlobal(1, cost_bytes);
+    if (undo_group) group->Release(1);
     return AdmitOutcome::kNoCredit;
   }
 
@@ -346,6 +358,7 @@ void StreamState::DrainLocked(std::unique_lock<std::mutex>& lock) {
         d.credit.Take();
         if (obs) obs->OnCreditReturned();
         core_->ReleaseGlobal(1, 0);
+        if (options_.credit_group) options_.credit_group->Release(1);
         release_inline = true;
       }
       if (call_credit) RunCallback("on_credit", options_.id, [&] { options_.on_credit(); });
@@ -421,6 +434,7 @@ void StreamState::Cancel() {
     }
   }
   if (credits > 0 || bytes > 0) core_->ReleaseGlobal(credits, bytes);
+  if (credits > 0 && options_.credit_group) options_.credit_group->Release(credits);
   core_->NotifyStreamProgress();
 }
 
@@ -428,6 +442,7 @@ void StreamState::ReleaseCredit() {
   // Global first: the pipeline-wide count never exceeds the sum of the streams' counts.
   if (auto* obs = core_->observer()) obs->OnCreditReturned();
   core_->ReleaseGlobal(1, 0);
+  if (options_.credit_group) options_.credit_group->Release(1);
   std::unique_lock<std::mutex> lock(mu_);
   ReturnCreditLocked(lock);
 }
@@ -481,3 +496,52 @@ StreamCounters StreamState::counters() const {
 }
 
 }  // namespace framepipe::internal
+
+namespace framepipe {
+
+uint32_t CreditGroup::held() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return held_;
+}
+
+uint32_t CreditGroup::peak_held() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return peak_;
+}
+
+bool CreditGroup::TryAcquire(internal::StreamState* stream) {
+  std::lock_guard<std::mutex> l(mu_);
+  if (held_ < max_) {
+    peak_ = std::max(peak_, ++held_);
+    return true;
+  }
+  if (!stream->in_group_waiters) {
+    stream->in_group_waiters = true;
+    waiters_.push_back(stream->weak_from_this());
+  }
+  return false;
+}
+
+void CreditGroup::Release(uint32_t n) {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    held_ -= std::min(held_, n);
+  }
+  // As many wake-ups as credits came back; a woken stream that no longer waits passes its
+  // wake-up on to the next.
+  while (n > 0) {
+    std::shared_ptr<internal::StreamState> s;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      while (!s && !waiters_.empty()) {
+        s = waiters_.front().lock();
+        waiters_.pop_front();
+        if (s) s->in_group_waiters = false;
+      }
+    }
+    if (!s) return;
+    if (s->NotifyCredit()) --n;
+  }
+}
+
+}  // namespace framepipe

@@ -54,6 +54,8 @@ class StreamState : public std::enable_shared_from_this<StreamState> {
 
   // Guarded by Core's global mutex, not mu_.
   bool in_global_waiters = false;
+  // Guarded by the credit group's mutex, not mu_.
+  bool in_group_waiters = false;
 
  private:
   struct Slot {
