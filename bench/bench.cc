@@ -405,16 +405,21 @@ void EndToEnd(Ctx& c) {
   (*server)->Shutdown();
 }
 
-// What the hostile-client limits cost honest clients: the same workload against two servers in
-// this process, side by side in interleaved rounds - the default (front door relaying through
-// the HTTP/2 guard, every limit on) and gRPC's own listener (--guard off).
+// What the hostile-client limits cost honest clients: the same workload against three servers
+// in this process, side by side in interleaved rounds - the default (front door relaying through
+// the HTTP/2 guard, every limit on), gRPC's own listener (--guard off, the service's limits
+// still on) and gRPC's listener with the service's per-address shares and timeouts off too.
 void LimitsCost(Ctx& c) {
   const std::string sec = "Hostile-client limits: front door on vs off (same process, paired)";
-  std::unique_ptr<Server> servers[2];
-  for (int i = 0; i < 2; ++i) {
+  std::unique_ptr<Server> servers[3];
+  for (int i = 0; i < 3; ++i) {
     ServerOptions so = LoopbackServerOptions(c);
     so.guard = i == 0;
     so.max_receive_message_bytes = 64u << 20;
+    if (i == 2) {
+      so.max_streams_per_peer = so.max_streams;  // no per-address stream, read or credit share
+      so.first_frame_timeout = so.idle_timeout = so.write_timeout = std::chrono::seconds(0);
+    }
     auto s = Server::Start(so);
     if (!s.ok()) {
       std::fprintf(stderr, "bench: %s\n", std::string(s.status().message()).c_str());
@@ -435,12 +440,16 @@ void LimitsCost(Ctx& c) {
            frames_through_door += 4 * n;
            return MustRun(ClientFor(servers[0]->port(), set, 4, n)).frames_per_second;
          },
-         [&] { return MustRun(ClientFor(servers[1]->port(), set, 4, n)).frames_per_second; }});
+         [&] { return MustRun(ClientFor(servers[1]->port(), set, 4, n)).frames_per_second; },
+         [&] { return MustRun(ClientFor(servers[2]->port(), set, 4, n)).frames_per_second; }});
     const FrontDoorCounters after = servers[0]->front_door_counters();
     const std::string what = absl::StrCat(set.name, ", 4 streams");
     c.report.Add(sec, what + ": front door (default)", m.Median(0), "frames/s");
     c.report.Add(sec, what + ": gRPC's listener (--guard off)", m.Median(1), "frames/s");
     c.report.Add(sec, what + ": on/off", m.Ratio(0, 1), "x");
+    c.report.Add(sec, what + ": gRPC's listener, per-address shares and timeouts off too",
+                 m.Median(2), "frames/s");
+    c.report.Add(sec, what + ": service limits on/off (both --guard off)", m.Ratio(1, 2), "x");
     // What the hop costs, measured directly (steadier than the throughput ratio on a shared VM).
     const double relay_ms = static_cast<double>(after.relay_cpu_ns - before.relay_cpu_ns) / 1e6;
     c.report.Add(sec, what + ": relay CPU per frame",
@@ -452,6 +461,9 @@ void LimitsCost(Ctx& c) {
     c.report.AddTarget(
         {absl::StrCat("hostile-client limits cost <= 2% (front door on / off, ", set.name, ")"),
          m.Ratio(0, 1), 0.98, false, m.Versus(0, 1)});
+    c.report.AddTarget({absl::StrCat("service limits cost <= 2% (shares and timeouts on / off, ",
+                                     set.name, ")"),
+                        m.Ratio(1, 2), 0.98, false, m.Versus(1, 2)});
   }
   for (auto& s : servers) s->Shutdown();
 }

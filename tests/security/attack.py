@@ -201,7 +201,10 @@ class NonReader:
         while time.time() < end and self.unsent and not self.client.closed and \
                 not (until and until()):
             for sid in list(self.unsent):
-                n = self.client.send_data(sid, self.unsent[sid])
+                try:
+                    n = self.client.send_data(sid, self.unsent[sid])
+                except h2.exceptions.StreamClosedError:  # refused (a per-address cap) or reset
+                    n = len(self.unsent[sid])
                 self.unsent[sid] = self.unsent[sid][n:]
                 if not self.unsent[sid]:
                     del self.unsent[sid]
