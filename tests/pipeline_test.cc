@@ -315,6 +315,24 @@ TEST(PipelineTest, OneStreamsStuckFrameDoesNotHoldBackOthers) {
   ExpectInOrder(sinks[0]->got(), 20);
 }
 
+// One producer thread per stream submits `frames` frames (blocking) and closes it; then every
+// stream's results must be complete and in order.
+void ProduceAllAndExpectInOrder(const std::vector<std::unique_ptr<Stream>>& streams,
+                                const std::vector<std::unique_ptr<Sink>>& sinks, int frames) {
+  std::vector<std::thread> producers;
+  for (size_t k = 0; k < streams.size(); ++k) {
+    producers.emplace_back([&, k] {
+      for (int i = 0; i < frames; ++i) ASSERT_TRUE(streams[k]->Submit(MakeFrame(SeqOf(i))).ok());
+      streams[k]->Close();
+    });
+  }
+  for (auto& t : producers) t.join();
+  for (size_t k = 0; k < streams.size(); ++k) {
+    ASSERT_TRUE(sinks[k]->WaitComplete());
+    ExpectInOrder(sinks[k]->got(), static_cast<size_t>(frames));
+  }
+}
+
 TEST(PipelineTest, ManyStreamsConcurrentProducersGlobalBound) {
   FakeStages fakes;
   fakes.seed = 9;
@@ -324,7 +342,6 @@ TEST(PipelineTest, ManyStreamsConcurrentProducersGlobalBound) {
   auto p = MakePipeline(fakes, 4, kGlobal, &obs);
   constexpr int kStreams = 8, kFrames = 120;
   std::vector<std::unique_ptr<Sink>> sinks;
-  std::vector<std::thread> producers;
   std::vector<std::unique_ptr<Stream>> streams(kStreams);
   for (int k = 0; k < kStreams; ++k) {
     sinks.push_back(std::make_unique<Sink>());
@@ -332,18 +349,8 @@ TEST(PipelineTest, ManyStreamsConcurrentProducersGlobalBound) {
     ASSERT_TRUE(s.ok());
     streams[k] = std::move(s).value();
   }
-  for (int k = 0; k < kStreams; ++k) {
-    producers.emplace_back([&, k] {
-      for (int i = 0; i < kFrames; ++i) ASSERT_TRUE(streams[k]->Submit(MakeFrame(SeqOf(i))).ok());
-      streams[k]->Close();
-    });
-  }
-  for (auto& t : producers) t.join();
-  for (int k = 0; k < kStreams; ++k) {
-    ASSERT_TRUE(sinks[k]->WaitComplete());
-    ExpectInOrder(sinks[k]->got(), kFrames);
-    EXPECT_LE(streams[k]->counters().peak_outstanding, 4u);
-  }
+  ProduceAllAndExpectInOrder(streams, sinks, kFrames);
+  for (int k = 0; k < kStreams; ++k) EXPECT_LE(streams[k]->counters().peak_outstanding, 4u);
   EXPECT_LE(obs.peak_in_flight.load(), static_cast<int>(kGlobal));
   EXPECT_LE(p->counters().peak_in_flight, kGlobal);
   EXPECT_GE(obs.peak_in_flight.load(), 4) << "the global window was never used";
@@ -745,55 +752,66 @@ namespace {
 // Credit groups (the service: one per client address): streams of a group hold at most its
 // credits together; other streams are not affected; a group credit coming back wakes a waiting
 // stream of the group.
+
+// Streams a and b (windows of 8) in one group of `credits`; a's consumer holds its credits
+// until the test releases them; b counts its wake-ups.
+struct GroupOfTwo {
+  GroupOfTwo(Pipeline& p, uint32_t credits) : group(std::make_shared<CreditGroup>(credits)) {
+    a.set_hold_credits(true);
+    StreamOptions oa = a.Options("a", 8), ob = b.Options("b", 8);
+    oa.credit_group = group;
+    ob.credit_group = group;
+    ob.on_credit = [this] { b_wakes.Add(); };
+    sa = std::move(p.OpenStream(oa)).value();
+    sb = std::move(p.OpenStream(ob)).value();
+  }
+  std::shared_ptr<CreditGroup> group;
+  Sink a, b;
+  Counter b_wakes;
+  std::unique_ptr<Stream> sa, sb;  // destroyed before the sinks
+};
+
 TEST(CreditGroupTest, StreamsOfAGroupShareItsCreditsAndOnlyThey) {
   FakeStages fakes;
   fakes.max_delay_us = 0;
   auto p = MakePipeline(fakes, 2, 64);
-  auto group = std::make_shared<CreditGroup>(3);
-  Sink a, b, c;
-  a.set_hold_credits(true);
-  b.set_hold_credits(true);
+  GroupOfTwo g(*p, 3);
+  g.b.set_hold_credits(true);
+  Sink c;
   c.set_hold_credits(true);
-  StreamOptions oa = a.Options("a", 8), ob = b.Options("b", 8);
-  oa.credit_group = group;
-  ob.credit_group = group;
-  Counter b_wakes;
-  ob.on_credit = [&] { b_wakes.Add(); };
-  auto sa = std::move(p->OpenStream(oa)).value();
-  auto sb = std::move(p->OpenStream(ob)).value();
   auto sc = std::move(p->OpenStream(c.Options("c", 8))).value();
   for (int i = 0; i < 3; ++i) {
     FrameInput f = MakeFrame(SeqOf(i));
-    ASSERT_EQ(sa->TryAdmit(f), AdmitOutcome::kAdmitted);
+    ASSERT_EQ(g.sa->TryAdmit(f), AdmitOutcome::kAdmitted);
   }
-  ASSERT_TRUE(a.WaitCount(3));
+  ASSERT_TRUE(g.a.WaitCount(3));
   FrameInput fa = MakeFrame(SeqOf(3)), fb = MakeFrame(SeqOf(0));
-  EXPECT_EQ(sb->TryAdmit(fb), AdmitOutcome::kNoCredit) << "the group's credits are all a's";
+  EXPECT_EQ(g.sb->TryAdmit(fb), AdmitOutcome::kNoCredit) << "the group's credits are all a's";
   EXPECT_EQ(fb.seq, SeqOf(0)) << "a refused frame is not consumed";
-  EXPECT_EQ(sa->TryAdmit(fa), AdmitOutcome::kNoCredit) << "a's window is 8, the group's 3";
+  EXPECT_EQ(g.sa->TryAdmit(fa), AdmitOutcome::kNoCredit) << "a's window is 8, the group's 3";
   for (int i = 0; i < 8; ++i) {
     FrameInput f = MakeFrame(SeqOf(i));
     ASSERT_EQ(sc->TryAdmit(f), AdmitOutcome::kAdmitted) << "c is in no group: its window rules";
   }
-  EXPECT_EQ(group->held(), 3u);
-  EXPECT_EQ(b_wakes.value(), 0);
-  a.ReleaseHeld(1);  // a result of a was written: b, first to wait for the group, is woken
-  ASSERT_TRUE(b_wakes.WaitAtLeast(1));
-  EXPECT_EQ(sb->TryAdmit(fb), AdmitOutcome::kAdmitted);
-  ASSERT_TRUE(b.WaitCount(1));
-  EXPECT_EQ(group->held(), 3u);
-  EXPECT_EQ(group->peak_held(), 3u);
-  for (auto* s : {sa.get(), sb.get(), sc.get()}) s->Close();
-  ASSERT_TRUE(a.WaitComplete());
-  ASSERT_TRUE(b.WaitComplete());
+  EXPECT_EQ(g.group->held(), 3u);
+  EXPECT_EQ(g.b_wakes.value(), 0);
+  g.a.ReleaseHeld(1);  // a result of a was written: b, first to wait for the group, is woken
+  ASSERT_TRUE(g.b_wakes.WaitAtLeast(1));
+  EXPECT_EQ(g.sb->TryAdmit(fb), AdmitOutcome::kAdmitted);
+  ASSERT_TRUE(g.b.WaitCount(1));
+  EXPECT_EQ(g.group->held(), 3u);
+  EXPECT_EQ(g.group->peak_held(), 3u);
+  for (auto* s : {g.sa.get(), g.sb.get(), sc.get()}) s->Close();
+  ASSERT_TRUE(g.a.WaitComplete());
+  ASSERT_TRUE(g.b.WaitComplete());
   ASSERT_TRUE(c.WaitComplete());
-  ExpectInOrder(a.got(), 3);
-  ExpectInOrder(b.got(), 1);
+  ExpectInOrder(g.a.got(), 3);
+  ExpectInOrder(g.b.got(), 1);
   ExpectInOrder(c.got(), 8);
-  a.ReleaseHeld();
-  b.ReleaseHeld();
+  g.a.ReleaseHeld();
+  g.b.ReleaseHeld();
   c.ReleaseHeld();
-  EXPECT_EQ(group->held(), 0u);
+  EXPECT_EQ(g.group->held(), 0u);
   EXPECT_EQ(p->counters().in_flight, 0u);
 }
 
@@ -803,34 +821,25 @@ TEST(CreditGroupTest, CancelGivesTheGroupItsCreditsBack) {
   FakeStages fakes;
   fakes.max_delay_us = 20000;
   auto p = MakePipeline(fakes, 2, 64);
-  auto group = std::make_shared<CreditGroup>(4);
-  Sink a, b;
-  a.set_hold_credits(true);
-  StreamOptions oa = a.Options("a", 8), ob = b.Options("b", 8);
-  oa.credit_group = group;
-  ob.credit_group = group;
-  Counter b_wakes;
-  ob.on_credit = [&] { b_wakes.Add(); };
-  auto sa = std::move(p->OpenStream(oa)).value();
-  auto sb = std::move(p->OpenStream(ob)).value();
+  GroupOfTwo g(*p, 4);
   for (int i = 0; i < 4; ++i) {
     FrameInput f = MakeFrame(SeqOf(i));
-    ASSERT_EQ(sa->TryAdmit(f), AdmitOutcome::kAdmitted);
+    ASSERT_EQ(g.sa->TryAdmit(f), AdmitOutcome::kAdmitted);
   }
   FrameInput fb = MakeFrame(SeqOf(0));
-  EXPECT_EQ(sb->TryAdmit(fb), AdmitOutcome::kNoCredit);
-  sa->Cancel();  // some frames still in the stages, some maybe delivered and held by the sink
-  a.MarkCancelled();
-  a.ReleaseHeld();
-  EXPECT_EQ(group->held(), 0u);
-  ASSERT_TRUE(b_wakes.WaitAtLeast(1));
-  EXPECT_EQ(sb->TryAdmit(fb), AdmitOutcome::kAdmitted);
-  sb->Close();
-  ASSERT_TRUE(b.WaitComplete());
-  ExpectInOrder(b.got(), 1);
-  EXPECT_EQ(a.late_callbacks(), 0);
+  EXPECT_EQ(g.sb->TryAdmit(fb), AdmitOutcome::kNoCredit);
+  g.sa->Cancel();  // some frames still in the stages, some maybe delivered and held by the sink
+  g.a.MarkCancelled();
+  g.a.ReleaseHeld();
+  EXPECT_EQ(g.group->held(), 0u);
+  ASSERT_TRUE(g.b_wakes.WaitAtLeast(1));
+  EXPECT_EQ(g.sb->TryAdmit(fb), AdmitOutcome::kAdmitted);
+  g.sb->Close();
+  ASSERT_TRUE(g.b.WaitComplete());
+  ExpectInOrder(g.b.got(), 1);
+  EXPECT_EQ(g.a.late_callbacks(), 0);
   EXPECT_TRUE(p->Stop(std::chrono::seconds(10)));
-  EXPECT_EQ(group->held(), 0u);
+  EXPECT_EQ(g.group->held(), 0u);
   EXPECT_EQ(p->counters().in_flight, 0u);
 }
 
@@ -878,18 +887,7 @@ TEST(CreditGroupTest, BoundsHoldUnderConcurrentProducersAndSlowConsumers) {
       std::this_thread::sleep_for(std::chrono::microseconds(rng() % 400));
     }  // each credit returns as `c` goes
   });
-  std::vector<std::thread> producers;
-  for (int k = 0; k < kStreams; ++k) {
-    producers.emplace_back([&, k] {
-      for (int i = 0; i < kFrames; ++i) ASSERT_TRUE(streams[k]->Submit(MakeFrame(SeqOf(i))).ok());
-      streams[k]->Close();
-    });
-  }
-  for (auto& t : producers) t.join();
-  for (int k = 0; k < kStreams; ++k) {
-    ASSERT_TRUE(sinks[k]->WaitComplete());
-    ExpectInOrder(sinks[k]->got(), kFrames);
-  }
+  ProduceAllAndExpectInOrder(streams, sinks, kFrames);
   done = true;
   consumer.join();
   {
