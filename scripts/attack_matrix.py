@@ -204,6 +204,30 @@ def m_non_reader(binary, extra):
     return out
 
 
+def m_watch_flood(binary, extra):
+    s = start(binary, extra)
+    base = s.rss_mib()
+    conns = []
+    for _ in range(250):
+        c = H2Client(s.port, source="127.0.0.2")
+        for k in range(100):
+            c.conn.send_headers(1 + 2 * k, grpc_headers("/grpc.health.v1.Health/Watch"))
+            c.conn.send_data(1 + 2 * k, grpc_message(b""), end_stream=True)
+        c.flush()
+        conns.append(c)
+    for c in conns:
+        c.pump(0.05)
+    time.sleep(1)
+    refused = sum(1 for c in conns for e in c.events if type(e).__name__ == "StreamReset")
+    ok, _, _ = health_check(s.target)
+    out = (f"RSS +{s.rss_mib() - base:.0f} MiB, {refused} of 25000 refused, "
+           f"health {'answered' if ok else 'FAILED'}")
+    for c in conns:
+        c.close()
+    s.close()
+    return out
+
+
 def m_slowloris(binary, extra):
     s = start(binary, extra)
     socks = []
@@ -281,6 +305,7 @@ MEASURES = {
     "5 EMFILE": m_emfile,
     "6 stalled streams": m_stalled,
     "6 results never read": m_non_reader,
+    "6 250x100 health Watch": m_watch_flood,
     "7 metrics slowloris": m_slowloris,
     "8 malformed message": m_malformed,
     "8 4 GiB prefix": m_huge_prefix,

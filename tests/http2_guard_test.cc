@@ -89,7 +89,8 @@ using testing::WindowCredits;
 
 class GuardTest : public ::testing::Test {
  protected:
-  explicit GuardTest(Http2Limits limits = {}) : guard_(limits) {}
+  explicit GuardTest(Http2Limits limits = {}, std::shared_ptr<StreamQuota> quota = nullptr)
+      : guard_(limits, std::move(quota)) {}
   // Feeds client bytes; returns false when the guard closes the connection.
   bool Client(const std::string& bytes, double at_s = 0) {
     Http2Out s, c;
@@ -536,6 +537,93 @@ TEST_F(SmallGuardTest, OpenStreamsAreBounded) {
   for (uint32_t id = 1; id <= 7; id += 2) ASSERT_TRUE(Client(Headers(id, kEndHeaders)));
   EXPECT_FALSE(Client(Headers(9, kEndHeaders)));
   EXPECT_EQ(guard_.violation(), Http2Violation::kTooManyStreams);
+}
+
+}  // namespace
+}  // namespace framepipe
+
+namespace framepipe {
+namespace {
+
+// Streams open at gRPC, per client address: a quota shared by the guards of the address's
+// connections. A stream over it still reaches gRPC (HPACK state) and is ended right behind its
+// headers; ended streams (trailers from gRPC, a reset either way) and closed connections give
+// their units back.
+class QuotaGuardTest : public ::testing::Test {
+ protected:
+  // One connection of the address.
+  struct Conn : GuardTest {
+    explicit Conn(std::shared_ptr<StreamQuota> q) : GuardTest({}, std::move(q)) {}
+    void TestBody() override {}
+    using GuardTest::Client;
+    using GuardTest::guard_;
+    using GuardTest::Open;
+    using GuardTest::Server;
+    using GuardTest::to_client_;
+    using GuardTest::to_server_;
+  };
+  std::shared_ptr<StreamQuota> quota_ = std::make_shared<StreamQuota>(2);
+};
+
+TEST_F(QuotaGuardTest, StreamsOverTheAddresssLimitAreEndedAtTheirHeaders) {
+  Conn a(quota_), b(quota_);
+  a.Open();
+  b.Open();
+  ASSERT_TRUE(a.Client(Headers(1, kEndHeaders)));
+  ASSERT_TRUE(b.Client(Headers(1, kEndHeaders | kEndStream)));  // half-closed: still open at gRPC
+  EXPECT_EQ(quota_->open(), 2u);
+  a.to_server_.clear();
+  // The third stream of the address, on either connection: its headers reach gRPC, then a reset.
+  ASSERT_TRUE(a.Client(Headers(3, kEndHeaders)));
+  EXPECT_EQ(a.to_server_, Headers(3, kEndHeaders) + Rst(3, 8));
+  // To the client: ENHANCE_YOUR_CALM (gRPC clients: RESOURCE_EXHAUSTED), no trailers: gRPC may
+  // answer the stream itself before it reads the reset, and two ends of one stream are a
+  // connection error to the client.
+  EXPECT_EQ(a.to_client_, Rst(3, 0xb));
+  EXPECT_EQ(a.guard_.TakeRejections(StreamRejection::kPeerStreams), 1u);
+  // gRPC's own answer to it: header frames pass (HPACK), data and resets do not.
+  a.to_client_.clear();
+  ASSERT_TRUE(a.Server(Headers(3, kEndHeaders) + Data(3, "x") + Rst(3, 8)));
+  EXPECT_EQ(a.to_client_, Headers(3, kEndHeaders));
+  // Its data never reaches gRPC.
+  a.to_server_.clear();
+  ASSERT_TRUE(a.Client(Data(3, GrpcMessage(2, 0, "no"))));
+  EXPECT_TRUE(a.to_server_.empty());
+  EXPECT_EQ(quota_->open(), 2u);
+  // gRPC ends b's stream (trailers): a unit comes back, and a's next stream is admitted.
+  ASSERT_TRUE(b.Server(Headers(1, kEndHeaders | kEndStream)));
+  EXPECT_EQ(quota_->open(), 1u);
+  a.to_server_.clear();
+  ASSERT_TRUE(a.Client(Headers(5, kEndHeaders)));
+  EXPECT_EQ(a.to_server_, Headers(5, kEndHeaders));
+  EXPECT_EQ(quota_->open(), 2u);
+  // A reset by the client, and one by gRPC, give theirs back.
+  ASSERT_TRUE(a.Client(Rst(1, 8)));
+  EXPECT_EQ(quota_->open(), 1u);
+  ASSERT_TRUE(a.Server(Rst(5, 8)));
+  EXPECT_EQ(quota_->open(), 0u);
+}
+
+TEST_F(QuotaGuardTest, AClosedConnectionGivesItsStreamsBack) {
+  {
+    Conn a(quota_);
+    a.Open();
+    ASSERT_TRUE(a.Client(Headers(1, kEndHeaders) + Headers(3, kEndHeaders)));
+    EXPECT_EQ(quota_->open(), 2u);
+  }
+  EXPECT_EQ(quota_->open(), 0u);
+}
+
+// Refusals count as resets: opening streams over the limit again and again is a rapid reset.
+TEST_F(QuotaGuardTest, RefusingStreamsInAFloodClosesTheConnection) {
+  Conn a(quota_);
+  a.Open();
+  ASSERT_TRUE(a.Client(Headers(1, kEndHeaders) + Headers(3, kEndHeaders)));
+  bool open = true;
+  for (uint32_t id = 5; id < 5 + 2 * 400 && open; id += 2)
+    open = a.Client(Headers(id, kEndHeaders));
+  EXPECT_FALSE(open);
+  EXPECT_EQ(a.guard_.violation(), Http2Violation::kResetFlood);
 }
 
 }  // namespace

@@ -169,6 +169,11 @@ void AddConnectionLimitFlags(CLI::App* cmd, ServeArgs* a) {
   cmd->add_option("--max-connections-per-peer", o->max_connections_per_peer,
                   "Open connections from one client IP address")
       ->capture_default_str();
+  cmd->add_option("--max-http2-streams-per-peer", o->max_http2_streams_per_peer,
+                  "HTTP/2 streams of any method (health Watch calls, calls whose request has not "
+                  "come) one client address may have open at the server; more are ended at "
+                  "their headers with RESOURCE_EXHAUSTED (0 = 4 x --max-streams-per-peer)")
+      ->capture_default_str();
   cmd->add_option("--peer-ipv6-prefix", o->peer_ipv6_prefix,
                   "What one client address is for IPv6 clients in every per-address limit and "
                   "log line: a prefix of this many bits (a host is usually given a whole /64; "

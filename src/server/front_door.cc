@@ -525,7 +525,14 @@ void FrontDoor::Impl::Relay(int fd, const std::string& peer, const std::string& 
   c->peer = peer;
   c->peer_host = host;
   c->counted = true;
-  c->guard = std::make_unique<Http2Guard>(options.http2);
+  std::shared_ptr<StreamQuota> quota;
+  if (options.max_http2_streams_per_peer > 0) {
+    std::lock_guard<std::mutex> l(mu);
+    auto& q = stream_quota[host];
+    if (!q) q = std::make_shared<StreamQuota>(options.max_http2_streams_per_peer);
+    quota = q;
+  }
+  c->guard = std::make_unique<Http2Guard>(options.http2, std::move(quota));
   c->deadline = now + options.handshake_timeout;
   if (ssl_ctx) {
     c->ssl = SSL_new(ssl_ctx);
@@ -546,7 +553,10 @@ void FrontDoor::Impl::Forget(const std::string& host) {
   std::lock_guard<std::mutex> l(mu);
   --active;
   auto it = by_peer.find(host);
-  if (it != by_peer.end() && --it->second == 0) by_peer.erase(it);
+  if (it != by_peer.end() && --it->second == 0) {
+    by_peer.erase(it);
+    stream_quota.erase(host);  // guards still alive keep theirs until they go
+  }
 }
 
 void FrontDoor::Impl::Refuse(int fd, const std::string& peer, const std::string& host,

@@ -50,6 +50,9 @@ struct FrontDoorOptions {
   uint32_t max_connections = 0;             // 0: from the file limit (see FrontDoor::Bind)
   uint32_t max_connections_per_peer = 256;  // open connections from one client address
   int peer_ipv6_prefix = 64;  // IPv6 clients count as one address per prefix (see PeerHost)
+  // HTTP/2 streams open at gRPC that one address's connections may have together (any method:
+  // gRPC holds each call, ~17 KiB, before framepipe's service sees it). 0 = no limit.
+  uint32_t max_http2_streams_per_peer = 0;
   double peer_connects_per_second = 200;  // new connections one address may open, sustained
   double peer_connect_burst = 1000;
   std::chrono::milliseconds handshake_timeout{10000};  // TLS + HTTP/2 preface and SETTINGS

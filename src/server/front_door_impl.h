@@ -150,6 +150,8 @@ struct FrontDoor::Impl {
   uint32_t active = 0;
   std::map<std::string, uint32_t> by_peer;
   std::map<std::string, TokenBucket> connect_rate;  // connects per address
+  // Streams open at gRPC per address, shared by its connections' guards.
+  std::map<std::string, std::shared_ptr<StreamQuota>> stream_quota;
   std::vector<std::string> peer_by_fd;  // gRPC's end of the pair -> the client's address
   std::atomic<uint64_t> total{0};
   std::atomic<uint64_t> refused[static_cast<int>(ConnectionRefusal::kCount)] = {};

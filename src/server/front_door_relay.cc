@@ -333,7 +333,9 @@ void FrontDoor::Impl::ReadClient(IoThread* t, Connection* c) {
         rejected_streams[r] += k;
         Note(c->peer_host,
              absl::StrCat("stream_", StreamRejectionLabel(static_cast<StreamRejection>(r))),
-             "a stream was ended at a message's length prefix");
+             static_cast<StreamRejection>(r) == StreamRejection::kPeerStreams
+                 ? "a stream over the address's limit of open HTTP/2 streams was ended"
+                 : "a stream was ended at a message's length prefix");
       }
     }
     if (!ok) {

@@ -137,11 +137,40 @@ const char* Http2ViolationLabel(Http2Violation v) {
 }
 
 const char* StreamRejectionLabel(StreamRejection r) {
-  return r == StreamRejection::kMessageTooLarge ? "message_too_large" : "compressed";
+  switch (r) {
+    case StreamRejection::kMessageTooLarge:
+      return "message_too_large";
+    case StreamRejection::kCompressed:
+      return "compressed";
+    case StreamRejection::kPeerStreams:
+      return "peer_streams";
+    case StreamRejection::kCount:
+      break;
+  }
+  return "unknown";
 }
 
-Http2Guard::Http2Guard(Http2Limits limits)
-    : limits_(limits), resets_{limits.reset_burst, {}}, control_{limits.control_frame_burst, {}} {}
+bool StreamQuota::TryAcquire() {
+  uint32_t n = open_.load(std::memory_order_relaxed);
+  do {
+    if (n >= max_) return false;
+  } while (!open_.compare_exchange_weak(n, n + 1, std::memory_order_relaxed));
+  return true;
+}
+
+Http2Guard::Http2Guard(Http2Limits limits, std::shared_ptr<StreamQuota> quota)
+    : limits_(limits),
+      resets_{limits.reset_burst, {}},
+      control_{limits.control_frame_burst, {}},
+      quota_(std::move(quota)) {}
+
+Http2Guard::~Http2Guard() {
+  if (quota_ && !open_.empty()) quota_->Release(static_cast<uint32_t>(open_.size()));
+}
+
+void Http2Guard::Unopen(uint32_t id) {
+  if (quota_ && open_.erase(id) > 0) quota_->Release(1);
+}
 
 uint64_t Http2Guard::TakeRejections(StreamRejection r) {
   return std::exchange(rejections_[static_cast<int>(r)], 0);
@@ -316,11 +345,12 @@ bool Http2Guard::HandleClientFrame(const uint8_t* h, TimePoint now, Http2Out* to
       return BeginData(h, to_server, to_client);
     case kHeaders:
     case kContinuation:
-      v = OnHeaderFrame(type, sid, flags, len, to_client);
+      v = OnHeaderFrame(type, sid, flags, len, now, to_client);
       break;
     case kRstStream:
       if (rejected_.count(sid)) return true;  // already reset towards gRPC
       streams_.erase(sid);
+      Unopen(sid);
       if (!resets_.Take(limits_.resets_per_second, limits_.reset_burst, now)) {
         return Violation(Http2Violation::kResetFlood,
                          absl::StrCat("over ", limits_.resets_per_second,
@@ -351,11 +381,28 @@ bool Http2Guard::HandleClientFrame(const uint8_t* h, TimePoint now, Http2Out* to
 }
 
 Http2Guard::Verdict Http2Guard::OnHeaderFrame(uint8_t type, uint32_t sid, uint8_t flags,
-                                              uint32_t len, Http2Out* to_client) {
+                                              uint32_t len, TimePoint now, Http2Out* to_client) {
   if (type == kHeaders) {
     if ((sid & 1) && sid > last_stream_) {
       last_stream_ = sid;
-      if (!(flags & kEndStream)) {
+      if (quota_ && !quota_->TryAcquire()) {
+        // The address has its limit of streams open at gRPC. The block still goes to gRPC (it
+        // must decode it: HPACK state), and the stream is ended right behind it, as one over the
+        // message limit is. Each such refusal is a reset: opening streams only to have them
+        // refused is the rapid-reset pattern.
+        if (!resets_.Take(limits_.resets_per_second, limits_.reset_burst, now)) {
+          Violation(Http2Violation::kResetFlood,
+                    absl::StrCat("over ", limits_.resets_per_second,
+                                 " streams a second refused or reset (HTTP/2 rapid reset)"),
+                    to_client);
+          return Verdict::kClose;
+        }
+        StreamIn none;
+        RejectStream(sid, &none, StreamRejection::kPeerStreams, 0);
+      } else if (quota_) {
+        open_.insert(sid);
+      }
+      if (!(flags & kEndStream) && !rejected_.count(sid)) {
         if (streams_.size() >= limits_.max_tracked_streams) {
           Violation(
               Http2Violation::kTooManyStreams,
@@ -553,11 +600,20 @@ void Http2Guard::RejectStream(uint32_t id, StreamIn* s, StreamRejection why, uin
   ++rejections_[static_cast<int>(why)];
   const bool headers_sent = s->server_headers;
   streams_.erase(id);
+  Unopen(id);
   if (rejected_.size() >= kMaxRejectedTracked) rejected_.erase(rejected_.begin());
   rejected_.insert(id);
   // gRPC forgets the stream (the reactor sees a cancel)...
   AppendRst(&inject_to_server_, id, kCancel);
-  // ...and the client reads why in the stream's trailers, then is told to stop sending.
+  if (why == StreamRejection::kPeerStreams) {
+    // ...and a stream ended at its headers is reset towards the client too: ENHANCE_YOUR_CALM,
+    // which gRPC clients report as RESOURCE_EXHAUSTED (the server's log says which limit).
+    // Trailers would race with gRPC's own answer to the stream (it may answer before it reads
+    // the reset; its header frames pass for HPACK's sake), and two ends of one stream are a
+    // connection error to the client; frames after a reset are only a stream error.
+    AppendRst(&inject_to_client_, id, kEnhanceYourCalm);
+    return;
+  }  // ...and the client reads why in the stream's trailers, then is told to stop sending.
   std::string status, message;
   if (why == StreamRejection::kMessageTooLarge) {
     status = "8";  // RESOURCE_EXHAUSTED
@@ -600,6 +656,11 @@ bool Http2Guard::FromServer(std::string_view bytes, TimePoint now, Http2Out* to_
       const uint8_t flags = s_header_[4];
       const uint32_t sid = Be32(s_header_ + 5) & 0x7fffffffu;
       const bool rejected = sid != 0 && rejected_.count(sid) > 0;
+      // gRPC ended the stream (trailers) or reset it: no longer open at the server.
+      if (sid != 0 &&
+          (type == kRstStream || ((type == kHeaders || type == kData) && (flags & kEndStream)))) {
+        Unopen(sid);
+      }
       s_dropping_ = rejected && (type == kData || type == kRstStream);
       if (s_dropping_ && type == kData) s_dropped_data_ += len;
       if (type == kHeaders) {

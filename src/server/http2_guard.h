@@ -26,9 +26,11 @@
 // thread at a time.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <map>
+#include <memory>
 #include <set>
 #include <string>
 #include <string_view>
@@ -76,8 +78,9 @@ enum class Http2Violation {
 };
 const char* Http2ViolationLabel(Http2Violation v);
 
-// A stream the guard ended at a message's length prefix.
-enum class StreamRejection { kMessageTooLarge, kCompressed, kCount };
+// A stream the guard ended: at a message's length prefix (too large, compressed), or at its
+// headers because its client address already had its limit of streams open at gRPC.
+enum class StreamRejection { kMessageTooLarge, kCompressed, kPeerStreams, kCount };
 const char* StreamRejectionLabel(StreamRejection r);
 
 // What the guard passes on, in order: views into the caller's input (valid until the caller
@@ -99,9 +102,30 @@ class Http2Out {
   size_t size_ = 0;
 };
 
+// Streams open at gRPC (from the client's HEADERS until gRPC ends or either side resets the
+// stream) that the connections of one client address may have together: gRPC holds every such
+// call (~17 KiB) whether or not framepipe's service ever sees it (a health Watch, a call whose
+// request never comes). Shared by the guards of the address's connections; thread-safe.
+class StreamQuota {
+ public:
+  explicit StreamQuota(uint32_t max) : max_(max) {}
+  bool TryAcquire();
+  void Release(uint32_t n) { open_.fetch_sub(n, std::memory_order_relaxed); }
+  uint32_t open() const { return open_.load(std::memory_order_relaxed); }
+  uint32_t max() const { return max_; }
+
+ private:
+  const uint32_t max_;
+  std::atomic<uint32_t> open_{0};
+};
+
 class Http2Guard {
  public:
-  explicit Http2Guard(Http2Limits limits);
+  // `quota` (optional): the client address's limit of streams open at gRPC.
+  explicit Http2Guard(Http2Limits limits, std::shared_ptr<StreamQuota> quota = nullptr);
+  ~Http2Guard();
+  Http2Guard(const Http2Guard&) = delete;
+  Http2Guard& operator=(const Http2Guard&) = delete;
 
   // Bytes from the client. What may reach gRPC is appended to *to_server, what the guard answers
   // the client itself (GOAWAY, WINDOW_UPDATE, trailers of a stream it ended) to *to_client.
@@ -168,7 +192,7 @@ class Http2Guard {
   // What becomes of a header frame: passed on to gRPC, or the connection closes (the violation
   // is recorded and its GOAWAY queued).
   enum class Verdict { kPass, kClose };
-  Verdict OnHeaderFrame(uint8_t type, uint32_t sid, uint8_t flags, uint32_t len,
+  Verdict OnHeaderFrame(uint8_t type, uint32_t sid, uint8_t flags, uint32_t len, TimePoint now,
                         Http2Out* to_client);
   bool BeginData(const uint8_t* h, Http2Out* to_server, Http2Out* to_client);
   // `n` payload bytes of the current DATA frame (`p` null: they were spliced past the guard).
@@ -178,6 +202,8 @@ class Http2Guard {
   // A complete length prefix: false (and *why, *declared) when it ends the stream.
   bool CheckPrefix(const uint8_t* prefix, StreamRejection* why, uint64_t* declared) const;
   void RejectStream(uint32_t id, StreamIn* s, StreamRejection why, uint64_t declared);
+  // A stream is no longer open at gRPC: its unit of the quota comes back.
+  void Unopen(uint32_t id);
   bool Violation(Http2Violation v, std::string detail, Http2Out* to_client);
   void FlushInjected(Http2Out* to_server, Http2Out* to_client);
 
@@ -199,6 +225,8 @@ class Http2Guard {
   Http2Violation violation_ = Http2Violation::kNone;
   std::string detail_;
   uint64_t rejections_[static_cast<int>(StreamRejection::kCount)] = {};
+  std::shared_ptr<StreamQuota> quota_;
+  std::set<uint32_t> open_;  // streams holding a unit of quota_
   // Server -> client: a streaming parse (frames are passed on as their bytes arrive).
   uint8_t s_header_[9] = {};
   uint32_t s_header_have_ = 0;

@@ -28,6 +28,12 @@ inline constexpr const char* kVersion = FRAMEPIPE_VERSION;
 
 namespace {
 
+// Concurrent Process calls from one address: the flag, or a quarter of --max-streams.
+uint32_t StreamsPerPeer(const ServerOptions& o) {
+  return o.max_streams_per_peer > 0 ? o.max_streams_per_peer
+                                    : std::max<uint32_t>(1, o.max_streams / 4);
+}
+
 // The HTTP/2 and gRPC limits every transport of this server gets (gRPC's own knobs; the front
 // door adds what gRPC 1.51 lacks).
 void ApplyTransportLimits(const ServerOptions& o, uint64_t memory, grpc::ServerBuilder* b) {
@@ -156,6 +162,10 @@ absl::StatusOr<std::unique_ptr<FrontDoor>> Server::Impl::BindFrontDoor(const std
   fo.max_connections = options.max_connections;
   fo.max_connections_per_peer = options.max_connections_per_peer;
   fo.peer_ipv6_prefix = options.peer_ipv6_prefix;
+  fo.max_http2_streams_per_peer =
+      options.max_http2_streams_per_peer > 0
+          ? options.max_http2_streams_per_peer
+          : std::max(4 * StreamsPerPeer(options), options.max_concurrent_streams);
   fo.handshake_timeout = options.handshake_timeout;
   fo.io_threads = options.io_threads > 0
                       ? options.io_threads
@@ -297,9 +307,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   svc.default_max_in_flight = options.max_in_flight;
   svc.max_stream_in_flight = std::max(options.max_stream_in_flight, options.max_in_flight);
   svc.max_streams = options.max_streams;
-  svc.max_streams_per_peer = options.max_streams_per_peer > 0
-                                 ? options.max_streams_per_peer
-                                 : std::max<uint32_t>(1, options.max_streams / 4);
+  svc.max_streams_per_peer = StreamsPerPeer(options);
   svc.peer_ipv6_prefix = options.peer_ipv6_prefix;
   svc.first_frame_timeout = options.first_frame_timeout;
   svc.idle_timeout = options.idle_timeout;

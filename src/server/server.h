@@ -43,6 +43,9 @@ struct ServerOptions {
   bool guard = true;
   uint32_t max_connections = 0;  // 0: from the file limit
   uint32_t max_connections_per_peer = 256;
+  // HTTP/2 streams of any method open at gRPC from one address (front door only); 0 = four
+  // times the per-address stream cap, at least --max-concurrent-streams.
+  uint32_t max_http2_streams_per_peer = 0;
   // "One client address" for every per-address limit: an IPv4 address, or an IPv6 prefix of
   // this many bits (a host is usually given a /64; 128 counts each IPv6 address alone).
   int peer_ipv6_prefix = 64;

@@ -160,6 +160,9 @@ class H2Client:
         self.pump(wait, until=lambda: self.trailers(stream_id) is not None)
         return off
 
+    def events_of(self, kind) -> list:
+        return [e for e in self.events if isinstance(e, kind)]
+
     def messages(self, stream_id: int) -> List[bytes]:
         buf = b"".join(e.data for e in self.events
                        if isinstance(e, h2.events.DataReceived) and e.stream_id == stream_id)

@@ -5,6 +5,8 @@ import re
 import time
 import urllib.request
 
+import h2.events
+
 from attack import (H2Client, Prober, config_msg, grpc_headers, grpc_message, gzip_bomb,
                     header_flood, honest_stream, pb, raw_frame_msg)
 
@@ -168,4 +170,55 @@ def test_padded_tiny_frames_and_huge_frames_are_answered_in_order(make_server):
     spliced = re.search(r'framepipe_relay_bytes_total\{path="spliced"\} (\S+)', metrics)
     assert spliced and float(spliced.group(1)) > 0, "the huge frames' bodies were spliced"
     c.close()
+    assert s.stop() == 0
+
+
+def open_watch_calls(port: int, connections: int, per_connection: int = 100,
+                     source: str = "127.0.0.2"):
+    """`connections` x `per_connection` grpc.health.v1.Health/Watch calls (the health service
+    needs no token), each a HEADERS frame and an empty request; left open."""
+    conns = []
+    for _ in range(connections):
+        c = H2Client(port, source=source)
+        for k in range(per_connection):
+            c.conn.send_headers(1 + 2 * k, grpc_headers("/grpc.health.v1.Health/Watch"))
+            c.conn.send_data(1 + 2 * k, grpc_message(b""), end_stream=True)
+        c.flush()
+        conns.append(c)
+    for c in conns:
+        c.pump(0.3)
+    return conns
+
+
+# Streams no framepipe limit counted: a health Watch call, or any call whose request never
+# comes, is held by gRPC (~17 KiB each) before framepipe's service sees it. One address could
+# keep --max-connections-per-peer x --max-concurrent-streams of them open (250 x 100 Watch
+# calls: RSS 79 -> 491 MiB). The front door caps the streams an address has open at gRPC:
+# --max-http2-streams-per-peer, 4 x --max-streams-per-peer = 256 by default.
+def test_open_streams_of_any_method_are_capped_per_address(make_server):
+    s = make_server()
+    base = s.rss_mib()
+    conns = open_watch_calls(s.port, connections=10)
+    # Over the limit: reset with ENHANCE_YOUR_CALM (gRPC clients: RESOURCE_EXHAUSTED).
+    refused = [e for c in conns for e in c.events if isinstance(e, h2.events.StreamReset)]
+    assert len(refused) == 1000 - 256, f"{len(refused)} of 1000 Watch calls refused"
+    assert all(e.error_code == 0xb for e in refused), {e.error_code for e in refused}
+    assert all(not c.closed for c in conns), "refusing streams closed a connection"
+    assert "event=stream_peer_streams" in s.text()
+    grew = s.rss_mib() - base
+    assert grew < 32, f"the server took {grew:.0f} MiB for 256 open calls"
+    # Everyone else is served, and the address gets its streams back as its calls end.
+    ok, why = honest_stream(s.target)
+    assert ok, why
+    for c in conns:
+        c.close()
+    deadline = time.time() + 5
+    again = None
+    while time.time() < deadline:
+        again = open_watch_calls(s.port, connections=1, per_connection=1)[0]
+        if not again.events_of(h2.events.StreamReset):
+            break  # open, not refused: the closed connections' streams came back
+        again.close()
+    assert again is not None and not again.events_of(h2.events.StreamReset)
+    again.close()
     assert s.stop() == 0
