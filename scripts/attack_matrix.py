@@ -23,8 +23,8 @@ sys.path.insert(0, str(ROOT / "tests" / "support"))
 sys.path.insert(0, str(ROOT / "tests" / "security"))
 
 from attack import (H2Client, NonReader, Prober, config_msg, grpc_headers, grpc_message,  # noqa
-                    gzip_bomb, header_flood, health_check, honest_stream, png_of_zeros,
-                    raw_frame_msg)
+                    gzip_bomb, header_flood, health_check, honest_stream, open_watch_calls,
+                    png_of_zeros, raw_frame_msg)
 from framepipe_testing import FramepipeServer  # noqa: E402
 
 
@@ -207,16 +207,7 @@ def m_non_reader(binary, extra):
 def m_watch_flood(binary, extra):
     s = start(binary, extra)
     base = s.rss_mib()
-    conns = []
-    for _ in range(250):
-        c = H2Client(s.port, source="127.0.0.2")
-        for k in range(100):
-            c.conn.send_headers(1 + 2 * k, grpc_headers("/grpc.health.v1.Health/Watch"))
-            c.conn.send_data(1 + 2 * k, grpc_message(b""), end_stream=True)
-        c.flush()
-        conns.append(c)
-    for c in conns:
-        c.pump(0.05)
+    conns = open_watch_calls(s.port, connections=250, pump=0.05)
     time.sleep(1)
     refused = sum(1 for c in conns for e in c.events if type(e).__name__ == "StreamReset")
     ok, _, _ = health_check(s.target)

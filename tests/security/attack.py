@@ -221,6 +221,23 @@ class NonReader:
         self.client.close()
 
 
+def open_watch_calls(port: int, connections: int, per_connection: int = 100,
+                     source: str = "127.0.0.2", pump: float = 0.3):
+    """`connections` x `per_connection` grpc.health.v1.Health/Watch calls (the health service
+    needs no token), each a HEADERS frame and an empty request; left open."""
+    conns = []
+    for _ in range(connections):
+        c = H2Client(port, source=source)
+        for k in range(per_connection):
+            c.conn.send_headers(1 + 2 * k, grpc_headers("/grpc.health.v1.Health/Watch"))
+            c.conn.send_data(1 + 2 * k, grpc_message(b""), end_stream=True)
+        c.flush()
+        conns.append(c)
+    for c in conns:
+        c.pump(pump)
+    return conns
+
+
 def header_flood_frames(stream_id: int, total_bytes: int, frame_bytes: int = 16384) -> bytes:
     """A HEADERS frame and CONTINUATION frames carrying one header block of `total_bytes`: a valid
     HPACK encoding (hpack's encoder, no Huffman) of a request whose last header is huge."""

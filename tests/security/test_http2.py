@@ -8,7 +8,7 @@ import urllib.request
 import h2.events
 
 from attack import (H2Client, Prober, config_msg, grpc_headers, grpc_message, gzip_bomb,
-                    header_flood, honest_stream, pb, raw_frame_msg)
+                    header_flood, honest_stream, open_watch_calls, pb, raw_frame_msg)
 
 
 def stream_log_lines(text: str) -> int:
@@ -171,23 +171,6 @@ def test_padded_tiny_frames_and_huge_frames_are_answered_in_order(make_server):
     assert spliced and float(spliced.group(1)) > 0, "the huge frames' bodies were spliced"
     c.close()
     assert s.stop() == 0
-
-
-def open_watch_calls(port: int, connections: int, per_connection: int = 100,
-                     source: str = "127.0.0.2"):
-    """`connections` x `per_connection` grpc.health.v1.Health/Watch calls (the health service
-    needs no token), each a HEADERS frame and an empty request; left open."""
-    conns = []
-    for _ in range(connections):
-        c = H2Client(port, source=source)
-        for k in range(per_connection):
-            c.conn.send_headers(1 + 2 * k, grpc_headers("/grpc.health.v1.Health/Watch"))
-            c.conn.send_data(1 + 2 * k, grpc_message(b""), end_stream=True)
-        c.flush()
-        conns.append(c)
-    for c in conns:
-        c.pump(0.3)
-    return conns
 
 
 # Streams no framepipe limit counted: a health Watch call, or any call whose request never
