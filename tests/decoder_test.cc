@@ -140,6 +140,29 @@ TEST(DecoderTest, DecodesJpegPngAndRaw) {
   EXPECT_EQ(out.data(), reinterpret_cast<const uint8_t*>(raw.data.data()));
 }
 
+// --max-decode-ms: a decode that needs more of its thread's CPU time than the budget stops with a
+// message saying so (the budget's steady-clock pre-check must never let one through), and the same
+// frames decode within the default budget.
+TEST(DecoderTest, ADecodeOverItsCpuBudgetIsRefused) {
+  const Image noise = testing::RandomImage(2048, 2048, PixelFormat::kBgr8, 11);
+  for (Encoding e : {Encoding::kJpeg, Encoding::kPng}) {
+    const FrameInput frame = Encoded(EncodeImage(noise, e, 100).value());
+    DecodeLimits tight;
+    tight.max_decode_ms = 1;
+    Image out;
+    const absl::Status st = DecodeFrame(frame, tight, &out);
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+    EXPECT_NE(st.message().find("decoding took over 1 ms of CPU (--max-decode-ms)"),
+              std::string::npos)
+        << st;
+    ASSERT_TRUE(DecodeFrame(frame, {}, &out).ok());
+    EXPECT_EQ(out.width(), 2048);
+    DecodeLimits none;
+    none.max_decode_ms = 0;
+    ASSERT_TRUE(DecodeFrame(frame, none, &out).ok());
+  }
+}
+
 TEST(DecoderTest, HeaderParsingAndEstimates) {
   Image img = BlobImage(200, 100, 6);
   ImageHeader h;

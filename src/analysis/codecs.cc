@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include <algorithm>
+#include <chrono>
 #include <csetjmp>
 #include <cstring>
 
@@ -17,6 +18,28 @@
 namespace framepipe::codecs {
 
 int64_t ThreadCpuNanos() { return static_cast<int64_t>(CpuClockNanos(CLOCK_THREAD_CPUTIME_ID)); }
+
+namespace {
+int64_t SteadyNanos() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+}  // namespace
+
+DecodeBudget DecodeBudget::CpuMillis(int64_t ms) {
+  DecodeBudget b;
+  if (ms <= 0) return b;
+  b.cpu_budget_ms = ms;
+  b.cpu_deadline_ns = ThreadCpuNanos() + ms * 1000000;
+  b.check_from_ns = SteadyNanos() + ms * 1000000;
+  return b;
+}
+
+bool DecodeBudget::Spent() const {
+  if (cpu_deadline_ns <= 0 || SteadyNanos() < check_from_ns) return false;
+  return ThreadCpuNanos() > cpu_deadline_ns;
+}
 
 namespace {
 
@@ -68,7 +91,7 @@ void JpegOnProgress(j_common_ptr cinfo) {
                                  " scans (progressive scans are each a pass over the image): "
                                  "not decoded"));
   }
-  if (p->budget->cpu_deadline_ns > 0 && ThreadCpuNanos() > p->budget->cpu_deadline_ns) {
+  if (p->budget->Spent()) {
     JpegFail(cinfo, OverBudget(*p->budget));
   }
 }
@@ -159,7 +182,7 @@ absl::Status DecodePngInto(png_structp png, png_infop info, const std::string& b
   png_set_progressive_read_fn(png, d, PngOnInfo, PngOnRow, nullptr);
   auto* p = reinterpret_cast<png_bytep>(const_cast<char*>(bytes.data()));
   for (size_t pos = 0; pos < bytes.size() && !d->done; pos += kPngFeed) {
-    if (d->budget->cpu_deadline_ns > 0 && ThreadCpuNanos() > d->budget->cpu_deadline_ns) {
+    if (d->budget->Spent()) {
       return absl::InvalidArgumentError(OverBudget(*d->budget));
     }
     png_process_data(png, info, p + pos, std::min(kPngFeed, bytes.size() - pos));

@@ -185,11 +185,7 @@ absl::Status DecodeFrame(const FrameInput& frame, const DecodeLimits& limits, Im
         absl::StrCat(name, " payload of ", frame.data.size(), " bytes is more than ", h.width, "x",
                      h.height, " pixels can need (at most ", most, "): not decoded"));
   }
-  codecs::DecodeBudget budget;
-  if (limits.max_decode_ms > 0) {
-    budget.cpu_budget_ms = limits.max_decode_ms;
-    budget.cpu_deadline_ns = codecs::ThreadCpuNanos() + int64_t{limits.max_decode_ms} * 1000000;
-  }
+  codecs::DecodeBudget budget = codecs::DecodeBudget::CpuMillis(limits.max_decode_ms);
   budget.max_jpeg_scans = limits.max_jpeg_scans;
   absl::Status st = h.format == EncodedFormat::kJpeg ? codecs::DecodeJpeg(frame.data, budget, out)
                                                      : codecs::DecodePng(frame.data, budget, out);
