@@ -483,6 +483,49 @@ TEST_F(GuardTest, InjectedFramesWaitForABoundaryInGrpcsOutput) {
   EXPECT_GT(trailers, rest) << "after the frame completed";
 }
 
+// gRPC's BDP probing raises the stream window it announces; the guard tells the client at most
+// max_initial_window (Http2Limits), entry by entry, whatever the read boundaries: the other
+// settings, SETTINGS ACKs and smaller windows pass as they are.
+class WindowGuardTest : public GuardTest {
+ protected:
+  static Http2Limits Limits() {
+    Http2Limits l;
+    l.max_initial_window = 65536;
+    return l;
+  }
+  WindowGuardTest() : GuardTest(Limits()) {}
+};
+
+std::string Setting(uint16_t id, uint32_t value) {
+  return std::string{static_cast<char>(id >> 8), static_cast<char>(id)} + Be32(value);
+}
+
+TEST_F(WindowGuardTest, ServerSettingsOfferAtMostTheFixedStreamWindow) {
+  Open();
+  const std::string grpc_says = Frame(
+      4, 0, 0, Setting(3, 100) + Setting(4, 4194205) + Setting(5, 16777215) + Setting(4, 8 << 20));
+  const std::string client_sees = Frame(
+      4, 0, 0, Setting(3, 100) + Setting(4, 65536) + Setting(5, 16777215) + Setting(4, 65536));
+  const std::string small = Frame(4, 0, 0, Setting(4, 1000));
+  const std::string ack = Frame(4, 1, 0, "");
+  const std::string data = Data(1, std::string(30, 'd'));
+  const std::string all = grpc_says + data + small + ack + grpc_says;
+  const std::string want = client_sees + data + small + ack + client_sees;
+  for (size_t piece : {all.size(), size_t{1}, size_t{4}, size_t{7}}) {
+    to_client_.clear();
+    for (size_t i = 0; i < all.size(); i += piece) ASSERT_TRUE(Server(all.substr(i, piece)));
+    EXPECT_EQ(absl::CHexEscape(to_client_), absl::CHexEscape(want)) << "pieces of " << piece;
+  }
+  EXPECT_TRUE(to_server_.empty());
+}
+
+TEST_F(GuardTest, WithoutAWindowLimitServerSettingsPassUnchanged) {
+  Open();
+  const std::string grpc_says = Frame(4, 0, 0, Setting(4, 4194205));
+  ASSERT_TRUE(Server(grpc_says));
+  EXPECT_EQ(to_client_, grpc_says);
+}
+
 TEST_F(GuardTest, RefusalFramesAreSettingsThenGoAway) {
   const std::string f = Http2Guard::RefusalFrames("too many");
   EXPECT_EQ(f.substr(0, 9), Settings());

@@ -27,6 +27,9 @@ enum FrameType : uint8_t {
 constexpr uint8_t kEndStream = 0x1;
 constexpr uint8_t kEndHeaders = 0x4;
 constexpr uint8_t kPadded = 0x8;
+constexpr uint8_t kAck = 0x1;  // SETTINGS, PING
+
+constexpr uint16_t kSettingsInitialWindowSize = 0x4;
 
 constexpr uint32_t kNoError = 0x0;
 constexpr uint32_t kProtocolError = 0x1;
@@ -36,6 +39,7 @@ constexpr uint32_t kEnhanceYourCalm = 0xb;
 
 constexpr size_t kMaxRejectedTracked = 256;
 
+uint16_t Be16(const uint8_t* p) { return static_cast<uint16_t>((uint16_t{p[0]} << 8) | p[1]); }
 uint32_t Be24(const uint8_t* p) { return (uint32_t{p[0]} << 16) | (uint32_t{p[1]} << 8) | p[2]; }
 uint32_t Be32(const uint8_t* p) {
   return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | p[3];
@@ -45,6 +49,13 @@ void PutBe32(std::string* out, uint32_t v) {
   out->push_back(static_cast<char>(v >> 16));
   out->push_back(static_cast<char>(v >> 8));
   out->push_back(static_cast<char>(v));
+}
+
+void PutBe32(uint8_t* p, uint32_t v) {
+  p[0] = static_cast<uint8_t>(v >> 24);
+  p[1] = static_cast<uint8_t>(v >> 16);
+  p[2] = static_cast<uint8_t>(v >> 8);
+  p[3] = static_cast<uint8_t>(v);
 }
 
 void AppendFrameHeader(std::string* out, uint32_t length, uint8_t type, uint8_t flags,
@@ -686,8 +697,29 @@ bool Http2Guard::FromServer(std::string_view bytes, TimePoint now, Http2Out* to_
       }
       if (!s_dropping_) to_client->Copy(std::string_view(reinterpret_cast<char*>(s_header_), 9));
       s_remaining_ = len;
+      s_settings_ = type == kSettings && !(flags & kAck) && limits_.max_initial_window > 0;
+      s_setting_have_ = 0;
     }
-    if (s_remaining_ > 0) {
+    if (s_remaining_ > 0 && s_settings_) {
+      // SETTINGS entry by entry (6 bytes each), the initial window lowered to the limit.
+      const size_t take =
+          std::min<size_t>({s_remaining_, bytes.size() - i, size_t{6} - s_setting_have_});
+      std::memcpy(s_setting_ + s_setting_have_, b + i, take);
+      s_setting_have_ += static_cast<uint32_t>(take);
+      s_remaining_ -= static_cast<uint32_t>(take);
+      i += take;
+      if (s_setting_have_ == 6) {
+        if (Be16(s_setting_) == kSettingsInitialWindowSize &&
+            Be32(s_setting_ + 2) > limits_.max_initial_window) {
+          PutBe32(s_setting_ + 2, limits_.max_initial_window);
+        }
+        to_client->Copy(std::string_view(reinterpret_cast<char*>(s_setting_), 6));
+        s_setting_have_ = 0;
+      } else if (s_remaining_ == 0) {  // not a whole entry (gRPC never sends that): as it came
+        to_client->Copy(std::string_view(reinterpret_cast<char*>(s_setting_), s_setting_have_));
+        s_setting_have_ = 0;
+      }
+    } else if (s_remaining_ > 0) {
       const size_t take = std::min<size_t>(s_remaining_, bytes.size() - i);
       if (!s_dropping_) to_client->Pass(bytes.substr(i, take));
       s_remaining_ -= static_cast<uint32_t>(take);

@@ -61,6 +61,15 @@ struct Http2Limits {
   double control_frame_burst = 500;
   uint64_t max_message_bytes = 32u << 20;  // gRPC messages, checked at their length prefix
   bool allow_compressed_messages = false;
+  // The most SETTINGS_INITIAL_WINDOW_SIZE (a stream's flow-control window) gRPC's SETTINGS may
+  // tell the client; a larger value is lowered to it on the way (0: passed on as gRPC says).
+  // gRPC's BDP probing raises the window it announces with the connection's bandwidth-delay
+  // product; with the client told this much, each stream still brings at most this much that
+  // nobody has read, while gRPC's connection window (which BDP raises too, and no other knob
+  // of 1.51 can) lets a client send a whole frame without waiting for a WINDOW_UPDATE every
+  // 64 KiB. A client that keeps to the smaller window never exceeds gRPC's larger one, and gRPC
+  // sizes its WINDOW_UPDATEs by what it has read, which the client's window follows.
+  uint32_t max_initial_window = 0;
 };
 
 // What ended a connection (or a stream) in the guard; labels for metrics and logs.
@@ -234,6 +243,9 @@ class Http2Guard {
   bool s_dropping_ = false;   // the current server frame is not passed on
   bool s_first_frame_done_ = false;
   bool s_in_header_block_ = false;
+  bool s_settings_ = false;    // the current server frame is SETTINGS (not an ACK)
+  uint8_t s_setting_[6] = {};  // the SETTINGS entry being read
+  uint32_t s_setting_have_ = 0;
   uint64_t s_dropped_data_ = 0;  // DATA bytes dropped, not yet credited back to gRPC
   // Frames the guard injects, waiting for a frame boundary in their direction.
   std::string inject_to_client_;

@@ -34,10 +34,19 @@ uint32_t StreamsPerPeer(const ServerOptions& o) {
                                     : std::max<uint32_t>(1, o.max_streams / 4);
 }
 
+// A hard memory ceiling (--max-memory-mb N), as opposed to the automatic budget or none.
+bool HardMemoryCeiling(const ServerOptions& o) { return o.strict_memory && o.max_memory_mb > 0; }
+
+// A stream's HTTP/2 receive window: under a hard ceiling, a stream not being read may buffer
+// only 64 KiB (the automatic budget keeps gRPC's windows as they are).
+uint32_t StreamWindow(const ServerOptions& o) {
+  return static_cast<uint32_t>(HardMemoryCeiling(o) ? std::min<size_t>(o.stream_window_bytes, 65536)
+                                                    : o.stream_window_bytes);
+}
+
 // The HTTP/2 and gRPC limits every transport of this server gets (gRPC's own knobs; the front
-// door adds what gRPC 1.51 lacks).
-void ApplyTransportLimits(const ServerOptions& o, uint64_t memory, grpc::ServerBuilder* b) {
-  if (!o.strict_memory) memory = 0;  // the automatic budget keeps gRPC's windows as they are
+// door adds what gRPC 1.51 lacks). `guarded`: every connection comes through the front door.
+void ApplyTransportLimits(const ServerOptions& o, bool guarded, grpc::ServerBuilder* b) {
   b->SetMaxReceiveMessageSize(static_cast<int>(o.max_receive_message_bytes));
   b->SetMaxSendMessageSize(4 << 20);
   // Frames are JPEG, PNG or raw pixels: compression gains nothing and a compressed message is a
@@ -57,13 +66,19 @@ void ApplyTransportLimits(const ServerOptions& o, uint64_t memory, grpc::ServerB
   b->AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 2);
   // Connections with no call for 10 minutes are closed (clients reconnect transparently).
   b->AddChannelArgument(GRPC_ARG_MAX_CONNECTION_IDLE_MS, 600000);
-  // gRPC's own buffers are bounded too: a fixed per-stream window (no BDP-driven growth) and a
-  // resource quota over all connections.
-  b->AddChannelArgument(GRPC_ARG_HTTP2_BDP_PROBE, 0);
-  // With a memory budget, a stream not being read may buffer only 64 KiB.
-  b->AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES,
-                        static_cast<int>(memory > 0 ? std::min<size_t>(o.stream_window_bytes, 65536)
-                                                    : o.stream_window_bytes));
+  // gRPC's own buffers are bounded too: a fixed per-stream window and a resource quota over all
+  // connections. Without BDP probing gRPC 1.51 keeps the connection's window at 64 KiB, so a
+  // client sends 64 KiB and waits for a WINDOW_UPDATE, about four round trips per 720p JPEG and
+  // ninety per raw 1080p frame. BDP probing raises the connection window, but also the stream
+  // window gRPC announces; behind the front door the guard lowers that back to the fixed window
+  // before the client sees it (Http2Limits::max_initial_window), so probing is on there only -
+  // and not under a hard ceiling: with it, multi-megabyte messages arrive in whole DATA frames
+  // and many at once, and fifty clients sending raw 1080p under --max-memory-mb 320 took the
+  // process up to 331 MiB past its start (267-279 MiB without; ReliabilityTest.MemoryCeiling*
+  // beside a CPU load).
+  const bool probe = (guarded || o.unguarded_bdp_probe) && !HardMemoryCeiling(o);
+  b->AddChannelArgument(GRPC_ARG_HTTP2_BDP_PROBE, probe ? 1 : 0);
+  b->AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, static_cast<int>(StreamWindow(o)));
 }
 
 void SetServing(grpc::Server* s, bool serving) {
@@ -159,6 +174,7 @@ absl::StatusOr<std::unique_ptr<FrontDoor>> Server::Impl::BindFrontDoor(const std
   fo.http2.max_header_block_bytes = 4 * options.max_header_bytes;
   fo.http2.max_message_bytes = options.max_receive_message_bytes;
   fo.http2.max_tracked_streams = std::max<uint32_t>(2 * options.max_concurrent_streams, 64);
+  fo.http2.max_initial_window = StreamWindow(options);
   fo.max_connections = options.max_connections;
   fo.max_connections_per_peer = options.max_connections_per_peer;
   fo.peer_ipv6_prefix = options.peer_ipv6_prefix;
@@ -191,7 +207,7 @@ absl::Status Server::Impl::StartGrpc(uint64_t memory) {
     builder.AddListeningPort(options.listen, creds, &port);
   }
   builder.RegisterService(service.get());
-  ApplyTransportLimits(options, memory, &builder);
+  ApplyTransportLimits(options, front_door != nullptr, &builder);
   // A last-resort guard only: under pressure gRPC resets streams rather than pushing back, so
   // the bounds that matter are the credits and the read budget above.
   grpc::ResourceQuota quota("framepipe");

@@ -56,8 +56,12 @@ struct ServerOptions {
   std::chrono::milliseconds handshake_timeout{10000};
   int io_threads = 0;                     // front-door relay threads; 0 = one per 8 workers
   size_t transport_memory_mb = 512;       // gRPC ResourceQuota: buffers of all connections
-  size_t stream_window_bytes = 1u << 20;  // HTTP/2 per-stream receive window (no BDP growth)
-  uint32_t max_streams_per_peer = 0;      // streams from one IP address; 0 = max_streams / 4
+  size_t stream_window_bytes = 1u << 20;  // HTTP/2 per-stream receive window (fixed: gRPC's
+                                          // BDP growth of it is cut back by the front door)
+  // gRPC's BDP probing with the guard off too: stream windows then grow unchecked. Only for
+  // `framepipe bench`, to measure the front door's hop apart from what probing saves; no flag.
+  bool unguarded_bdp_probe = false;
+  uint32_t max_streams_per_peer = 0;  // streams from one IP address; 0 = max_streams / 4
   std::chrono::milliseconds first_frame_timeout{10000};  // a call with no frame by then ends
   std::chrono::milliseconds idle_timeout{60000};         // a stream silent this long ends (0=off)
   // A stream whose client accepts no result this long is cancelled (0 = off).

@@ -6,6 +6,8 @@ import time
 import urllib.request
 
 import h2.events
+import h2.settings
+import pytest
 
 from attack import (H2Client, Prober, config_msg, grpc_headers, grpc_message, gzip_bomb,
                     header_flood, honest_stream, open_watch_calls, pb, raw_frame_msg)
@@ -204,4 +206,48 @@ def test_open_streams_of_any_method_are_capped_per_address(make_server):
         again.close()
     assert again is not None and not again.events_of(h2.events.StreamReset)
     again.close()
+    assert s.stop() == 0
+
+
+# Behind the front door gRPC probes each connection's bandwidth-delay product (BDP), which raises
+# its connection window: without probing, gRPC 1.51 keeps a connection to 64 KiB in flight, one
+# WINDOW_UPDATE round trip through the relay per 64 KiB (about ninety per raw 1080p frame). BDP
+# raises the stream window gRPC announces too (to ~4 MiB at once); the guard lowers it to the
+# fixed window (1 MiB) in every SETTINGS frame on the way, so a stream nobody reads still brings
+# at most that much. Under a hard ceiling (--max-memory-mb N) probing stays off and the window is
+# 64 KiB. A raw client sending 20 MiB on one stream: gRPC's PINGs arrive where probing is on, no
+# SETTINGS ever offers more than the fixed window, every frame is answered in order.
+@pytest.mark.parametrize("args,window,probing", [((), 1 << 20, True),
+                                                 (("--max-memory-mb", "512"), 65536, False)])
+def test_bdp_probing_widens_the_connection_not_the_streams(make_server, args, window, probing):
+    s = make_server(*args)
+    c = H2Client(s.port, timeout=30)
+    c.conn.send_headers(1, grpc_headers())
+    frames = [raw_frame_msg(seq, 1024, 1024) for seq in range(1, 21)]
+    body = grpc_message(config_msg(stream_id="bdp")) + b"".join(grpc_message(f) for f in frames)
+    widest = 0
+    off = 0
+    end = time.time() + 60
+    while off < len(body) and time.time() < end and not c.closed:
+        off += c.send_data(1, body[off:])
+        c.pump(0.005)
+        widest = max(widest, c.conn.outbound_flow_control_window)
+    c.conn.end_stream(1)
+    c.flush()
+    c.pump(30, until=lambda: c.trailers(1) is not None)
+    assert off == len(body), f"stalled after {off} of {len(body)} bytes"
+    t = c.trailers(1)
+    assert t is not None and t["grpc-status"] == "0", t
+    results = [pb.FrameResult.FromString(m) for m in c.messages(1)]
+    assert [r.seq for r in results] == list(range(1, 21))
+    assert all(r.status == pb.FRAME_STATUS_OK for r in results), [r.error for r in results]
+    code = h2.settings.SettingCodes.INITIAL_WINDOW_SIZE
+    offered = [e.changed_settings[code].new_value
+               for e in c.events_of(h2.events.RemoteSettingsChanged) if code in e.changed_settings]
+    assert offered and max(offered) <= window, offered
+    pings = c.events_of(h2.events.PingReceived)
+    assert bool(pings) == probing, f"{len(pings)} PINGs from gRPC"
+    print(f"stream windows offered {offered}, {len(pings)} PINGs, widest connection window "
+          f"{widest}")
+    c.close()
     assert s.stop() == 0
