@@ -11,7 +11,7 @@ BUILD_PACKAGES=(
   libtbb-dev libgrpc++-dev libgrpc-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libopencv-core-dev libopencv-imgproc-dev libopencv-imgcodecs-dev libopencv-features2d-dev
   libopencv-videoio-dev libjpeg62-turbo-dev libpng-dev prometheus-cpp-dev libcli11-dev
-  libssl-dev libavcodec-dev libavformat-dev libavutil-dev libswscale-dev
+  libssl-dev libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libnghttp2-dev
 )
 # Tests, sanitizers, fuzzing, tools, plots, the Python client, the demo and the benchmarks.
 DEV_PACKAGES=(

@@ -5,6 +5,7 @@
 #include "server/http2_guard.h"
 
 #include <gtest/gtest.h>
+#include <nghttp2/nghttp2.h>
 
 #include <map>
 
@@ -524,6 +525,91 @@ TEST_F(GuardTest, WithoutAWindowLimitServerSettingsPassUnchanged) {
   const std::string grpc_says = Frame(4, 0, 0, Setting(4, 4194205));
   ASSERT_TRUE(Server(grpc_says));
   EXPECT_EQ(to_client_, grpc_says);
+}
+
+// Methods that take one message (a health Watch, a unary call) and gRPC 1.51 holds whatever else
+// they are sent: the guard decodes each header block (HPACK, mirroring gRPC's table) and ends a
+// call at its first message over its method's limit - RST_STREAM CANCEL to gRPC before that
+// message, ENHANCE_YOUR_CALM to the client. Other methods are not limited.
+class MethodGuardTest : public GuardTest {
+ protected:
+  static Http2Limits Limits() {
+    Http2Limits l;
+    l.max_messages_by_path = {{"/grpc.health.v1.Health/Watch", 1}, {"/svc/Few", 3}};
+    return l;
+  }
+  MethodGuardTest() : GuardTest(Limits()) { nghttp2_hd_deflate_new(&deflater_, 4096); }
+  ~MethodGuardTest() override { nghttp2_hd_deflate_del(deflater_); }
+  // A request's header block for `path`, HPACK-encoded by nghttp2 with this connection's table
+  // (the second request for a path refers to the first one's entry).
+  std::string Block(const std::string& path) {
+    const std::string fields[][2] = {{":method", "POST"},
+                                     {":scheme", "http"},
+                                     {":path", path},
+                                     {":authority", "framepipe"},
+                                     {"content-type", "application/grpc"},
+                                     {"te", "trailers"}};
+    std::vector<nghttp2_nv> nv;
+    for (const auto& f : fields) {
+      nv.push_back({reinterpret_cast<uint8_t*>(const_cast<char*>(f[0].data())),
+                    reinterpret_cast<uint8_t*>(const_cast<char*>(f[1].data())), f[0].size(),
+                    f[1].size(), NGHTTP2_NV_FLAG_NONE});
+    }
+    std::string out(nghttp2_hd_deflate_bound(deflater_, nv.data(), nv.size()), '\0');
+    const ssize_t n = nghttp2_hd_deflate_hd(deflater_, reinterpret_cast<uint8_t*>(out.data()),
+                                            out.size(), nv.data(), nv.size());
+    out.resize(n > 0 ? static_cast<size_t>(n) : 0);
+    return out;
+  }
+  std::string Messages(int n) {
+    std::string body;
+    for (int i = 0; i < n; ++i) body += GrpcMessage(0);  // empty: what the flood sends
+    return body;
+  }
+  nghttp2_hd_deflater* deflater_ = nullptr;
+};
+
+TEST_F(MethodGuardTest, ACallIsEndedAtTheFirstMessageItsMethodDoesNotTake) {
+  Open();
+  ASSERT_TRUE(Client(Frame(1, kEndHeaders, 1, Block("/grpc.health.v1.Health/Watch"))));
+  ASSERT_TRUE(Client(Frame(1, kEndHeaders, 3, Block("/framepipe.v1.FramePipeline/Process"))));
+  // The second Watch, its block split over HEADERS + CONTINUATION, its :path from the table.
+  const std::string again = Block("/grpc.health.v1.Health/Watch");
+  ASSERT_TRUE(
+      Client(Frame(1, 0, 5, again.substr(0, 2)) + Frame(9, kEndHeaders, 5, again.substr(2))));
+  ASSERT_TRUE(Client(Frame(1, kEndHeaders, 7, Block("/svc/Few"))));
+  to_server_.clear();
+  to_client_.clear();
+  ASSERT_TRUE(Client(Data(1, Messages(1))));  // the Watch request: passes
+  EXPECT_EQ(Semantics(to_server_), Semantics(Data(1, Messages(1))));
+  EXPECT_TRUE(to_client_.empty());
+  ASSERT_TRUE(Client(Data(3, Messages(50))));  // Process: any number
+  ASSERT_TRUE(Client(Data(7, Messages(3))));   // its limit exactly
+  EXPECT_EQ(guard_.TakeRejections(StreamRejection::kTooManyMessages), 0u);
+  to_server_.clear();
+  ASSERT_TRUE(Client(Data(1, Messages(20)) + Data(5, Messages(2)) + Data(7, Messages(1))));
+  EXPECT_EQ(guard_.TakeRejections(StreamRejection::kTooManyMessages), 3u);
+  const std::vector<std::string> want = {Rst(1, 8), Rst(5, 8), Rst(7, 8), "DATA 5: " + Messages(1)};
+  auto got = Semantics(to_server_);
+  std::sort(got.begin(), got.end());
+  auto sorted = want;
+  std::sort(sorted.begin(), sorted.end());
+  EXPECT_EQ(got, sorted) << Summary(got);
+  ASSERT_TRUE(Server(Settings()));  // a boundary in gRPC's output: the resets go to the client
+  for (uint32_t id : {1u, 5u, 7u}) {
+    EXPECT_NE(to_client_.find(Rst(id, 0xb)), std::string::npos) << id;
+  }
+  // What follows on an ended call is dropped, its window handed back; the rest flows.
+  to_server_.clear();
+  ASSERT_TRUE(Client(Data(1, Messages(10)) + Data(3, Messages(2))));
+  EXPECT_EQ(Semantics(to_server_), Semantics(Data(3, Messages(2))));
+}
+
+TEST_F(MethodGuardTest, AHeaderBlockThatIsNotHpackClosesTheConnection) {
+  Open();
+  EXPECT_FALSE(Client(Frame(1, kEndHeaders, 1, std::string("\xff\xff\xff\xff\xff", 5))));
+  EXPECT_EQ(guard_.violation(), Http2Violation::kProtocol);
+  EXPECT_NE(guard_.violation_detail().find("not valid HPACK"), std::string::npos);
 }
 
 TEST_F(GuardTest, RefusalFramesAreSettingsThenGoAway) {

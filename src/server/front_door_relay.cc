@@ -78,6 +78,18 @@ bool WriteOrQueue(int fd, Buffer* queue, const Http2Out& out) {
   return true;
 }
 
+const char* RejectionDetail(StreamRejection r) {
+  switch (r) {
+    case StreamRejection::kPeerStreams:
+      return "a stream over the address's limit of open HTTP/2 streams was ended";
+    case StreamRejection::kTooManyMessages:
+      return "a call sent more messages than its method takes (a unary request, a health Watch) "
+             "and was ended";
+    default:
+      return "a stream was ended at a message's length prefix";
+  }
+}
+
 }  // namespace front_door
 
 using front_door::kLinger;
@@ -85,6 +97,7 @@ using front_door::kMaxLingering;
 using front_door::kReadChunk;
 using front_door::kTick;
 using front_door::OpenSslError;
+using front_door::RejectionDetail;
 
 uint64_t FrontDoor::Impl::RelayCpuNanos() const {
   uint64_t ns = 0;
@@ -333,9 +346,7 @@ void FrontDoor::Impl::ReadClient(IoThread* t, Connection* c) {
         rejected_streams[r] += k;
         Note(c->peer_host,
              absl::StrCat("stream_", StreamRejectionLabel(static_cast<StreamRejection>(r))),
-             static_cast<StreamRejection>(r) == StreamRejection::kPeerStreams
-                 ? "a stream over the address's limit of open HTTP/2 streams was ended"
-                 : "a stream was ended at a message's length prefix");
+             RejectionDetail(static_cast<StreamRejection>(r)));
       }
     }
     if (!ok) {

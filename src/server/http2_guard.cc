@@ -1,5 +1,7 @@
 #include "server/http2_guard.h"
 
+#include <nghttp2/nghttp2.h>
+
 #include <algorithm>
 #include <cstring>
 #include <utility>
@@ -27,7 +29,8 @@ enum FrameType : uint8_t {
 constexpr uint8_t kEndStream = 0x1;
 constexpr uint8_t kEndHeaders = 0x4;
 constexpr uint8_t kPadded = 0x8;
-constexpr uint8_t kAck = 0x1;  // SETTINGS, PING
+constexpr uint8_t kAck = 0x1;            // SETTINGS, PING
+constexpr uint8_t kPriorityFlag = 0x20;  // HEADERS
 
 constexpr uint16_t kSettingsInitialWindowSize = 0x4;
 
@@ -155,6 +158,8 @@ const char* StreamRejectionLabel(StreamRejection r) {
       return "compressed";
     case StreamRejection::kPeerStreams:
       return "peer_streams";
+    case StreamRejection::kTooManyMessages:
+      return "too_many_messages";
     case StreamRejection::kCount:
       break;
   }
@@ -169,11 +174,24 @@ bool StreamQuota::TryAcquire() {
   return true;
 }
 
+// gRPC's HPACK state, mirrored: the decoder sees every header block the client sends, in order.
+struct Http2Guard::Hpack {
+  nghttp2_hd_inflater* inflater = nullptr;
+  ~Hpack() {
+    if (inflater) nghttp2_hd_inflate_del(inflater);
+  }
+};
+
 Http2Guard::Http2Guard(Http2Limits limits, std::shared_ptr<StreamQuota> quota)
-    : limits_(limits),
-      resets_{limits.reset_burst, {}},
-      control_{limits.control_frame_burst, {}},
-      quota_(std::move(quota)) {}
+    : limits_(std::move(limits)),
+      resets_{limits_.reset_burst, {}},
+      control_{limits_.control_frame_burst, {}},
+      quota_(std::move(quota)) {
+  if (!limits_.max_messages_by_path.empty()) {
+    hpack_ = std::make_unique<Hpack>();
+    if (nghttp2_hd_inflate_new(&hpack_->inflater) != 0) throw std::bad_alloc();
+  }
+}
 
 Http2Guard::~Http2Guard() {
   if (quota_ && !open_.empty()) quota_->Release(static_cast<uint32_t>(open_.size()));
@@ -357,6 +375,7 @@ bool Http2Guard::HandleClientFrame(const uint8_t* h, TimePoint now, Http2Out* to
     case kHeaders:
     case kContinuation:
       v = OnHeaderFrame(type, sid, flags, len, now, to_client);
+      if (v == Verdict::kPass && hpack_ && !DecodeHeaderFragment(h, len, to_client)) return false;
       break;
     case kRstStream:
       if (rejected_.count(sid)) return true;  // already reset towards gRPC
@@ -455,6 +474,61 @@ Http2Guard::Verdict Http2Guard::OnHeaderFrame(uint8_t type, uint32_t sid, uint8_
   return Verdict::kPass;
 }
 
+bool Http2Guard::DecodeHeaderFragment(const uint8_t* h, uint32_t len, Http2Out* to_client) {
+  const uint8_t type = h[3], flags = h[4];
+  const uint32_t sid = Be32(h + 5) & 0x7fffffffu;
+  const uint8_t* in = h + 9;
+  size_t n = len;
+  if (type == kHeaders) {
+    path_.clear();
+    size_t pad = 0;
+    if (flags & kPadded) {
+      if (n < 1) return Violation(Http2Violation::kProtocol, "HEADERS padding", to_client);
+      pad = in[0];
+      ++in;
+      --n;
+    }
+    if (flags & kPriorityFlag) {
+      if (n < 5) return Violation(Http2Violation::kProtocol, "HEADERS priority", to_client);
+      in += 5;
+      n -= 5;
+    }
+    if (pad > n) return Violation(Http2Violation::kProtocol, "HEADERS padding", to_client);
+    n -= pad;
+  }
+  const bool last = (flags & kEndHeaders) != 0;
+  for (;;) {
+    nghttp2_nv nv;
+    int out_flags = 0;
+    const ssize_t used = nghttp2_hd_inflate_hd2(hpack_->inflater, &nv, &out_flags,
+                                                const_cast<uint8_t*>(in), n, last ? 1 : 0);
+    if (used < 0) {
+      return Violation(Http2Violation::kProtocol,
+                       absl::StrCat("header block on stream ", sid, " is not valid HPACK"),
+                       to_client);
+    }
+    in += used;
+    n -= static_cast<size_t>(used);
+    if (out_flags & NGHTTP2_HD_INFLATE_EMIT) {
+      const std::string_view name(reinterpret_cast<const char*>(nv.name), nv.namelen);
+      if (name == ":path") path_.assign(reinterpret_cast<const char*>(nv.value), nv.valuelen);
+    }
+    if (out_flags & NGHTTP2_HD_INFLATE_FINAL) {
+      nghttp2_hd_inflate_end_headers(hpack_->inflater);
+      break;
+    }
+    if (!(out_flags & NGHTTP2_HD_INFLATE_EMIT) && n == 0) break;  // the rest in a CONTINUATION
+  }
+  if (last && !path_.empty()) {
+    auto it = streams_.find(sid);
+    for (const auto& [path, most] : limits_.max_messages_by_path) {
+      if (path == path_ && it != streams_.end()) it->second.max_messages = most;
+    }
+    path_.clear();
+  }
+  return true;
+}
+
 bool Http2Guard::BeginData(const uint8_t* h, Http2Out* to_server, Http2Out* to_client) {
   data_ = DataIn{};
   data_.len = data_.remaining = Be24(h);
@@ -551,7 +625,13 @@ bool Http2Guard::ScanPayload(const char* p, size_t n, Http2Out* to_server, Http2
     s.prefix_have = 0;
     StreamRejection why;
     uint64_t declared = 0;
-    if (!CheckPrefix(s.prefix, &why, &declared)) {
+    bool ok = CheckPrefix(s.prefix, &why, &declared);
+    if (ok && s.max_messages > 0 && ++s.messages > s.max_messages) {
+      ok = false;
+      why = StreamRejection::kTooManyMessages;
+      declared = s.messages;
+    }
+    if (!ok) {
       // The prefix (part of it may have come in earlier frames) and the rest of this frame never
       // reach gRPC.
       RejectStream(data_.sid, &s, why, declared);
@@ -616,8 +696,9 @@ void Http2Guard::RejectStream(uint32_t id, StreamIn* s, StreamRejection why, uin
   rejected_.insert(id);
   // gRPC forgets the stream (the reactor sees a cancel)...
   AppendRst(&inject_to_server_, id, kCancel);
-  if (why == StreamRejection::kPeerStreams) {
-    // ...and a stream ended at its headers is reset towards the client too: ENHANCE_YOUR_CALM,
+  if (why == StreamRejection::kPeerStreams || why == StreamRejection::kTooManyMessages) {
+    // ...and a stream ended at its headers, or at a message its method does not take (gRPC has
+    // usually answered that call already), is reset towards the client too: ENHANCE_YOUR_CALM,
     // which gRPC clients report as RESOURCE_EXHAUSTED (the server's log says which limit).
     // Trailers would race with gRPC's own answer to the stream (it may answer before it reads
     // the reset; its header frames pass for HPACK's sake), and two ends of one stream are a

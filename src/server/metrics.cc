@@ -440,8 +440,9 @@ void Metrics::CollectFrontDoor(MetricFamilies* f) const {
       [&](int i) { return c.violations[i + 1]; });
   f->Labelled(
       "framepipe_http2_streams_rejected_total",
-      "Streams the HTTP/2 guard ended at a message's length prefix, by reason: "
-      "message_too_large, compressed.",
+      "Streams the HTTP/2 guard ended, by reason: message_too_large, compressed (at a message's "
+      "length prefix), peer_streams (at its headers: the address's open-stream limit), "
+      "too_many_messages (a message more than its method takes).",
       T::Counter, "reason", Count<StreamRejection>(),
       [](int i) { return StreamRejectionLabel(static_cast<StreamRejection>(i)); },
       [&](int i) { return c.rejected_streams[i]; });

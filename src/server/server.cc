@@ -34,6 +34,9 @@ uint32_t StreamsPerPeer(const ServerOptions& o) {
                                     : std::max<uint32_t>(1, o.max_streams / 4);
 }
 
+// Requests one reflection stream may make (grpcurl describing framepipe's API makes a dozen).
+constexpr uint32_t kMaxReflectionRequests = 256;
+
 // A hard memory ceiling (--max-memory-mb N), as opposed to the automatic budget or none.
 bool HardMemoryCeiling(const ServerOptions& o) { return o.strict_memory && o.max_memory_mb > 0; }
 
@@ -175,6 +178,14 @@ absl::StatusOr<std::unique_ptr<FrontDoor>> Server::Impl::BindFrontDoor(const std
   fo.http2.max_message_bytes = options.max_receive_message_bytes;
   fo.http2.max_tracked_streams = std::max<uint32_t>(2 * options.max_concurrent_streams, 64);
   fo.http2.max_initial_window = StreamWindow(options);
+  // Calls whose handler reads one message (gRPC's health service, framepipe's unary GetStats)
+  // and the reflection stream: gRPC 1.51 takes and holds whatever else they are sent.
+  fo.http2.max_messages_by_path = {
+      {"/grpc.health.v1.Health/Check", 1},
+      {"/grpc.health.v1.Health/Watch", 1},
+      {absl::StrCat("/", v1::FramePipeline::service_full_name(), "/GetStats"), 1},
+      {"/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", kMaxReflectionRequests},
+  };
   fo.max_connections = options.max_connections;
   fo.max_connections_per_peer = options.max_connections_per_peer;
   fo.peer_ipv6_prefix = options.peer_ipv6_prefix;
