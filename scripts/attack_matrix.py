@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT / "tests" / "security"))
 
 from attack import (H2Client, NonReader, Prober, config_msg, grpc_headers, grpc_message,  # noqa
                     gzip_bomb, header_flood, health_check, honest_stream, open_watch_calls,
-                    png_of_zeros, raw_frame_msg)
+                    png_of_zeros, raw_frame_msg, unread_message_flood)
 from framepipe_testing import FramepipeServer  # noqa: E402
 
 
@@ -219,6 +219,24 @@ def m_watch_flood(binary, extra):
     return out
 
 
+def m_message_flood(binary, extra):
+    outs = []
+    for name, path in (("Watch", "/grpc.health.v1.Health/Watch"),
+                       ("reflection", "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo")):
+        s = start(binary, extra)
+        base = s.rss_mib()
+        s.reset_peak()
+        clients = unread_message_flood(s.port, path, seconds=4)
+        reset = sum(1 for c in clients for e in c.events if type(e).__name__ == "StreamReset")
+        ok, _, _ = health_check(s.target)
+        outs.append(f"{name}: RSS +{s.peak_rss_mib() - base:.0f} MiB, {reset} of 64 calls reset"
+                    + ("" if ok else ", health FAILED"))
+        for c in clients:
+            c.close()
+        s.close()
+    return "; ".join(outs)
+
+
 def m_slowloris(binary, extra):
     s = start(binary, extra)
     socks = []
@@ -297,6 +315,7 @@ MEASURES = {
     "6 stalled streams": m_stalled,
     "6 results never read": m_non_reader,
     "6 250x100 health Watch": m_watch_flood,
+    "6 empty messages to unread calls": m_message_flood,
     "7 metrics slowloris": m_slowloris,
     "8 malformed message": m_malformed,
     "8 4 GiB prefix": m_huge_prefix,

@@ -28,7 +28,8 @@ sys.path.insert(0, str(ROOT / "tests" / "support"))
 sys.path.insert(0, str(ROOT / "tests" / "security"))
 
 from attack import (H2Client, NonReader, config_msg, grpc_headers, grpc_message,  # noqa: E402
-                    gzip_bomb, header_flood_frames, png_of_zeros, raw_frame_msg)
+                    gzip_bomb, header_flood_frames, png_of_zeros, raw_frame_msg,
+                    unread_message_flood)
 from framepipe_testing import FramepipeServer, framepipe_binary  # noqa: E402
 
 
@@ -95,6 +96,14 @@ def attack_non_reader(port):
     a = NonReader(port, streams=4, frames=300)
     a.push(4)
     a.close()
+
+
+def attack_message_flood(port):
+    """Empty messages to calls whose handler reads one (Watch) or is blocked (reflection)."""
+    path = random.choice(["/grpc.health.v1.Health/Watch",
+                          "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"])
+    for c in unread_message_flood(port, path, seconds=3, connections=2, calls=8):
+        c.close()
 
 
 def attack_gzip_bomb(port, bomb=[]):
@@ -187,6 +196,7 @@ def main():
         "header_flood": lambda: attack_header_flood(server.port),
         "stalled_streams": lambda: attack_stalled_streams(server.port),
         "non_reader": lambda: attack_non_reader(server.port),
+        "message_flood": lambda: attack_message_flood(server.port),
         "gzip_bomb": lambda: attack_gzip_bomb(server.port),
         "malformed": lambda: attack_malformed(server.port),
         "huge_prefix": lambda: attack_huge_prefix(server.port),

@@ -238,6 +238,42 @@ def open_watch_calls(port: int, connections: int, per_connection: int = 100,
     return conns
 
 
+def unread_message_flood(port: int, path: str, seconds: float = 4, connections: int = 8,
+                         calls: int = 8, source: str = "127.0.0.2") -> List[H2Client]:
+    """`connections` x `calls` calls of `path` sending empty gRPC messages (5 bytes each) as fast
+    as flow control allows, for `seconds`: gRPC 1.51 holds every message a call's handler does
+    not read (a health Watch after its request, a reflection stream whose answers go unread).
+    Returns the clients (their events say which calls were reset), still open."""
+    clients = []
+    for _ in range(connections):
+        c = H2Client(port, source=source, timeout=2)
+        for _ in range(calls):
+            c.conn.send_headers(c.conn.get_next_available_stream_id(), grpc_headers(path))
+        c.flush()
+        clients.append(c)
+    empties = b"\0" * (1 << 20)  # 209,715 empty messages
+    end = time.time() + seconds
+    while time.time() < end and not all(c.closed for c in clients):
+        for c in clients:
+            if c.closed:
+                continue
+            for sid in range(1, 2 * calls, 2):
+                try:
+                    stream = c.conn.streams.get(sid)
+                    if stream is not None and stream.open:
+                        c.send_data(sid, empties)
+                except h2.exceptions.H2Error:
+                    pass
+                except OSError:  # a server that stopped reading (the flood before the fix)
+                    c.closed = True
+                    break
+            try:
+                c.pump(0.002)
+            except OSError:
+                c.closed = True
+    return clients
+
+
 def header_flood_frames(stream_id: int, total_bytes: int, frame_bytes: int = 16384) -> bytes:
     """A HEADERS frame and CONTINUATION frames carrying one header block of `total_bytes`: a valid
     HPACK encoding (hpack's encoder, no Huffman) of a request whose last header is huge."""

@@ -6,13 +6,12 @@ import time
 import urllib.request
 
 import h2.events
-import h2.exceptions
 import h2.settings
 import pytest
 
 from attack import (H2Client, Prober, config_msg, grpc_headers, grpc_message, gzip_bomb,
                     header_flood, health_check, honest_stream, open_watch_calls, pb,
-                    raw_frame_msg)
+                    raw_frame_msg, unread_message_flood)
 
 
 def stream_log_lines(text: str) -> int:
@@ -270,33 +269,7 @@ def test_messages_a_method_does_not_take_are_refused(make_server, path):
     s = make_server()
     base = s.rss_mib()
     s.reset_peak()
-    clients = []
-    for _ in range(8):
-        c = H2Client(s.port, source="127.0.0.2", timeout=2)
-        for _ in range(8):
-            sid = c.conn.get_next_available_stream_id()
-            c.conn.send_headers(sid, grpc_headers(path))
-        c.flush()
-        clients.append(c)
-    empties = b"\0" * (1 << 20)  # 209,715 empty gRPC messages
-    end = time.time() + 4
-    while time.time() < end:
-        for c in clients:
-            if c.closed:
-                continue
-            for sid in range(1, 17, 2):
-                try:
-                    if c.conn.streams.get(sid) is not None and c.conn.streams[sid].open:
-                        c.send_data(sid, empties)
-                except h2.exceptions.H2Error:
-                    pass
-                except OSError:  # a server that stopped reading (the flood before the fix)
-                    c.closed = True
-                    break
-            try:
-                c.pump(0.002)
-            except OSError:
-                c.closed = True
+    clients = unread_message_flood(s.port, path, seconds=4)
     grew = s.peak_rss_mib() - base
     resets = [e for c in clients for e in c.events_of(h2.events.StreamReset)]
     assert grew < 64, f"peak RSS grew {grew:.0f} MiB"
