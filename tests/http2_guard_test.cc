@@ -122,6 +122,18 @@ class GuardTest : public ::testing::Test {
   std::string to_server_, to_client_;
 };
 
+// A GuardTest whose limits are the defaults changed by `Tweak`.
+template <void (*Tweak)(Http2Limits*)>
+class TweakedGuardTest : public GuardTest {
+ protected:
+  TweakedGuardTest() : GuardTest(Limits()) {}
+  static Http2Limits Limits() {
+    Http2Limits l;
+    Tweak(&l);
+    return l;
+  }
+};
+
 TEST_F(GuardTest, HonestTrafficPassesUnchangedEvenOneByteAtATime) {
   std::string all = std::string(kPreface) + Settings() + Headers(1, kEndHeaders) +
                     Data(1, GrpcMessage(3, 0, "abc")) + Data(1, GrpcMessage(0), kEndStream) +
@@ -487,15 +499,8 @@ TEST_F(GuardTest, InjectedFramesWaitForABoundaryInGrpcsOutput) {
 // gRPC's BDP probing raises the stream window it announces; the guard tells the client at most
 // max_initial_window (Http2Limits), entry by entry, whatever the read boundaries: the other
 // settings, SETTINGS ACKs and smaller windows pass as they are.
-class WindowGuardTest : public GuardTest {
- protected:
-  static Http2Limits Limits() {
-    Http2Limits l;
-    l.max_initial_window = 65536;
-    return l;
-  }
-  WindowGuardTest() : GuardTest(Limits()) {}
-};
+void WindowOf64KiB(Http2Limits* l) { l->max_initial_window = 65536; }
+using WindowGuardTest = TweakedGuardTest<WindowOf64KiB>;
 
 std::string Setting(uint16_t id, uint32_t value) {
   return std::string{static_cast<char>(id >> 8), static_cast<char>(id)} + Be32(value);
@@ -651,15 +656,8 @@ TEST(GuardReadBoundaryTest, PaddedSmallFramesReadInPiecesOfEverySize) {
   }
 }
 
-class SmallGuardTest : public GuardTest {
- protected:
-  static Http2Limits Limits() {
-    Http2Limits l;
-    l.max_tracked_streams = 4;
-    return l;
-  }
-  SmallGuardTest() : GuardTest(Limits()) {}
-};
+void FourStreams(Http2Limits* l) { l->max_tracked_streams = 4; }
+using SmallGuardTest = TweakedGuardTest<FourStreams>;
 
 TEST_F(SmallGuardTest, OpenStreamsAreBounded) {
   Open();
