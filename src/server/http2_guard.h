@@ -10,6 +10,11 @@
 //    max_message_bytes (or is compressed while compression is off) ends its stream at once with
 //    RESOURCE_EXHAUSTED / INVALID_ARGUMENT trailers, without gRPC receiving (and buffering) the
 //    body - gRPC 1.51 checks the size only once the whole message has arrived;
+//  * messages a method does not take: with max_messages_by_path, header blocks are decoded
+//    (HPACK, mirroring gRPC's table) and a call gets at most its method's number of messages
+//    (gRPC 1.51 holds, without bound, the messages of a call whose handler is not reading);
+//  * stream windows: SETTINGS_INITIAL_WINDOW_SIZE in gRPC's SETTINGS is cut to a fixed window,
+//    so gRPC's BDP probing can widen the connection window without widening every stream's;
 //  * protocol basics: the client preface, the first frame, and frames held whole (all but DATA)
 //    capped at their header: 16 KiB, header frames at the header-block limit.
 //
