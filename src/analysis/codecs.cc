@@ -19,25 +19,17 @@ namespace framepipe::codecs {
 
 int64_t ThreadCpuNanos() { return static_cast<int64_t>(CpuClockNanos(CLOCK_THREAD_CPUTIME_ID)); }
 
-namespace {
-int64_t SteadyNanos() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
-}  // namespace
-
 DecodeBudget DecodeBudget::CpuMillis(int64_t ms) {
   DecodeBudget b;
   if (ms <= 0) return b;
   b.cpu_budget_ms = ms;
   b.cpu_deadline_ns = ThreadCpuNanos() + ms * 1000000;
-  b.check_from_ns = SteadyNanos() + ms * 1000000;
+  b.check_from = Now() + std::chrono::milliseconds(ms);
   return b;
 }
 
 bool DecodeBudget::Spent() const {
-  if (cpu_deadline_ns <= 0 || SteadyNanos() < check_from_ns) return false;
+  if (cpu_deadline_ns <= 0 || Now() < check_from) return false;
   return ThreadCpuNanos() > cpu_deadline_ns;
 }
 

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "common/clock.h"
 #include "common/image.h"
 
 namespace framepipe::codecs {
@@ -15,11 +16,11 @@ namespace framepipe::codecs {
 struct DecodeBudget {
   int64_t cpu_deadline_ns = 0;  // thread CPU time (CLOCK_THREAD_CPUTIME_ID) not to pass; 0 = none
   int64_t cpu_budget_ms = 0;    // the budget it came from, for messages
-  // Steady-clock time (ns) before which the CPU clock is not read: a thread cannot use more CPU
-  // time than passes, so until its budget has passed in steady time it cannot have spent it.
-  // Reading a thread's CPU clock is a system call (~0.6 us here); libjpeg asks after every few
-  // rows, which cost ~4% of the server's CPU on 720p JPEG before this check came first.
-  int64_t check_from_ns = 0;
+  // When the CPU clock starts being read: a thread cannot use more CPU time than passes, so
+  // until its budget has passed (on the steady clock) it cannot have spent it. Reading a thread's
+  // CPU clock is a system call (~0.6 us here); libjpeg asks after every few rows, which cost ~4%
+  // of the server's CPU on 720p JPEG before this check came first.
+  TimePoint check_from{};
   int max_jpeg_scans = 0;  // 0 = no limit
 
   // A budget of `ms` milliseconds of the calling thread's CPU time from now (0: none).
