@@ -22,9 +22,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "support"))
 sys.path.insert(0, str(ROOT / "tests" / "security"))
 
-from attack import (H2Client, NonReader, Prober, config_msg, grpc_headers, grpc_message,  # noqa
-                    gzip_bomb, header_flood, health_check, honest_stream, open_watch_calls,
-                    png_of_zeros, raw_frame_msg, unread_message_flood)
+from attack import (FREE_FRAMES, H2Client, NonReader, Prober, config_msg,  # noqa
+                    free_frame_flood, grpc_headers, grpc_message, gzip_bomb, header_flood,
+                    health_check, honest_stream, open_watch_calls, png_of_zeros, raw_frame_msg,
+                    unread_message_flood)
 from framepipe_testing import FramepipeServer  # noqa: E402
 
 
@@ -237,6 +238,22 @@ def m_message_flood(binary, extra):
     return "; ".join(outs)
 
 
+def m_free_frames(binary, extra):
+    outs = []
+    for kind in sorted(FREE_FRAMES):
+        s = start(binary, extra)
+        base = s.rss_mib()
+        s.reset_peak()
+        c, sent = free_frame_flood(s.port, kind, seconds=8)
+        g = c.goaway()
+        outs.append(f"{kind}: {sent} frames, RSS +{s.peak_rss_mib() - base:.0f} MiB, "
+                    + (f"GOAWAY {g.error_code}" if g else "no GOAWAY")
+                    + ("" if s.alive() else ", server DIED"))
+        c.close()
+        s.close()
+    return "; ".join(outs)
+
+
 def m_slowloris(binary, extra):
     s = start(binary, extra)
     socks = []
@@ -316,6 +333,7 @@ MEASURES = {
     "6 results never read": m_non_reader,
     "6 250x100 health Watch": m_watch_flood,
     "6 empty messages to unread calls": m_message_flood,
+    "2 frames that cost no window": m_free_frames,
     "7 metrics slowloris": m_slowloris,
     "8 malformed message": m_malformed,
     "8 4 GiB prefix": m_huge_prefix,

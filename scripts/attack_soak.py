@@ -27,9 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "support"))
 sys.path.insert(0, str(ROOT / "tests" / "security"))
 
-from attack import (H2Client, NonReader, config_msg, grpc_headers, grpc_message,  # noqa: E402
-                    gzip_bomb, header_flood_frames, png_of_zeros, raw_frame_msg,
-                    unread_message_flood)
+from attack import (FREE_FRAMES, H2Client, NonReader, config_msg,  # noqa: E402
+                    free_frame_flood, grpc_headers, grpc_message, gzip_bomb, header_flood_frames,
+                    png_of_zeros, raw_frame_msg, unread_message_flood)
 from framepipe_testing import FramepipeServer, framepipe_binary  # noqa: E402
 
 
@@ -104,6 +104,12 @@ def attack_message_flood(port):
                           "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"])
     for c in unread_message_flood(port, path, seconds=3, connections=2, calls=8):
         c.close()
+
+
+def attack_free_frames(port):
+    """WINDOW_UPDATEs, empty DATA frames or GOAWAYs on one connection until it is closed."""
+    c, _ = free_frame_flood(port, random.choice(sorted(FREE_FRAMES)), seconds=3)
+    c.close()
 
 
 def attack_gzip_bomb(port, bomb=[]):
@@ -197,6 +203,7 @@ def main():
         "stalled_streams": lambda: attack_stalled_streams(server.port),
         "non_reader": lambda: attack_non_reader(server.port),
         "message_flood": lambda: attack_message_flood(server.port),
+        "free_frames": lambda: attack_free_frames(server.port),
         "gzip_bomb": lambda: attack_gzip_bomb(server.port),
         "malformed": lambda: attack_malformed(server.port),
         "huge_prefix": lambda: attack_huge_prefix(server.port),

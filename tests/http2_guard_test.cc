@@ -234,6 +234,98 @@ TEST_F(GuardTest, PingFloodCloses) {
   EXPECT_LE(n, 500);
 }
 
+// Frames that cost the client no flow-control window, sent as fast as it can: each kind closes
+// the connection at its bucket's burst (gRPC 1.51 aborts on the WINDOW_UPDATEs and grows on the
+// empty DATA frames), before gRPC sees more than the burst.
+TEST_F(GuardTest, FloodsOfFramesThatCostNoWindowClose) {
+  const struct {
+    std::string frame;
+    Http2Violation violation;
+    int burst;
+  } kinds[] = {
+      {Frame(8, 0, 0, Be32(1)), Http2Violation::kWindowUpdateFlood, 10000},  // the connection's
+      {Frame(8, 0, 1, Be32(1)), Http2Violation::kWindowUpdateFlood, 10000},  // a stream's
+      {Data(1, ""), Http2Violation::kControlFlood, 499},  // empty, not ending the stream
+      {Frame(7, 0, 0, Be32(1) + Be32(0)), Http2Violation::kControlFlood, 499},  // GOAWAY
+  };
+  for (const auto& k : kinds) {
+    SCOPED_TRACE(absl::CHexEscape(k.frame));
+    Http2Guard guard{Http2Limits{}};
+    Http2Out s, c;
+    ASSERT_TRUE(guard.FromClient(std::string(kPreface) + Settings() + Headers(1, kEndHeaders), T(0),
+                                 &s, &c));
+    int n = 0;
+    bool ok = true;
+    for (; ok && n < 50000; ++n) {
+      s.Clear();
+      ok = guard.FromClient(k.frame, T(0), &s, &c);
+      // Passed on as it came (an empty DATA frame of a tracked stream: not at all).
+      if (ok) {
+        EXPECT_EQ(Join(s), k.frame[3] == 0 ? "" : k.frame);
+      }
+    }
+    EXPECT_FALSE(ok);
+    EXPECT_EQ(guard.violation(), k.violation);
+    EXPECT_EQ(n, k.burst + 1);
+    EXPECT_NE(Join(c).find(k.violation == Http2Violation::kWindowUpdateFlood ? "WINDOW_UPDATE"
+                                                                             : "empty DATA"),
+              std::string::npos);
+  }
+}
+
+TEST_F(GuardTest, EmptyDataEndingAStreamIsNotAControlFrame) {
+  Open();
+  for (uint32_t i = 0; i < 2000; ++i) {
+    const uint32_t id = 1 + 2 * i;
+    ASSERT_TRUE(Client(Headers(id, kEndHeaders) + Data(id, "", kEndStream), 0.02 * i)) << i;
+    ASSERT_TRUE(Server(Headers(id, kEndHeaders | kEndStream, 5), 0.02 * i)) << i;
+  }
+}
+
+// An honest client answers what gRPC sends with WINDOW_UPDATEs - gRPC's client about three per
+// result message - however many DATA frames gRPC sends; several messages in one frame earn by
+// their bytes. Beyond what they earn, the bucket's burst, then the connection closes.
+TEST_F(GuardTest, WindowUpdatesAreEarnedByTheDataGrpcSends) {
+  Open();
+  ASSERT_TRUE(Client(Headers(1, kEndHeaders)));
+  ASSERT_TRUE(Server(Headers(1, kEndHeaders, 5)));
+  const std::string update = Frame(8, 0, 0, Be32(100)) + Frame(8, 0, 1, Be32(95)) +
+                             Frame(8, 0, 1, Be32(5)) + Frame(8, 0, 1, Be32(5));
+  for (int i = 0; i < 20000; ++i) {  // all at one instant: the bucket never refills
+    ASSERT_TRUE(Server(Data(1, std::string(63, 'r')))) << i;  // earns 4
+    ASSERT_TRUE(Client(update)) << i;
+  }
+  // Ten 640-byte messages in one frame: 4 + 100 earned, 30 answers.
+  for (int i = 0; i < 1000; ++i) {
+    ASSERT_TRUE(Server(Data(1, std::string(6400, 'r')))) << i;
+    for (int m = 0; m < 10; ++m) ASSERT_TRUE(Client(update.substr(13))) << i;
+  }
+  // 74,000 earned and not spent are banked, up to 65,536 (less the last frame's answers); then
+  // the burst.
+  int n = 0;
+  while (n < 100000 && Client(Frame(8, 0, 0, Be32(1)))) ++n;
+  EXPECT_EQ(n, 65536 - 30 + 10000);
+  EXPECT_EQ(guard_.violation(), Http2Violation::kWindowUpdateFlood);
+}
+
+TEST_F(GuardTest, WindowUpdatesNotExplainedByDataCloseAtTheBurst) {
+  Open();
+  ASSERT_TRUE(Client(Headers(1, kEndHeaders)));
+  int n = 0;
+  while (n < 100000 && Client(Frame(8, 0, 1, Be32(1)), 0.0001 * n)) ++n;  // 10,000 a second
+  EXPECT_EQ(guard_.violation(), Http2Violation::kWindowUpdateFlood);
+  EXPECT_GT(n, 10000 + 1000);  // the burst, and a second's refill while it was spent
+  EXPECT_LT(n, 10000 + 1500);
+  // At the sustained rate, never.
+  Http2Guard honest{Http2Limits{}};
+  Http2Out s, c;
+  ASSERT_TRUE(honest.FromClient(std::string(kPreface) + Settings() + Headers(1, kEndHeaders), T(0),
+                                &s, &c));
+  for (int i = 0; i < 50000; ++i) {
+    ASSERT_TRUE(honest.FromClient(Frame(8, 0, 1, Be32(1)), T(0.001 * i), &s, &c)) << i;
+  }
+}
+
 TEST_F(GuardTest, OtherFramesOverTheControlLimitCloseBeforeTheyAreHeld) {
   Open();
   EXPECT_FALSE(Client(Frame(6, 0, 0, std::string(16385, 'p')).substr(0, 9)));  // a huge PING

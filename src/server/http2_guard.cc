@@ -33,6 +33,8 @@ constexpr uint8_t kAck = 0x1;            // SETTINGS, PING
 constexpr uint8_t kPriorityFlag = 0x20;  // HEADERS
 
 constexpr uint16_t kSettingsInitialWindowSize = 0x4;
+// WINDOW_UPDATEs a client may have earned and not yet sent (see Http2Limits).
+constexpr double kMaxEarnedWindowUpdates = 65536;
 
 constexpr uint32_t kNoError = 0x0;
 constexpr uint32_t kProtocolError = 0x1;
@@ -144,9 +146,10 @@ std::string PercentEncode(std::string_view s) {
 }  // namespace
 
 const char* Http2ViolationLabel(Http2Violation v) {
-  static const char* kNames[] = {"none",          "bad_preface",      "frame_too_large",
-                                 "header_block",  "header_frames",    "reset_flood",
-                                 "control_flood", "too_many_streams", "protocol"};
+  static const char* kNames[] = {
+      "none",        "bad_preface",   "frame_too_large",  "header_block", "header_frames",
+      "reset_flood", "control_flood", "too_many_streams", "protocol",     "window_update_flood"};
+  static_assert(sizeof(kNames) / sizeof(kNames[0]) == static_cast<size_t>(Http2Violation::kCount));
   return kNames[static_cast<int>(v)];
 }
 
@@ -186,6 +189,7 @@ Http2Guard::Http2Guard(Http2Limits limits, std::shared_ptr<StreamQuota> quota)
     : limits_(std::move(limits)),
       resets_{limits_.reset_burst, {}},
       control_{limits_.control_frame_burst, {}},
+      window_updates_{limits_.window_update_burst, {}},
       quota_(std::move(quota)) {
   if (!limits_.max_messages_by_path.empty()) {
     hpack_ = std::make_unique<Hpack>();
@@ -371,7 +375,7 @@ bool Http2Guard::HandleClientFrame(const uint8_t* h, TimePoint now, Http2Out* to
   Verdict v = Verdict::kPass;
   switch (type) {
     case kData:
-      return BeginData(h, to_server, to_client);
+      return BeginData(h, now, to_server, to_client);
     case kHeaders:
     case kContinuation:
       v = OnHeaderFrame(type, sid, flags, len, now, to_client);
@@ -389,15 +393,19 @@ bool Http2Guard::HandleClientFrame(const uint8_t* h, TimePoint now, Http2Out* to
       }
       break;
     case kWindowUpdate:
-    case kGoAway:
-      break;
-    default:  // PING, SETTINGS, PRIORITY, PUSH_PROMISE and unknown types
-      if (!control_.Take(limits_.control_frames_per_second, limits_.control_frame_burst, now)) {
+      if (earned_window_updates_ >= 1) {
+        earned_window_updates_ -= 1;
+      } else if (!window_updates_.Take(limits_.window_updates_per_second,
+                                       limits_.window_update_burst, now)) {
         return Violation(
-            Http2Violation::kControlFlood,
-            absl::StrCat("over ", limits_.control_frames_per_second, " control frames a second"),
+            Http2Violation::kWindowUpdateFlood,
+            absl::StrCat("over ", limits_.window_updates_per_second,
+                         " WINDOW_UPDATE frames a second beyond what the data received explains"),
             to_client);
       }
+      break;
+    default:  // PING, SETTINGS, PRIORITY, GOAWAY, PUSH_PROMISE and unknown types
+      if (!TakeControlFrame("control frames", now, to_client)) return false;
       break;
   }
   if (v != Verdict::kPass) return false;
@@ -529,11 +537,28 @@ bool Http2Guard::DecodeHeaderFragment(const uint8_t* h, uint32_t len, Http2Out* 
   return true;
 }
 
-bool Http2Guard::BeginData(const uint8_t* h, Http2Out* to_server, Http2Out* to_client) {
+bool Http2Guard::TakeControlFrame(const char* what, TimePoint now, Http2Out* to_client) {
+  if (control_.Take(limits_.control_frames_per_second, limits_.control_frame_burst, now)) {
+    return true;
+  }
+  return Violation(Http2Violation::kControlFlood,
+                   absl::StrCat("over ", limits_.control_frames_per_second, " ", what,
+                                " a second (PING, SETTINGS, PRIORITY, GOAWAY, empty DATA)"),
+                   to_client);
+}
+
+bool Http2Guard::BeginData(const uint8_t* h, TimePoint now, Http2Out* to_server,
+                           Http2Out* to_client) {
   data_ = DataIn{};
   data_.len = data_.remaining = Be24(h);
   data_.flags = h[4];
   data_.sid = Be32(h + 5) & 0x7fffffffu;
+  // An empty DATA frame that does not end its stream carries nothing and costs no window: a
+  // control frame by another name (gRPC 1.51 grows by a flood of them).
+  if (data_.len == 0 && !(data_.flags & kEndStream) &&
+      !TakeControlFrame("empty DATA or control frames", now, to_client)) {
+    return false;
+  }
   if (rejected_.count(data_.sid)) {
     // A stream the guard ended: its data never reaches gRPC; the connection window it used goes
     // back to the client so other streams keep flowing.
@@ -755,6 +780,14 @@ bool Http2Guard::FromServer(std::string_view bytes, TimePoint now, Http2Out* to_
       }
       s_dropping_ = rejected && (type == kData || type == kRstStream);
       if (s_dropping_ && type == kData) s_dropped_data_ += len;
+      if (type == kData && !s_dropping_) {
+        // What the client may answer with WINDOW_UPDATEs (bounded: a client that never sends
+        // them cannot bank an unlimited allowance).
+        earned_window_updates_ =
+            std::min(earned_window_updates_ + limits_.window_updates_per_data_frame +
+                         len / std::max(1u, limits_.data_bytes_per_window_update),
+                     kMaxEarnedWindowUpdates);
+      }
       if (type == kHeaders) {
         auto it = streams_.find(sid);
         if (it != streams_.end()) it->second.server_headers = true;

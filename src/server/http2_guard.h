@@ -5,7 +5,10 @@
 //    max_header_frames frames closes the connection (GOAWAY ENHANCE_YOUR_CALM) before gRPC
 //    buffers or decodes it;
 //  * rapid reset: stream resets (the client's RST_STREAM, and streams gRPC had to refuse) beyond
-//    a token bucket close the connection; so do floods of PING/SETTINGS/PRIORITY frames;
+//    a token bucket close the connection; so do floods of the other frames that cost a client
+//    no flow-control window: PING, SETTINGS, PRIORITY, GOAWAY and empty DATA frames, and
+//    WINDOW_UPDATE frames beyond what the data gRPC sent explains (gRPC 1.51 aborts on a
+//    stream of WINDOW_UPDATEs on one connection within seconds; empty DATA frames grow it);
 //  * message size at the length prefix: a gRPC message whose 5-byte prefix declares more than
 //    max_message_bytes (or is compressed while compression is off) ends its stream at once with
 //    RESOURCE_EXHAUSTED / INVALID_ARGUMENT trailers, without gRPC receiving (and buffering) the
@@ -63,8 +66,19 @@ struct Http2Limits {
                                              // guard's own table)
   double resets_per_second = 100;            // client resets + refused streams, sustained
   double reset_burst = 200;
-  double control_frames_per_second = 100;  // PING, SETTINGS, PRIORITY, sustained
-  double control_frame_burst = 500;
+  double control_frames_per_second = 100;  // PING, SETTINGS, PRIORITY, GOAWAY, empty DATA
+  double control_frame_burst = 500;        // (no END_STREAM), sustained / burst
+  // WINDOW_UPDATE frames: a client sends them as it reads what gRPC sends - gRPC's own client
+  // about three per result message (the connection's, the stream's, and a few bytes more for
+  // the stream when its reader asks for the next message) - so each DATA frame gRPC sends earns
+  // the client window_updates_per_data_frame, plus one per data_bytes_per_window_update of its
+  // payload (several messages in one frame). Beyond what it has earned, a bucket of its own
+  // (opening updates, BDP-probing clients raising their windows). gRPC 1.51 takes any number:
+  // one connection sending nothing but WINDOW_UPDATEs aborts it within about ten seconds.
+  double window_updates_per_data_frame = 4;
+  uint32_t data_bytes_per_window_update = 64;
+  double window_updates_per_second = 1000;
+  double window_update_burst = 10000;
   uint64_t max_message_bytes = 32u << 20;  // gRPC messages, checked at their length prefix
   bool allow_compressed_messages = false;
   // The most SETTINGS_INITIAL_WINDOW_SIZE (a stream's flow-control window) gRPC's SETTINGS may
@@ -97,6 +111,7 @@ enum class Http2Violation {
   kControlFlood,
   kTooManyStreams,
   kProtocol,
+  kWindowUpdateFlood,
   kCount
 };
 const char* Http2ViolationLabel(Http2Violation v);
@@ -226,7 +241,9 @@ class Http2Guard {
   enum class Verdict { kPass, kClose };
   Verdict OnHeaderFrame(uint8_t type, uint32_t sid, uint8_t flags, uint32_t len, TimePoint now,
                         Http2Out* to_client);
-  bool BeginData(const uint8_t* h, Http2Out* to_server, Http2Out* to_client);
+  bool BeginData(const uint8_t* h, TimePoint now, Http2Out* to_server, Http2Out* to_client);
+  // A frame that costs the client no flow-control window, against its bucket.
+  bool TakeControlFrame(const char* what, TimePoint now, Http2Out* to_client);
   // `n` payload bytes of the current DATA frame (`p` null: they were spliced past the guard).
   bool DataPayload(const char* p, size_t n, Http2Out* to_server, Http2Out* to_client);
   bool ScanPayload(const char* p, size_t n, Http2Out* to_server, Http2Out* to_client);
@@ -261,6 +278,8 @@ class Http2Guard {
   DataIn data_;
   TokenBucket resets_;
   TokenBucket control_;
+  TokenBucket window_updates_;
+  double earned_window_updates_ = 0;  // from gRPC's DATA frames, spent before the bucket
   Http2Violation violation_ = Http2Violation::kNone;
   std::string detail_;
   uint64_t rejections_[static_cast<int>(StreamRejection::kCount)] = {};

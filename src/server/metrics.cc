@@ -434,7 +434,7 @@ void Metrics::CollectFrontDoor(MetricFamilies* f) const {
       "framepipe_http2_violations_total",
       "Connections the HTTP/2 guard closed, by kind: bad_preface, frame_too_large, "
       "header_block, header_frames, reset_flood, control_flood, too_many_streams, "
-      "protocol.",
+      "protocol, window_update_flood.",
       T::Counter, "kind", Count<Http2Violation>() - 1,
       [](int i) { return Http2ViolationLabel(static_cast<Http2Violation>(i + 1)); },
       [&](int i) { return c.violations[i + 1]; });

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import select
 import socket
 import struct
 import threading
@@ -272,6 +273,42 @@ def unread_message_flood(port: int, path: str, seconds: float = 4, connections: 
             except OSError:
                 c.closed = True
     return clients
+
+
+# Frames that cost a client no flow-control window, for free_frame_flood: WINDOW_UPDATEs (on the
+# connection and on a stream), empty DATA frames that do not end their stream, GOAWAYs.
+FREE_FRAMES = {
+    "window_update": hf.WindowUpdateFrame(0, window_increment=1),
+    "stream_window_update": hf.WindowUpdateFrame(1, window_increment=1),
+    "empty_data": hf.DataFrame(1, b""),
+    "goaway": hf.GoAwayFrame(0, last_stream_id=1),
+}
+
+
+def free_frame_flood(port: int, kind: str, seconds: float = 5,
+                     source: str = "127.0.0.2") -> Tuple[H2Client, int]:
+    """One connection opens a Process call, then sends nothing but `kind` frames (FREE_FRAMES),
+    a thousand per write, reading what the server has answered between writes, for `seconds` or until
+    the server closes the connection. Before the guard counted them, gRPC 1.51 aborted within
+    about ten seconds of WINDOW_UPDATEs and grew by hundreds of MiB on the others. Returns the
+    client (its events hold the GOAWAY) and the frames sent."""
+    c = H2Client(port, source=source)
+    c.conn.send_headers(1, grpc_headers())
+    c.send_data(1, grpc_message(config_msg(stream_id="free-frames")))
+    batch = FREE_FRAMES[kind].serialize() * 1000
+    sent = 0
+    end = time.time() + seconds
+    while time.time() < end and not c.closed:
+        try:
+            c.send_raw(batch)
+        except OSError:
+            c.closed = True
+            break
+        sent += 1000
+        if select.select([c.sock], [], [], 0)[0]:  # read only what has come: full speed
+            c.pump(0.001)
+    c.pump(1, until=lambda: c.goaway() is not None)
+    return c, sent
 
 
 def header_flood_frames(stream_id: int, total_bytes: int, frame_bytes: int = 16384) -> bytes:

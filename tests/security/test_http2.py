@@ -9,9 +9,9 @@ import h2.events
 import h2.settings
 import pytest
 
-from attack import (H2Client, Prober, config_msg, grpc_headers, grpc_message, gzip_bomb,
-                    header_flood, health_check, honest_stream, open_watch_calls, pb,
-                    raw_frame_msg, unread_message_flood)
+from attack import (FREE_FRAMES, H2Client, Prober, config_msg, free_frame_flood, grpc_headers,
+                    grpc_message, gzip_bomb, header_flood, health_check, honest_stream,
+                    open_watch_calls, pb, raw_frame_msg, unread_message_flood)
 
 
 def stream_log_lines(text: str) -> int:
@@ -283,4 +283,38 @@ def test_messages_a_method_does_not_take_are_refused(make_server, path):
         c.close()
     ok, seconds, detail = health_check(s.target)
     assert ok, detail
+    assert s.stop() == 0
+
+
+# Frames that cost a client no flow-control window, as fast as one connection can send them.
+# Before, gRPC 1.51 took any number: WINDOW_UPDATEs on the connection aborted the server within
+# about ten seconds (an assertion in its TCP reader; also with --guard off, at 80 MiB), a stream's
+# WINDOW_UPDATEs took it to 660 MiB and empty DATA frames to 300 MiB in 12 s (--guard off), and
+# through the front door the WINDOW_UPDATEs reached 1.7 GB before the abort. Now each kind closes
+# the connection at its bucket (ENHANCE_YOUR_CALM, saying why), memory stays flat, health is
+# answered throughout and an honest stream is served after.
+@pytest.mark.parametrize("kind", sorted(FREE_FRAMES))
+def test_floods_of_frames_that_cost_no_window_close_the_connection(make_server, kind):
+    s = make_server()
+    base = s.rss_mib()
+    s.reset_peak()
+    prober = Prober(s.target)
+    c, sent = free_frame_flood(s.port, kind)
+    results = prober.stop()
+    assert s.alive(), s.text()[-2000:]
+    g = c.goaway()
+    assert g is not None, f"{sent} {kind} frames and no GOAWAY"
+    assert g.error_code == 11, g  # ENHANCE_YOUR_CALM
+    said = (g.additional_data or b"").decode()
+    assert ("WINDOW_UPDATE" if "window" in kind else "empty DATA") in said, said
+    grew = s.peak_rss_mib() - base
+    assert grew < 64, f"peak RSS grew {grew:.0f} MiB"
+    assert all(ok for ok, _, _ in results), [r for r in results if not r[0]]
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{s.metrics_port}/metrics").read().decode()
+    flood = "window_update_flood" if "window" in kind else "control_flood"
+    m = re.search(r'framepipe_http2_violations_total\{kind="%s"\} (\S+)' % flood, metrics)
+    assert m and float(m.group(1)) >= 1, m and m.group(0)
+    c.close()
+    ok, why = honest_stream(s.target)
+    assert ok, why
     assert s.stop() == 0
