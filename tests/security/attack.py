@@ -288,14 +288,14 @@ FREE_FRAMES = {
 def free_frame_flood(port: int, kind: str, seconds: float = 5,
                      source: str = "127.0.0.2") -> Tuple[H2Client, int]:
     """One connection opens a Process call, then sends nothing but `kind` frames (FREE_FRAMES),
-    a thousand per write, reading what the server has answered between writes, for `seconds` or until
+    5,000 per write, reading what the server has answered between writes, for `seconds` or until
     the server closes the connection. Before the guard counted them, gRPC 1.51 aborted within
     about ten seconds of WINDOW_UPDATEs and grew by hundreds of MiB on the others. Returns the
     client (its events hold the GOAWAY) and the frames sent."""
     c = H2Client(port, source=source)
     c.conn.send_headers(1, grpc_headers())
     c.send_data(1, grpc_message(config_msg(stream_id="free-frames")))
-    batch = FREE_FRAMES[kind].serialize() * 1000
+    batch = FREE_FRAMES[kind].serialize() * 5000
     sent = 0
     end = time.time() + seconds
     while time.time() < end and not c.closed:
@@ -304,7 +304,7 @@ def free_frame_flood(port: int, kind: str, seconds: float = 5,
         except OSError:
             c.closed = True
             break
-        sent += 1000
+        sent += 5000
         if select.select([c.sock], [], [], 0)[0]:  # read only what has come: full speed
             c.pump(0.001)
     c.pump(1, until=lambda: c.goaway() is not None)
