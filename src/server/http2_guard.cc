@@ -405,7 +405,7 @@ bool Http2Guard::HandleClientFrame(const uint8_t* h, TimePoint now, Http2Out* to
       }
       break;
     default:  // PING, SETTINGS, PRIORITY, GOAWAY, PUSH_PROMISE and unknown types
-      if (!TakeControlFrame("control frames", now, to_client)) return false;
+      if (!TakeControlFrame(now, to_client)) return false;
       break;
   }
   if (v != Verdict::kPass) return false;
@@ -537,13 +537,14 @@ bool Http2Guard::DecodeHeaderFragment(const uint8_t* h, uint32_t len, Http2Out* 
   return true;
 }
 
-bool Http2Guard::TakeControlFrame(const char* what, TimePoint now, Http2Out* to_client) {
+bool Http2Guard::TakeControlFrame(TimePoint now, Http2Out* to_client) {
   if (control_.Take(limits_.control_frames_per_second, limits_.control_frame_burst, now)) {
     return true;
   }
   return Violation(Http2Violation::kControlFlood,
-                   absl::StrCat("over ", limits_.control_frames_per_second, " ", what,
-                                " a second (PING, SETTINGS, PRIORITY, GOAWAY, empty DATA)"),
+                   absl::StrCat("over ", limits_.control_frames_per_second,
+                                " control frames a second (PING, SETTINGS, PRIORITY, GOAWAY, "
+                                "empty DATA)"),
                    to_client);
 }
 
@@ -555,8 +556,7 @@ bool Http2Guard::BeginData(const uint8_t* h, TimePoint now, Http2Out* to_server,
   data_.sid = Be32(h + 5) & 0x7fffffffu;
   // An empty DATA frame that does not end its stream carries nothing and costs no window: a
   // control frame by another name (gRPC 1.51 grows by a flood of them).
-  if (data_.len == 0 && !(data_.flags & kEndStream) &&
-      !TakeControlFrame("empty DATA or control frames", now, to_client)) {
+  if (data_.len == 0 && !(data_.flags & kEndStream) && !TakeControlFrame(now, to_client)) {
     return false;
   }
   if (rejected_.count(data_.sid)) {

@@ -243,7 +243,7 @@ class Http2Guard {
                         Http2Out* to_client);
   bool BeginData(const uint8_t* h, TimePoint now, Http2Out* to_server, Http2Out* to_client);
   // A frame that costs the client no flow-control window, against its bucket.
-  bool TakeControlFrame(const char* what, TimePoint now, Http2Out* to_client);
+  bool TakeControlFrame(TimePoint now, Http2Out* to_client);
   // `n` payload bytes of the current DATA frame (`p` null: they were spliced past the guard).
   bool DataPayload(const char* p, size_t n, Http2Out* to_server, Http2Out* to_client);
   bool ScanPayload(const char* p, size_t n, Http2Out* to_server, Http2Out* to_client);

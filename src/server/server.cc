@@ -151,7 +151,7 @@ absl::Status Server::Impl::StartPipeline(int workers, uint64_t memory) {
   // all of it given to frames, 50 clients of 1080p raw frames pushed resident memory to 0.9-1.0x
   // of the budget; the ceiling must hold for the process, not only for the frames.)
   po.global_max_bytes = memory - memory / 4 - memory / 8;
-  if (memory > 0 && options.strict_memory) {
+  if (HardMemoryCeiling(options)) {
     // Frame-sized buffers (over 1 MiB) are mapped and unmapped one by one, so freed frames go
     // back to the system at once instead of lingering in malloc's per-thread arenas: resident
     // memory then follows the budget. (glibc otherwise raises this threshold as it sees big
