@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 #include <nghttp2/nghttp2.h>
 
+#include <algorithm>
 #include <map>
 
 #include "absl/strings/escaping.h"
@@ -843,6 +844,228 @@ TEST_F(QuotaGuardTest, RefusingStreamsInAFloodClosesTheConnection) {
     open = a.Client(Headers(id, kEndHeaders));
   EXPECT_FALSE(open);
   EXPECT_EQ(a.guard_.violation(), Http2Violation::kResetFlood);
+}
+
+// ---- Inline mode: the guard inside gRPC's own reads and writes (front_door_inline.cc).
+
+// A client's bytes as gRPC's reads deliver them: reads of random sizes, each landing in up to
+// four buffers; the guard gets each buffer with the rest of its read as lookahead.
+struct InlineRun {
+  std::string out;             // what gRPC gets
+  std::string to_client;       // what the guard answers the client
+  size_t identical_reads = 0;  // reads gRPC could keep as they were (not one byte copied)
+  size_t reads = 0;
+};
+
+// The guard's output is exactly the input's buffers, where they lie.
+bool SameBytes(const Http2Out& out, const std::vector<std::string_view>& segs) {
+  size_t si = 0, off = 0;
+  for (std::string_view p : out.parts()) {
+    while (!p.empty()) {
+      while (si < segs.size() && off == segs[si].size()) ++si, off = 0;
+      if (si == segs.size() || p.data() != segs[si].data() + off) return false;
+      const size_t k = std::min(p.size(), segs[si].size() - off);
+      p.remove_prefix(k);
+      off += k;
+    }
+  }
+  while (si < segs.size() && off == segs[si].size()) ++si, off = 0;
+  return si == segs.size();
+}
+
+InlineRun FeedInline(Http2Guard* g, const std::string& all, std::mt19937* rng, size_t max_read,
+                     size_t min_read = 1) {
+  auto uni = [&](size_t lo, size_t hi) {
+    return std::uniform_int_distribution<size_t>(lo, hi)(*rng);
+  };
+  InlineRun r;
+  for (size_t pos = 0; pos < all.size();) {
+    const size_t n = std::min(all.size() - pos, uni(min_read, max_read));
+    std::vector<std::string_view> segs;
+    for (size_t at = pos; at < pos + n;) {
+      const size_t k = segs.size() == 3 ? pos + n - at : std::min(pos + n - at, uni(1, n));
+      segs.emplace_back(all.data() + at, k);
+      at += k;
+    }
+    Http2Out s, c;
+    for (size_t i = 0; i < segs.size(); ++i) {
+      g->SetReadAhead(segs.data() + i + 1, segs.size() - i - 1);
+      EXPECT_TRUE(g->FromClient(segs[i], TimePoint{}, &s, &c));
+    }
+    g->SetReadAhead(nullptr, 0);
+    ++r.reads;
+    if (SameBytes(s, segs)) ++r.identical_reads;
+    r.out += Join(s);
+    r.to_client += Join(c);
+    pos += n;
+  }
+  return r;
+}
+
+Http2Limits InlineLimits() {
+  Http2Limits l;
+  l.inline_mode = true;
+  return l;
+}
+
+// Random honest traffic - five streams, messages of 0 to 300,000 bytes, DATA frames of 1 byte to
+// 1 MiB interleaved, some padded - read in random pieces: gRPC gets what the client sent (padding
+// removed and credited back, as relayed), and without padding every read whole enough to judge
+// its frames goes on as it came.
+TEST(InlineGuardTest, HonestFramesPassAsTheyCameAndMeanWhatTheClientSent) {
+  size_t identical_reads = 0;
+  for (uint32_t seed = 1; seed <= 40; ++seed) {
+    std::mt19937 rng(seed);
+    auto uni = [&](uint32_t lo, uint32_t hi) {
+      return std::uniform_int_distribution<uint32_t>(lo, hi)(rng);
+    };
+    const bool padding_allowed = seed % 2 == 0;
+    std::string all = std::string(kPreface) + Settings();
+    std::string expected = all;
+    uint64_t padding = 0;
+    std::vector<std::pair<uint32_t, std::string>> pending;
+    for (uint32_t id = 1; id <= 9; id += 2) {
+      std::string msgs;
+      for (uint32_t m = uni(1, 4); m > 0; --m) {
+        const uint32_t size = uni(0, 1) ? uni(0, 40) : uni(1000, 300000);
+        msgs += GrpcMessage(size, 0, std::string(size, static_cast<char>('a' + m)));
+      }
+      all += Headers(id, kEndHeaders);
+      expected += Headers(id, kEndHeaders);
+      pending.push_back({id, msgs});
+    }
+    while (!pending.empty()) {
+      const size_t k = uni(0, static_cast<uint32_t>(pending.size() - 1));
+      auto& [id, rest] = pending[k];
+      const size_t n =
+          std::min<size_t>(rest.size(), uni(0, 3) ? uni(1, (1 << 20) - 256) : uni(1, 7));
+      const bool last = n == rest.size();
+      const std::string chunk = rest.substr(0, n);
+      rest.erase(0, n);
+      const uint8_t end = last ? kEndStream : 0;
+      if (padding_allowed && uni(0, 4) == 0) {
+        const uint32_t pad = uni(0, 255);
+        padding += pad + 1;
+        all += Frame(0, end | kPadded, id,
+                     std::string(1, static_cast<char>(pad)) + chunk + std::string(pad, 0));
+      } else {
+        all += Data(id, chunk, end);
+      }
+      expected += Data(id, chunk, end);
+      if (last) pending.erase(pending.begin() + static_cast<std::ptrdiff_t>(k));
+    }
+    // All of it in one read (in up to four buffers): every frame can be judged, nothing copied.
+    if (!padding_allowed) {
+      Http2Guard g(InlineLimits());
+      Http2Out s0, c0;
+      ASSERT_TRUE(g.FromServer(Settings(), TimePoint{}, &s0, &c0));
+      const InlineRun whole = FeedInline(&g, all, &rng, all.size(), all.size());
+      ASSERT_EQ(whole.reads, 1u);
+      EXPECT_EQ(whole.identical_reads, 1u) << "seed " << seed;
+      EXPECT_TRUE(whole.out == all) << "seed " << seed;
+      EXPECT_TRUE(whole.to_client.empty()) << "seed " << seed;
+    }
+    // Reads of random sizes: the same meaning, and the padding's window credited back.
+    Http2Guard g(InlineLimits());
+    Http2Out s0, c0;
+    ASSERT_TRUE(g.FromServer(Settings(), TimePoint{}, &s0, &c0));
+    const InlineRun run = FeedInline(&g, all, &rng, uni(0, 1) ? 300 : 300000);
+    const auto got = Semantics(run.out), want = Semantics(expected);
+    ASSERT_TRUE(got == want) << "seed " << seed << ": " << Summary(got) << "\n  vs\n"
+                             << Summary(want);
+    uint64_t credited = 0;
+    for (const auto& [sid, k] : WindowCredits(run.to_client)) {
+      if (sid == 0) credited = k;
+    }
+    ASSERT_EQ(credited, padding) << "seed " << seed;
+    if (!padding_allowed) identical_reads += run.identical_reads;
+    EXPECT_EQ(g.violation(), Http2Violation::kNone);
+  }
+  EXPECT_GT(identical_reads, 0u) << "random reads: the ones inside frames passed as they came";
+}
+
+// A message over the limit, its prefix anywhere - split over frames of a few bytes, after a body
+// in the same frame, in a frame passed as it came or one re-framed: inline as relayed, gRPC never
+// gets the whole prefix, gets everything the stream sent before it, hears the stream was
+// cancelled; the other stream is untouched.
+TEST(InlineGuardTest, APrefixOverTheLimitNeverReachesGrpcWhateverTheFraming) {
+  for (uint32_t seed = 1; seed <= 60; ++seed) {
+    std::mt19937 rng(seed);
+    auto uni = [&](uint32_t lo, uint32_t hi) {
+      return std::uniform_int_distribution<uint32_t>(lo, hi)(rng);
+    };
+    std::string good1;
+    for (uint32_t m = uni(0, 3); m > 0; --m) {
+      const uint32_t size = uni(0, 1) ? uni(0, 40) : uni(1000, 200000);
+      good1 += GrpcMessage(size, 0, std::string(size, 'g'));
+    }
+    const std::string bad = GrpcMessage(40u << 20) + std::string(uni(0, 5000), 'z');
+    std::string stream1 = good1 + bad;
+    std::string stream3;
+    for (uint32_t m = uni(1, 3); m > 0; --m) {
+      const uint32_t size = uni(0, 100000);
+      stream3 += GrpcMessage(size, 0, std::string(size, 'h'));
+    }
+    std::string all =
+        std::string(kPreface) + Settings() + Headers(1, kEndHeaders) + Headers(3, kEndHeaders);
+    std::string rest1 = stream1, rest3 = stream3;
+    while (!rest1.empty() || !rest3.empty()) {
+      const bool one = !rest1.empty() && (rest3.empty() || uni(0, 1));
+      std::string& rest = one ? rest1 : rest3;
+      const size_t n = std::min<size_t>(rest.size(), uni(0, 2) ? uni(1, 300000) : uni(1, 6));
+      all += Data(one ? 1 : 3, rest.substr(0, n), n == rest.size() ? kEndStream : 0);
+      rest.erase(0, n);
+    }
+    Http2Guard g(InlineLimits());
+    Http2Out s0, c0;
+    ASSERT_TRUE(g.FromServer(Settings(), TimePoint{}, &s0, &c0));
+    const InlineRun run = FeedInline(&g, all, &rng, uni(0, 1) ? 64 : 400000);
+    EXPECT_EQ(g.TakeRejections(StreamRejection::kMessageTooLarge), 1u) << "seed " << seed;
+    const testing::Http2Meaning m = testing::ParseHttp2(run.out);
+    EXPECT_EQ(m.tail, 0u) << "seed " << seed;
+    EXPECT_EQ(m.data.at(3), stream3 + "|END") << "seed " << seed;
+    const std::string got1 = m.data.count(1) ? m.data.at(1) : "";
+    EXPECT_GE(got1.size(), good1.size()) << "seed " << seed << ": earlier messages delivered";
+    EXPECT_LT(got1.size(), good1.size() + 5) << "seed " << seed << ": never the whole prefix";
+    EXPECT_EQ(got1, stream1.substr(0, got1.size())) << "seed " << seed;
+    EXPECT_NE(std::find(m.frames.begin(), m.frames.end(), Rst(1, 8)), m.frames.end())
+        << "seed " << seed << ": gRPC hears the stream was cancelled";
+    EXPECT_EQ(TrailerValue(run.to_client, "grpc-status"), "8") << "seed " << seed;
+  }
+}
+
+// gRPC's frames pass as they came (views of its buffer, not copies) unless the guard changes them:
+// a SETTINGS window over the limit, its own frames at a boundary. Inline, gRPC's data for a stream
+// the guard ended goes on too (the client ignores frames after the reset it was sent), so no
+// window ever has to be handed back to gRPC outside its reads.
+TEST(InlineGuardTest, ServerFramesPassAsTheyCame) {
+  Http2Limits l = InlineLimits();
+  l.max_initial_window = 1 << 20;
+  Http2Guard g(l);
+  const std::string grpc_out = Frame(4, 0, 0, Setting(4, 65536) + Setting(5, 16384)) +
+                               Frame(4, 1, 0, "") + Frame(8, 0, 0, Be32(5000)) +
+                               Headers(1, kEndHeaders) + Data(1, GrpcMessage(3, 0, "res"));
+  Http2Out s, c;
+  ASSERT_TRUE(g.FromServer(grpc_out, TimePoint{}, &s, &c));
+  EXPECT_TRUE(SameBytes(c, {grpc_out}));
+  EXPECT_TRUE(s.empty());
+  // A window over the limit is lowered: that SETTINGS frame is the guard's.
+  Http2Out s2, c2;
+  const std::string wide = Frame(4, 0, 0, Setting(4, 4 << 20));
+  ASSERT_TRUE(g.FromServer(wide, TimePoint{}, &s2, &c2));
+  EXPECT_FALSE(SameBytes(c2, {wide}));
+  EXPECT_EQ(Join(c2), Frame(4, 0, 0, Setting(4, 1 << 20)));
+  // A stream ended at its prefix: gRPC's late result passes, nothing is credited back to gRPC.
+  Http2Out s3, c3;
+  const std::string client = std::string(kPreface) + Settings() + Headers(3, kEndHeaders) +
+                             Data(3, GrpcMessage(0xfffffff0u));
+  ASSERT_TRUE(g.FromClient(client, TimePoint{}, &s3, &c3));
+  EXPECT_EQ(g.TakeRejections(StreamRejection::kMessageTooLarge), 1u);
+  Http2Out s4, c4;
+  const std::string late = Data(3, "late result");
+  ASSERT_TRUE(g.FromServer(late, TimePoint{}, &s4, &c4));
+  EXPECT_NE(Join(c4).find(late), std::string::npos);
+  EXPECT_TRUE(s4.empty());
 }
 
 }  // namespace

@@ -606,10 +606,12 @@ TEST(ServiceTest, OversizedMessageIsResourceExhausted) {
   EXPECT_EQ(call.Finish().error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
 }
 
-// The front door splices the bodies of large messages past its guard (kernel to kernel) and
-// reads the rest: whatever path a byte took, every frame arrives intact. The same frames - large
-// raw ones between small JPEGs, three streams on one connection so their DATA frames interleave -
-// through the front door and through gRPC's own listener give the same analysis, exactly.
+// Inline, gRPC reads the client's socket itself and the guard judges the bytes where they lie
+// (copying only what it changes); relayed, the front door splices the bodies of large messages
+// past its guard (kernel to kernel) and reads the rest: whatever path a byte took, every frame
+// arrives intact. The same frames - large raw ones between small JPEGs, three streams on one
+// connection so their DATA frames interleave - through the front door inline, relayed, and
+// through gRPC's own listener give the same analysis, exactly.
 TEST(ServiceTest, LargeFramesThroughTheFrontDoorArriveIntactSplicedOrRead) {
   constexpr int kStreams = 3, kFrames = 12;
   auto frame = [](int stream, int i) {
@@ -627,11 +629,13 @@ TEST(ServiceTest, LargeFramesThroughTheFrontDoorArriveIntactSplicedOrRead) {
     raw->set_data(std::move(data));
     return req;
   };
-  std::vector<std::string> analyses[2];  // [guard on, guard off]: stream-major, in order
+  // [inline, relay, guard off]: stream-major, in order
+  std::vector<std::string> analyses[3];
   uint64_t raw_bytes = 0;
-  for (int guard = 0; guard < 2; ++guard) {
+  for (int guard = 0; guard < 3; ++guard) {
     ServerOptions o;
-    o.guard = guard == 0;
+    o.guard = guard < 2;
+    o.guard_relay = guard == 1;
     auto server = StartTestServer(o);
     ASSERT_TRUE(server);
     auto channel = Channel(*server);
@@ -662,8 +666,16 @@ TEST(ServiceTest, LargeFramesThroughTheFrontDoorArriveIntactSplicedOrRead) {
         if (guard == 0 && i % 3 != 2) raw_bytes += 1280 * 720 * 3;
       }
     }
+    const FrontDoorCounters c = server->front_door_counters();
     if (guard == 0) {
-      const FrontDoorCounters c = server->front_door_counters();
+      EXPECT_GE(c.bytes_inline + c.bytes_copied, raw_bytes);
+      EXPECT_GE(c.bytes_inline, raw_bytes / 2)
+          << "most of the raw pixels stay where gRPC read them (" << c.bytes_inline << " inline, "
+          << c.bytes_copied << " copied)";
+      EXPECT_EQ(c.bytes_spliced, 0u);
+    }
+    if (guard == 1) {
+      EXPECT_EQ(c.bytes_inline, 0u);
       EXPECT_GE(c.bytes_spliced + c.bytes_copied, raw_bytes);
       EXPECT_GE(c.bytes_spliced, raw_bytes / 2)
           << "most of the raw pixels go kernel to kernel (" << c.bytes_spliced << " spliced, "
@@ -674,10 +686,91 @@ TEST(ServiceTest, LargeFramesThroughTheFrontDoorArriveIntactSplicedOrRead) {
       EXPECT_LE(static_cast<double>(c.relay_cpu_ns) / 1e9, ProcessCpuSeconds());
     }
   }
-  ASSERT_EQ(analyses[0].size(), analyses[1].size());
-  for (size_t i = 0; i < analyses[0].size(); ++i) {
-    EXPECT_EQ(analyses[0][i], analyses[1][i])
-        << "frame " << i % kFrames << " of stream " << i / kFrames;
+  for (int guard = 0; guard < 2; ++guard) {
+    ASSERT_EQ(analyses[guard].size(), analyses[2].size());
+    for (size_t i = 0; i < analyses[2].size(); ++i) {
+      EXPECT_EQ(analyses[guard][i], analyses[2][i])
+          << (guard == 0 ? "inline: " : "relayed: ") << "frame " << i % kFrames << " of stream "
+          << i / kFrames;
+    }
+  }
+}
+
+// A raw TCP connection to 127.0.0.1:port.
+int ConnectLoopback(int port) {
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (fd < 0 || connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
+    if (fd >= 0) close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// Whether the server ends the connection (EOF or reset) within `seconds`; what it sent first
+// (a SETTINGS frame, say) is read and dropped.
+bool ClosedWithin(int fd, double seconds) {
+  timeval tv{};
+  tv.tv_usec = 100 * 1000;
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  char buf[4096];
+  while (std::chrono::steady_clock::now() < end) {
+    const ssize_t n = recv(fd, buf, sizeof(buf), 0);
+    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+      return true;
+    }
+  }
+  return false;
+}
+
+// A client that connects and never finishes the HTTP/2 preface holds a connection slot (and, to
+// gRPC, a transport) until the handshake deadline closes it - inline (gRPC reading the socket
+// itself) as relayed; a client that sent its preface and SETTINGS is past the deadline for good,
+// and honest calls go on.
+TEST(ServiceTest, ConnectionsWithoutAPrefaceCloseAtTheHandshakeDeadline) {
+  for (const bool relay : {false, true}) {
+    SCOPED_TRACE(relay ? "relayed" : "inline");
+    ServerOptions o;
+    o.guard_relay = relay;
+    o.handshake_timeout = std::chrono::milliseconds(300);
+    auto server = StartTestServer(o);
+    ASSERT_TRUE(server);
+    const int silent = ConnectLoopback(server->port());
+    const int half = ConnectLoopback(server->port());
+    const int honest = ConnectLoopback(server->port());
+    ASSERT_GE(silent, 0);
+    ASSERT_GE(half, 0);
+    ASSERT_GE(honest, 0);
+    const std::string preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    const std::string settings("\0\0\0\x04\0\0\0\0\0", 9);
+    ASSERT_EQ(send(half, preface.data(), 10, MSG_NOSIGNAL), 10);
+    const std::string hello = preface + settings;
+    ASSERT_EQ(send(honest, hello.data(), hello.size(), MSG_NOSIGNAL),
+              static_cast<ssize_t>(hello.size()));
+    EXPECT_TRUE(ClosedWithin(silent, 5));
+    EXPECT_TRUE(ClosedWithin(half, 5));
+    EXPECT_FALSE(ClosedWithin(honest, 1)) << "past the handshake, the deadline is off";
+    EXPECT_EQ(server->front_door_counters().handshake_timeouts, 2u);
+    Call call(Channel(*server));
+    ASSERT_TRUE(call.Write(ConfigMsg(1, pb::OVERLOAD_POLICY_BLOCK, 0, "after")));
+    ASSERT_TRUE(call.Write(JpegFrame(1)));
+    call.WritesDone();
+    const auto got = call.ReadAll();
+    ASSERT_EQ(got.size(), 1u);
+    EXPECT_EQ(got[0].status(), pb::FRAME_STATUS_OK);
+    EXPECT_TRUE(call.Finish().ok());
+    for (int fd : {silent, half, honest}) close(fd);
+    // Every raw connection's slot comes back; the call's channel keeps its one.
+    const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (server->front_door_counters().connections_active > 1 &&
+           std::chrono::steady_clock::now() < end) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));  // polling, not a wait for luck
+    }
+    EXPECT_EQ(server->front_door_counters().connections_active, 1u);
   }
 }
 

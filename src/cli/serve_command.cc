@@ -20,7 +20,8 @@ struct ServeArgs {
 
 int RunServe(ServeArgs& a) {
   ServerOptions& o = a.server;
-  o.guard = a.guard == "on";
+  o.guard = a.guard != "off";
+  o.guard_relay = a.guard == "relay";
   auto mb = ParseMemoryBudgetMb(a.memory);
   if (!mb.ok()) return Fail(std::string(mb.status().message()));
   o.max_memory_mb = *mb;
@@ -156,11 +157,13 @@ void AddStreamLimitFlags(CLI::App* cmd, ServerOptions* o) {
 void AddConnectionLimitFlags(CLI::App* cmd, ServeArgs* a) {
   ServerOptions* o = &a->server;
   cmd->add_option("--guard", a->guard,
-                  "The front door: framepipe's own listener, relaying each connection to gRPC "
-                  "through an HTTP/2 guard (header floods, rapid reset, message size at the "
-                  "length prefix, connection caps, EMFILE recovery). off: gRPC listens itself "
-                  "(only behind a proxy that enforces the same)")
-      ->check(CLI::IsMember({"on", "off"}))
+                  "The front door: framepipe's own listener, handing each connection to gRPC "
+                  "behind an HTTP/2 guard (header floods, rapid reset, message size at the "
+                  "length prefix, connection caps, EMFILE recovery). on: plaintext connections "
+                  "are guarded inline, in gRPC's own reads and writes (TLS ones are relayed "
+                  "through the front door's threads); relay: every connection is relayed; off: "
+                  "gRPC listens itself (only behind a proxy that enforces the same)")
+      ->check(CLI::IsMember({"on", "relay", "off"}))
       ->capture_default_str();
   cmd->add_option("--max-connections", o->max_connections,
                   "Open client connections; more are refused with a GOAWAY saying why (0 = "

@@ -305,6 +305,15 @@ void FrontDoor::Start(grpc::Server* server) {
     t->thread = std::thread([&m, raw] { m.IoLoop(raw); });
     m.io.push_back(std::move(t));
   }
+  if (m.options.inline_plaintext && !m.ssl_ctx) {
+    m.inline_epoll = epoll_create1(EPOLL_CLOEXEC);
+    m.inline_wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.fd = m.inline_wake;
+    epoll_ctl(m.inline_epoll, EPOLL_CTL_ADD, m.inline_wake, &ev);
+    m.inline_thread = std::thread([&m] { m.InlineLoop(); });
+  }
   m.accepting = true;
   m.acceptor = std::thread([&m] { m.AcceptLoop(); });
 }
@@ -328,6 +337,10 @@ void FrontDoor::Stop() {
   m.stopped = true;
   StopAccepting();
   m.stopping = true;
+  m.StopInline();
+  if (m.inline_epoll >= 0) close(m.inline_epoll);
+  if (m.inline_wake >= 0) close(m.inline_wake);
+  m.inline_epoll = m.inline_wake = -1;
   for (auto& t : m.io) {
     uint64_t one = 1;
     (void)write(t->wake_fd, &one, sizeof(one));
@@ -381,6 +394,7 @@ FrontDoorCounters FrontDoor::counters() const {
   }
   c.bytes_copied = m.bytes_copied;
   c.bytes_spliced = m.bytes_spliced;
+  c.bytes_inline = m.bytes_inline;
   c.relay_cpu_ns = m.RelayCpuNanos();
   c.handshake_timeouts = m.handshake_timeouts;
   c.tls_failures = m.tls_failures;
@@ -498,6 +512,19 @@ std::string FrontDoor::Impl::RefusalDetail(ConnectionRefusal why) const {
 // client socket.
 void FrontDoor::Impl::Relay(int fd, const std::string& peer, const std::string& host,
                             TimePoint now) {
+  std::shared_ptr<StreamQuota> quota;
+  if (options.max_http2_streams_per_peer > 0) {
+    std::lock_guard<std::mutex> l(mu);
+    auto& q = stream_quota[host];
+    if (!q) q = std::make_shared<StreamQuota>(options.max_http2_streams_per_peer);
+    quota = q;
+  }
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  if (CanInline(fd)) {
+    RelayInline(fd, peer, host, now, std::move(quota));
+    return;
+  }
   int pair[2];
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, pair) != 0) {
     close(fd);
@@ -506,8 +533,6 @@ void FrontDoor::Impl::Relay(int fd, const std::string& peer, const std::string& 
     Note(host, "refused_fd_limit", Errno("socketpair"));
     return;
   }
-  int one = 1;
-  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
   // Larger local buffers: fewer wake-ups per megabyte relayed (FORCE works as root; otherwise
   // the kernel caps the request at net.core.wmem_max / rmem_max).
   const int big = 4 << 20;
@@ -525,13 +550,6 @@ void FrontDoor::Impl::Relay(int fd, const std::string& peer, const std::string& 
   c->peer = peer;
   c->peer_host = host;
   c->counted = true;
-  std::shared_ptr<StreamQuota> quota;
-  if (options.max_http2_streams_per_peer > 0) {
-    std::lock_guard<std::mutex> l(mu);
-    auto& q = stream_quota[host];
-    if (!q) q = std::make_shared<StreamQuota>(options.max_http2_streams_per_peer);
-    quota = q;
-  }
   c->guard = std::make_unique<Http2Guard>(options.http2, std::move(quota));
   c->deadline = now + options.handshake_timeout;
   if (ssl_ctx) {
@@ -574,6 +592,18 @@ void FrontDoor::Impl::Refuse(int fd, const std::string& peer, const std::string&
     // to spend on a refused connection: it is just closed.
     c->to_client.data = Http2Guard::RefusalFrames(absl::StrCat("framepipe: ", detail));
   }
+  Hand(c);
+}
+
+void FrontDoor::Impl::Linger(int fd, const std::string& host, std::string to_client) {
+  auto* c = new Connection;
+  c->client_fd = fd;
+  c->peer = host;
+  c->peer_host = host;
+  c->closing = true;
+  c->counted = true;  // its slot comes back when the relay closes it
+  c->deadline = time->Now() + kLinger;
+  c->to_client.data = std::move(to_client);
   Hand(c);
 }
 

@@ -56,6 +56,9 @@ struct FrontDoorOptions {
   double peer_connects_per_second = 200;  // new connections one address may open, sustained
   double peer_connect_burst = 1000;
   std::chrono::milliseconds handshake_timeout{10000};  // TLS + HTTP/2 preface and SETTINGS
+  // Plaintext connections are guarded inline (front_door_inline.cc: the guard runs in gRPC's own
+  // reads and writes of the client's socket, nothing relayed); false: relayed, as TLS ones are.
+  bool inline_plaintext = true;
   int io_threads = 1;
   size_t buffer_bytes = 256 * 1024;  // per direction per connection, before reading pauses
   FrontDoorTls tls;
@@ -77,6 +80,7 @@ struct FrontDoorCounters {
   // had judged, moved kernel to kernel).
   uint64_t bytes_copied = 0;
   uint64_t bytes_spliced = 0;
+  uint64_t bytes_inline = 0;  // read by gRPC itself through the inline guard, as they came
   uint64_t relay_cpu_ns = 0;  // CPU time of the relay threads: what the front door's hop costs
   uint64_t handshake_timeouts = 0;
   uint64_t tls_failures = 0;

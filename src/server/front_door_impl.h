@@ -48,6 +48,7 @@ inline size_t ReadSize(size_t judged, bool bulk) {
 }
 
 std::string PeerString(const sockaddr_storage& ss);
+const char* RejectionDetail(StreamRejection r);
 std::string Errno(const char* what);
 std::string OpenSslError();
 
@@ -61,6 +62,7 @@ struct Buffer {
 };
 
 struct Connection;
+struct InlineConn;  // front_door_inline.cc
 
 // One end of a relayed connection in an epoll set.
 struct Endpoint {
@@ -158,9 +160,29 @@ struct FrontDoor::Impl {
   std::atomic<uint64_t> violations[static_cast<int>(Http2Violation::kCount)] = {};
   std::atomic<uint64_t> rejected_streams[static_cast<int>(StreamRejection::kCount)] = {};
   std::atomic<uint64_t> bytes_copied{0};
+  std::atomic<uint64_t> bytes_inline{0};  // read by gRPC as they came, through the inline guard
   std::atomic<uint64_t> bytes_spliced{0};
   std::atomic<uint64_t> handshake_timeouts{0};
   std::atomic<uint64_t> tls_failures{0};
+
+  // The inline path (front_door_inline.cc): plaintext connections go to gRPC themselves, their
+  // guard runs in gRPC's reads and writes; this thread writes what their sockets did not take
+  // at once and enforces their handshake deadline.
+  int inline_epoll = -1;
+  int inline_wake = -1;  // eventfd: wakes the inline thread
+  std::thread inline_thread;
+  std::map<int, front_door::InlineConn*> inline_conns;  // under front_door_inline.cc's lock
+  bool CanInline(int fd) const;
+  void RelayInline(int fd, const std::string& peer, const std::string& host, TimePoint now,
+                   std::shared_ptr<StreamQuota> quota);
+  void InlineLoop();
+  void StopInline();
+  // A connection gRPC has closed with frames still queued for the client: a relay thread writes
+  // them, then closes it (as a refused connection).
+  void Linger(int fd, const std::string& host, std::string to_client);
+  // The guard's stream rejections and violation, to the counters and the peer log.
+  void CountRejections(Http2Guard* g, const std::string& host);
+  void CountViolation(const Http2Guard& g, const std::string& host);
 
   ~Impl();
   absl::Status BindAll();

@@ -97,7 +97,6 @@ using front_door::kMaxLingering;
 using front_door::kReadChunk;
 using front_door::kTick;
 using front_door::OpenSslError;
-using front_door::RejectionDetail;
 
 uint64_t FrontDoor::Impl::RelayCpuNanos() const {
   uint64_t ns = 0;
@@ -341,14 +340,7 @@ void FrontDoor::Impl::ReadClient(IoThread* t, Connection* c) {
     if (ok && !c->server_shut && !WriteOrQueue(c->server_fd, &c->to_server, to_server)) {
       c->to_server = Buffer{};  // gRPC is gone; its EOF closes the connection
     }
-    for (int r = 0; r < static_cast<int>(StreamRejection::kCount); ++r) {
-      if (uint64_t k = c->guard->TakeRejections(static_cast<StreamRejection>(r))) {
-        rejected_streams[r] += k;
-        Note(c->peer_host,
-             absl::StrCat("stream_", StreamRejectionLabel(static_cast<StreamRejection>(r))),
-             RejectionDetail(static_cast<StreamRejection>(r)));
-      }
-    }
+    CountRejections(c->guard.get(), c->peer_host);
     if (!ok) {
       GuardViolation(t, c);
       return;
@@ -461,9 +453,7 @@ void FrontDoor::Impl::FlushToClient(IoThread* t, Connection* c) {
 }
 
 void FrontDoor::Impl::GuardViolation(IoThread* t, Connection* c) {
-  const Http2Violation v = c->guard->violation();
-  ++violations[static_cast<int>(v)];
-  Note(c->peer_host, absl::StrCat("closed_", Http2ViolationLabel(v)), c->guard->violation_detail());
+  CountViolation(*c->guard, c->peer_host);
   StartClosing(t, c);
 }
 

@@ -248,7 +248,11 @@ bool Http2Guard::ProcessUnit(std::string_view unit, TimePoint now, Http2Out* to_
     if (unit != kPreface) {
       return Violation(Http2Violation::kBadPreface, "not an HTTP/2 client preface", to_client);
     }
-    to_server->Pass(kPreface);  // static storage
+    if (unit_is_copy_) {
+      to_server->Pass(kPreface);  // static storage
+    } else {
+      to_server->Pass(unit);  // as it came (inline: no copy)
+    }
     preface_done_ = true;
     return true;
   }
@@ -309,7 +313,9 @@ bool Http2Guard::FromClient(std::string_view bytes, TimePoint now, Http2Out* to_
       }
       if (in_.size() < want) break;  // all of this read is in in_
       unit_is_copy_ = true;
+      ahead_ = bytes.substr(pos);
       const bool ok = ProcessUnit(in_, now, to_server, to_client);
+      ahead_ = {};
       unit_is_copy_ = false;
       in_.clear();
       if (!ok) return false;
@@ -332,7 +338,10 @@ bool Http2Guard::FromClient(std::string_view bytes, TimePoint now, Http2Out* to_
       in_.assign(rest);  // an incomplete unit: kept for the next read
       break;
     }
-    if (!ProcessUnit(rest.substr(0, want), now, to_server, to_client)) return false;
+    ahead_ = rest.substr(want);
+    const bool ok = ProcessUnit(rest.substr(0, want), now, to_server, to_client);
+    ahead_ = {};
+    if (!ok) return false;
     pos += want;
     FlushInjected(to_server, to_client);
   }
@@ -342,7 +351,7 @@ bool Http2Guard::FromClient(std::string_view bytes, TimePoint now, Http2Out* to_
 size_t Http2Guard::PassThroughBytes() const {
   if (violation_ != Http2Violation::kNone) return 0;
   if (data_.mode == DataMode::kForward) return data_.remaining;
-  if (data_.mode == DataMode::kScan) return data_.segment;
+  if (data_.mode == DataMode::kScan) return data_.intact ? data_.remaining : data_.segment;
   return 0;
 }
 
@@ -564,11 +573,20 @@ bool Http2Guard::BeginData(const uint8_t* h, TimePoint now, Http2Out* to_server,
     // back to the client so other streams keep flowing.
     data_.mode = DataMode::kDrop;
     data_.credit_conn = data_.len;
-  } else if (streams_.count(data_.sid)) {
+  } else if (auto it = streams_.find(data_.sid); it != streams_.end()) {
     data_.mode = DataMode::kScan;
     data_.pad_pending = (data_.flags & kPadded) != 0;
     if (data_.pad_pending && data_.len == 0) {
       return Violation(Http2Violation::kProtocol, "DATA padding exceeds the frame", to_client);
+    }
+    if (limits_.inline_mode && CanPassIntact(it->second, data_.len)) {
+      data_.intact = true;
+      const std::string_view header(reinterpret_cast<const char*>(h), 9);
+      if (unit_is_copy_) {
+        to_server->Copy(header);
+      } else {
+        to_server->Pass(header);
+      }
     }
   } else {
     // Not open (gRPC answers as HTTP/2 says): passed on as it came.
@@ -586,7 +604,10 @@ bool Http2Guard::BeginData(const uint8_t* h, TimePoint now, Http2Out* to_server,
 
 bool Http2Guard::DataPayload(const char* p, size_t n, Http2Out* to_server, Http2Out* to_client) {
   if (data_.mode == DataMode::kScan) {
-    if (!ScanPayload(p, n, to_server, to_client)) return false;
+    if (!(data_.intact ? ScanIntact(p, n, to_server, to_client)
+                       : ScanPayload(p, n, to_server, to_client))) {
+      return false;
+    }
   } else {
     if (data_.mode == DataMode::kForward && p != nullptr) to_server->Pass(std::string_view(p, n));
     data_.remaining -= static_cast<uint32_t>(n);
@@ -648,6 +669,8 @@ bool Http2Guard::ScanPayload(const char* p, size_t n, Http2Out* to_server, Http2
     i += take;
     if (s.prefix_have < 5) continue;
     s.prefix_have = 0;
+    const uint8_t passed = s.prefix_passed;  // bytes of it an intact frame already gave gRPC
+    s.prefix_passed = 0;
     StreamRejection why;
     uint64_t declared = 0;
     bool ok = CheckPrefix(s.prefix, &why, &declared);
@@ -661,30 +684,116 @@ bool Http2Guard::ScanPayload(const char* p, size_t n, Http2Out* to_server, Http2
       // reach gRPC.
       RejectStream(data_.sid, &s, why, declared);
       data_.mode = DataMode::kDrop;
-      data_.credit_conn += 5 + data_.remaining;
+      data_.credit_conn += 5 - passed + data_.remaining;
       data_.credit_stream = 0;
       data_.remaining -= static_cast<uint32_t>(n - i);
       return true;
     }
     std::string frame;
     AppendFrame(&frame, kData, 0, data_.sid,
-                std::string_view(reinterpret_cast<const char*>(s.prefix), 5));
+                std::string_view(reinterpret_cast<const char*>(s.prefix) + passed, 5 - passed));
     to_server->Add(std::move(frame));
     s.msg_remaining = Be32(s.prefix + 1);
   }
   return true;
 }
 
+// Inline mode: the DATA frame just begun may go to gRPC as it came if nothing in it can need
+// re-framing - no padding, no prefix bytes held back from an earlier frame, every prefix that
+// begins in it among the bytes at hand and passing, and what is not at hand yet only body of a
+// message whose prefix passed.
+bool Http2Guard::CanPassIntact(const StreamIn& s, uint32_t len) const {
+  if ((data_.flags & kPadded) || s.prefix_have != s.prefix_passed) return false;
+  uint32_t msg_remaining = s.msg_remaining;
+  uint32_t messages = s.messages;
+  uint8_t prefix[5];
+  std::memcpy(prefix, s.prefix, 5);
+  uint8_t have = s.prefix_have;
+  size_t avail = 0;  // of the frame's payload, bytes at hand
+  for (size_t v = 0; v <= later_count_ && avail < len; ++v) {
+    const std::string_view view = v == 0 ? ahead_ : later_[v - 1];
+    const size_t end = std::min<size_t>(view.size(), len - avail);
+    const auto* u = reinterpret_cast<const uint8_t*>(view.data());
+    size_t i = 0;
+    while (i < end) {
+      if (msg_remaining > 0) {
+        const uint32_t k = static_cast<uint32_t>(std::min<size_t>(msg_remaining, end - i));
+        msg_remaining -= k;
+        i += k;
+        continue;
+      }
+      const size_t take = std::min<size_t>(size_t{5} - have, end - i);
+      std::memcpy(prefix + have, u + i, take);
+      have = static_cast<uint8_t>(have + take);
+      i += take;
+      if (have < 5) break;
+      have = 0;
+      StreamRejection why;
+      uint64_t declared = 0;
+      if (!CheckPrefix(prefix, &why, &declared)) return false;
+      if (s.max_messages > 0 && ++messages > s.max_messages) return false;
+      msg_remaining = Be32(prefix + 1);
+    }
+    avail += end;
+  }
+  if (avail == len) return true;
+  return have == 0 && msg_remaining >= len - avail;
+}
+
+// A tracked stream's DATA frame passed as it came (CanPassIntact): its bytes go on as views, the
+// stream's message state follows them.
+bool Http2Guard::ScanIntact(const char* p, size_t n, Http2Out* to_server, Http2Out* to_client) {
+  StreamIn& s = streams_.find(data_.sid)->second;
+  if (p != nullptr) to_server->Pass(std::string_view(p, n));
+  const auto* u = reinterpret_cast<const uint8_t*>(p);
+  size_t i = 0;
+  while (i < n) {
+    if (s.msg_remaining > 0) {
+      const uint32_t k = static_cast<uint32_t>(std::min<size_t>(s.msg_remaining, n - i));
+      s.msg_remaining -= k;
+      i += k;
+      continue;
+    }
+    if (p == nullptr) {
+      return Violation(Http2Violation::kProtocol, "internal: a length prefix was spliced past",
+                       to_client);
+    }
+    const size_t take = std::min<size_t>(size_t{5} - s.prefix_have, n - i);
+    std::memcpy(s.prefix + s.prefix_have, u + i, take);
+    s.prefix_have = static_cast<uint8_t>(s.prefix_have + take);
+    i += take;
+    if (s.prefix_have < 5) break;
+    s.prefix_have = 0;
+    s.prefix_passed = 0;
+    StreamRejection why;
+    uint64_t declared = 0;
+    if (!CheckPrefix(s.prefix, &why, &declared) ||
+        (s.max_messages > 0 && ++s.messages > s.max_messages)) {
+      // CanPassIntact judged every prefix of the frame: this cannot happen.
+      return Violation(Http2Violation::kProtocol, "internal: a prefix passed intact failed",
+                       to_client);
+    }
+    s.msg_remaining = Be32(s.prefix + 1);
+  }
+  data_.remaining -= static_cast<uint32_t>(n);
+  if (data_.remaining == 0) s.prefix_passed = s.prefix_have;  // an incomplete prefix went on
+  return true;
+}
+
 void Http2Guard::EndData(Http2Out* to_server) {
   if (data_.mode == DataMode::kScan) {
     auto it = streams_.find(data_.sid);
-    if (data_.flags & kEndStream) {
+    if (data_.intact) {
+      // The frame went as it came, its END_STREAM (and any incomplete prefix) with it.
+      if ((data_.flags & kEndStream) || data_.untrack_at_end) streams_.erase(it);
+    } else if (data_.flags & kEndStream) {
       // The end of the stream, with a prefix still incomplete if the client left one (gRPC fails
       // that call as it would have).
       StreamIn& s = it->second;
       std::string frame;
       AppendFrame(&frame, kData, kEndStream, data_.sid,
-                  std::string_view(reinterpret_cast<const char*>(s.prefix), s.prefix_have));
+                  std::string_view(reinterpret_cast<const char*>(s.prefix) + s.prefix_passed,
+                                   s.prefix_have - s.prefix_passed));
       to_server->Add(std::move(frame));
       data_.credit_stream = 0;  // no more data can come on it
       streams_.erase(it);
@@ -763,6 +872,7 @@ bool Http2Guard::FromServer(std::string_view bytes, TimePoint now, Http2Out* to_
   const auto* b = reinterpret_cast<const uint8_t*>(bytes.data());
   while (i < bytes.size()) {
     if (s_remaining_ == 0 && s_header_have_ < 9) {
+      const bool whole = s_header_have_ == 0 && bytes.size() - i >= 9;  // all in this write
       const size_t take = std::min<size_t>(9 - s_header_have_, bytes.size() - i);
       std::memcpy(s_header_ + s_header_have_, b + i, take);
       s_header_have_ += static_cast<uint32_t>(take);
@@ -778,7 +888,8 @@ bool Http2Guard::FromServer(std::string_view bytes, TimePoint now, Http2Out* to_
           (type == kRstStream || ((type == kHeaders || type == kData) && (flags & kEndStream)))) {
         Unopen(sid);
       }
-      s_dropping_ = rejected && (type == kData || type == kRstStream);
+      // (Inline, they are passed on: see Http2Limits::inline_mode.)
+      s_dropping_ = rejected && (type == kData || type == kRstStream) && !limits_.inline_mode;
       if (s_dropping_ && type == kData) s_dropped_data_ += len;
       if (type == kData && !s_dropping_) {
         // What the client may answer with WINDOW_UPDATEs (bounded: a client that never sends
@@ -809,7 +920,11 @@ bool Http2Guard::FromServer(std::string_view bytes, TimePoint now, Http2Out* to_
           detail_ = "over the reset limit with streams the server refused";
         }
       }
-      if (!s_dropping_) to_client->Copy(std::string_view(reinterpret_cast<char*>(s_header_), 9));
+      if (!s_dropping_ && whole) {
+        to_client->Pass(bytes.substr(i - 9, 9));
+      } else if (!s_dropping_) {
+        to_client->Copy(std::string_view(reinterpret_cast<char*>(s_header_), 9));
+      }
       s_remaining_ = len;
       s_settings_ = type == kSettings && !(flags & kAck) && limits_.max_initial_window > 0;
       s_setting_have_ = 0;
@@ -818,6 +933,7 @@ bool Http2Guard::FromServer(std::string_view bytes, TimePoint now, Http2Out* to_
       // SETTINGS entry by entry (6 bytes each), the initial window lowered to the limit.
       const size_t take =
           std::min<size_t>({s_remaining_, bytes.size() - i, size_t{6} - s_setting_have_});
+      const bool whole = s_setting_have_ == 0 && take == 6;  // the entry is all in this write
       std::memcpy(s_setting_ + s_setting_have_, b + i, take);
       s_setting_have_ += static_cast<uint32_t>(take);
       s_remaining_ -= static_cast<uint32_t>(take);
@@ -826,8 +942,12 @@ bool Http2Guard::FromServer(std::string_view bytes, TimePoint now, Http2Out* to_
         if (Be16(s_setting_) == kSettingsInitialWindowSize &&
             Be32(s_setting_ + 2) > limits_.max_initial_window) {
           PutBe32(s_setting_ + 2, limits_.max_initial_window);
+          to_client->Copy(std::string_view(reinterpret_cast<char*>(s_setting_), 6));
+        } else if (whole) {
+          to_client->Pass(bytes.substr(i - 6, 6));  // unchanged: as it came
+        } else {
+          to_client->Copy(std::string_view(reinterpret_cast<char*>(s_setting_), 6));
         }
-        to_client->Copy(std::string_view(reinterpret_cast<char*>(s_setting_), 6));
         s_setting_have_ = 0;
       } else if (s_remaining_ == 0) {  // not a whole entry (gRPC never sends that): as it came
         to_client->Copy(std::string_view(reinterpret_cast<char*>(s_setting_), s_setting_have_));
@@ -861,7 +981,8 @@ bool Http2Guard::FromServer(std::string_view bytes, TimePoint now, Http2Out* to_
 void Http2Guard::FlushInjected(Http2Out* to_server, Http2Out* to_client) {
   // Towards gRPC: a boundary is anywhere outside a client header block and outside a DATA frame
   // being passed on (the guard's own DATA frames are complete once their bytes are).
-  const bool mid_frame = data_.mode == DataMode::kForward || data_.segment > 0;
+  const bool mid_frame = data_.mode == DataMode::kForward || data_.segment > 0 ||
+                         (data_.mode == DataMode::kScan && data_.intact);
   if (!inject_to_server_.empty() && settings_seen_ && header_stream_ == 0 && !mid_frame) {
     to_server->Add(std::move(inject_to_server_));
     inject_to_server_.clear();

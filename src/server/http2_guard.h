@@ -98,6 +98,15 @@ struct Http2Limits {
   // ends a call at its first message over the limit. Methods not listed: no limit. (The decoder,
   // nghttp2's, refuses a single header field over 64 KiB - past max_header_block_bytes anyway.)
   std::vector<std::pair<std::string, uint32_t>> max_messages_by_path;
+  // The guard runs inside gRPC's own reads and writes of the client's socket (the front door's
+  // inline path, see front_door_inline.cc) rather than in a relay: what it passes on should be
+  // the bytes as they came wherever it can, so that they need not be copied. A tracked stream's
+  // DATA frame then goes to gRPC as it came when every length prefix in it is among the bytes
+  // at hand and passes, and the rest of it can only be body of a message already judged (else it
+  // is re-framed as in the relay); and the server's DATA for a stream the guard ended is passed
+  // on (the client ignores frames after the reset it was sent) rather than dropped, so the guard
+  // never has to hand flow-control credit back to gRPC outside gRPC's own reads.
+  bool inline_mode = false;
 };
 
 // What ended a connection (or a stream) in the guard; labels for metrics and logs.
@@ -181,6 +190,15 @@ class Http2Guard {
   // connection must close (streams gRPC had to refuse count against the reset budget).
   bool FromServer(std::string_view bytes, TimePoint now, Http2Out* to_server, Http2Out* to_client);
 
+  // Inline mode: the bytes of the same read that follow those the next FromClient call gets (a
+  // read lands in several buffers, given to FromClient one by one), so that a DATA frame whose
+  // length prefixes lie in a later buffer can still be judged whole and passed as it came.
+  // The views must stay valid until that FromClient call returns; null: none.
+  void SetReadAhead(const std::string_view* later, size_t count) {
+    later_ = later;
+    later_count_ = count;
+  }
+
   // Client bytes just ahead that the guard has already judged: the rest of a run of message body
   // (inside a gRPC message whose prefix it checked) or of a DATA frame on a stream it does not
   // track. They may go from the client to gRPC without passing through FromClient (splice); then
@@ -207,6 +225,7 @@ class Http2Guard {
     uint32_t msg_remaining = 0;  // bytes of the current message still to come
     uint8_t prefix[5] = {};
     uint8_t prefix_have = 0;
+    uint8_t prefix_passed = 0;    // of prefix_have, bytes gRPC already has (a frame passed intact)
     bool server_headers = false;  // gRPC has sent this stream's response headers
   };
 
@@ -226,6 +245,7 @@ class Http2Guard {
     bool pad_pending = false;     // PADDED: the pad length byte is still to come
     uint32_t pad = 0;             // padding bytes at the end of the payload
     uint32_t segment = 0;         // kScan: body bytes owed to the DATA frame the guard emitted
+    bool intact = false;          // kScan, inline mode: the frame goes to gRPC as it came
     bool untrack_at_end = false;  // gRPC reset the stream mid-frame
     uint64_t credit_conn = 0;     // bytes gRPC never gets: window handed back to the client
     uint64_t credit_stream = 0;
@@ -247,6 +267,10 @@ class Http2Guard {
   // `n` payload bytes of the current DATA frame (`p` null: they were spliced past the guard).
   bool DataPayload(const char* p, size_t n, Http2Out* to_server, Http2Out* to_client);
   bool ScanPayload(const char* p, size_t n, Http2Out* to_server, Http2Out* to_client);
+  bool ScanIntact(const char* p, size_t n, Http2Out* to_server, Http2Out* to_client);
+  // Inline mode: whether the DATA frame of `len` bytes on stream `s` just begun can go to gRPC
+  // as it came, judged from `ahead_` (see Http2Limits::inline_mode).
+  bool CanPassIntact(const StreamIn& s, uint32_t len) const;
   void EndData(Http2Out* to_server);
   // A complete length prefix: false (and *why, *declared) when it ends the stream.
   bool CheckPrefix(const uint8_t* prefix, StreamRejection* why, uint64_t* declared) const;
@@ -267,6 +291,9 @@ class Http2Guard {
   // Client -> server.
   std::string in_;             // an incomplete frame (or preface) carried over between reads
   bool unit_is_copy_ = false;  // the unit being handled lives in in_: pass on a copy of it
+  std::string_view ahead_;     // the bytes of this read after the unit being handled
+  const std::string_view* later_ = nullptr;  // and those after them (SetReadAhead)
+  size_t later_count_ = 0;
   bool preface_done_ = false;
   bool settings_seen_ = false;
   uint32_t header_stream_ = 0;  // != 0: a header block is open (CONTINUATION expected)

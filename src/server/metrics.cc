@@ -446,12 +446,17 @@ void Metrics::CollectFrontDoor(MetricFamilies* f) const {
       T::Counter, "reason", Count<StreamRejection>(),
       [](int i) { return StreamRejectionLabel(static_cast<StreamRejection>(i)); },
       [&](int i) { return c.rejected_streams[i]; });
-  const uint64_t relayed[] = {c.bytes_copied, c.bytes_spliced};
+  const uint64_t relayed[] = {c.bytes_copied, c.bytes_spliced, c.bytes_inline};
   f->Labelled(
       "framepipe_relay_bytes_total",
-      "Client bytes the front door relayed to gRPC, by path: copied (read through the HTTP/2 "
-      "guard) or spliced (message bodies the guard had judged, moved kernel to kernel).",
-      T::Counter, "path", 2, [](int i) { return i == 0 ? "copied" : "spliced"; },
+      "Client bytes the front door passed to gRPC, by path: copied (read through the HTTP/2 "
+      "guard and copied on: the relay, or the inline guard where it changed what came), spliced "
+      "(relayed message bodies the guard had judged, moved kernel to kernel) or inline (read by "
+      "gRPC itself, judged where they lay).",
+      T::Counter, "path", 3,
+      [](int i) { return i == 0   ? "copied"
+                         : i == 1 ? "spliced"
+                                  : "inline"; },
       [&](int i) { return relayed[i]; });
   f->Add("framepipe_relay_cpu_seconds_total",
          "CPU time of the front door's relay threads (the HTTP/2 guard's hop between clients and "

@@ -194,6 +194,7 @@ absl::StatusOr<std::unique_ptr<FrontDoor>> Server::Impl::BindFrontDoor(const std
           ? options.max_http2_streams_per_peer
           : std::max(4 * StreamsPerPeer(options), options.max_concurrent_streams);
   fo.handshake_timeout = options.handshake_timeout;
+  fo.inline_plaintext = !options.guard_relay;
   fo.io_threads = options.io_threads > 0
                       ? options.io_threads
                       : std::max(1, (options.workers > 0

@@ -41,6 +41,10 @@ struct ServerOptions {
   // The front door (front_door.h): the server's own listener relaying each connection to gRPC
   // through an HTTP/2 guard. Off only behind a proxy that enforces the same limits.
   bool guard = true;
+  // With the guard on, plaintext connections are guarded inline (the guard runs in gRPC's own
+  // reads and writes of the client's socket); true relays them through the front door's threads
+  // as TLS connections always are (--guard relay).
+  bool guard_relay = false;
   uint32_t max_connections = 0;  // 0: from the file limit
   uint32_t max_connections_per_peer = 256;
   // HTTP/2 streams of any method open at gRPC from one address (front door only); 0 = four

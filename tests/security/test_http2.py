@@ -14,6 +14,19 @@ from attack import (FREE_FRAMES, H2Client, Prober, config_msg, free_frame_flood,
                     open_watch_calls, pb, raw_frame_msg, unread_message_flood)
 
 
+# Every attack here runs against both of the front door's paths: inline (the default for
+# plaintext: the guard judges the bytes in gRPC's own reads and writes of the client's socket) and
+# relayed (--guard relay, the path TLS connections always take).
+@pytest.fixture(params=["inline", "relay"])
+def make_server(request, make_server):
+    def make(*args: str, **kw):
+        extra = ("--guard", "relay") if request.param == "relay" else ()
+        return make_server(*args, *extra, **kw)
+
+    make.path = request.param
+    return make
+
+
 def stream_log_lines(text: str) -> int:
     return len(re.findall(r"event=(stream_opened|stream_closed)", text))
 
@@ -126,8 +139,9 @@ def test_header_flood_keeps_health_answered_and_memory_bounded(make_server):
     assert s.stop() == 0
 
 
-# The guard streams DATA frames through and splices judged message bodies past itself: a raw
-# HTTP/2 client's framing must not matter. Thousands of tiny padded frames (the guard drops the
+# The guard streams DATA frames through (relayed, it splices judged message bodies past itself;
+# inline, frames it need not change stay where gRPC read them): a raw HTTP/2 client's framing
+# must not matter. Thousands of tiny padded frames (the guard drops the
 # padding and must hand its flow-control window back, or the stream stalls), and frames as large
 # as the server allows (their bodies go kernel to kernel): every frame answered, in order, intact.
 def test_padded_tiny_frames_and_huge_frames_are_answered_in_order(make_server):
@@ -172,8 +186,10 @@ def test_padded_tiny_frames_and_huge_frames_are_answered_in_order(make_server):
         assert [round(r.analysis.mean_luma) for r in results] == [1, 2, 3], \
             [r.analysis.mean_luma for r in results]
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{s.metrics_port}/metrics").read().decode()
-    spliced = re.search(r'framepipe_relay_bytes_total\{path="spliced"\} (\S+)', metrics)
-    assert spliced and float(spliced.group(1)) > 0, "the huge frames' bodies were spliced"
+    # Inline, the huge frames' bodies stayed where gRPC read them; relayed, they were spliced.
+    path = "inline" if make_server.path == "inline" else "spliced"
+    moved = re.search(r'framepipe_relay_bytes_total\{path="%s"\} (\S+)' % path, metrics)
+    assert moved and float(moved.group(1)) > 256 * 1024, (path, moved)
     c.close()
     assert s.stop() == 0
 
