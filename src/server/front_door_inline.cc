@@ -3,8 +3,8 @@
 // socket pair, no second trip through the kernel: gRPC 1.51 reads its connections with recvmsg
 // and writes them with sendmsg, imported from the C library, so this executable's definitions of
 // recvmsg, sendmsg, shutdown and close below stand in for the library's for every caller; for a
-// descriptor the front door has not registered they go straight on to the library's (one
-// relaxed atomic load and an array read), for a registered one:
+// descriptor the front door has not registered they make the system call, as the library would
+// (after one relaxed atomic load and an array read), for a registered one:
 //
 //  * recvmsg reads from the socket into gRPC's buffer and has the guard judge what came. When
 //    the guard passes on exactly those bytes (honest traffic: its frames pass as they came, see
@@ -24,13 +24,13 @@
 //    them, shuts down and closes after the client's FIN or a second, as for refused connections.
 //
 // TLS connections keep the relay (the guard needs the plaintext), so does --guard relay.
-#include <dlfcn.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -52,32 +52,17 @@ namespace {
 // Descriptors below this can be guarded inline (a connection on a higher one is relayed).
 constexpr int kMaxInlineFd = 1 << 16;
 
-using RecvmsgFn = ssize_t (*)(int, msghdr*, int);
-using SendmsgFn = ssize_t (*)(int, const msghdr*, int);
-using ShutdownFn = int (*)(int, int);
-using CloseFn = int (*)(int);
-
-// The C library's functions (or, in a sanitizer build, the sanitizer's wrappers of them).
-template <typename F>
-F Next(const char* name) {
-  return reinterpret_cast<F>(dlsym(RTLD_NEXT, name));
+// The system calls themselves, not the C library's functions through the dynamic linker (which
+// would find these stand-ins' names again, or a sanitizer's wrappers): gRPC and Abseil come
+// uninstrumented from Debian, and ThreadSanitizer, which ignores what they call through its
+// wrappers, would take a call forwarded from here for framepipe's own and report the descriptor
+// races it cannot see them order.
+ssize_t SysRecvmsg(int fd, msghdr* msg, int flags) { return syscall(SYS_recvmsg, fd, msg, flags); }
+ssize_t SysSendmsg(int fd, const msghdr* msg, int flags) {
+  return syscall(SYS_sendmsg, fd, msg, flags);
 }
-RecvmsgFn RealRecvmsg() {
-  static const RecvmsgFn f = Next<RecvmsgFn>("recvmsg");
-  return f;
-}
-SendmsgFn RealSendmsg() {
-  static const SendmsgFn f = Next<SendmsgFn>("sendmsg");
-  return f;
-}
-ShutdownFn RealShutdown() {
-  static const ShutdownFn f = Next<ShutdownFn>("shutdown");
-  return f;
-}
-CloseFn RealClose() {
-  static const CloseFn f = Next<CloseFn>("close");
-  return f;
-}
+int SysShutdown(int fd, int how) { return static_cast<int>(syscall(SYS_shutdown, fd, how)); }
+int SysClose(int fd) { return static_cast<int>(syscall(SYS_close, fd)); }
 
 }  // namespace
 
@@ -186,7 +171,7 @@ bool FlushLocked(InlineConn* c) {
     msghdr msg{};
     msg.msg_iov = &iov;
     msg.msg_iovlen = 1;
-    const ssize_t n = RealSendmsg()(c->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+    const ssize_t n = SysSendmsg(c->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
     if (n < 0) {
       if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return true;
       return false;
@@ -231,7 +216,7 @@ ssize_t Recv(InlineConn* c, msghdr* msg, int flags) {
   }
   if (c->to_grpc.size() > 0) return DeliverToGrpc(c, msg, false);
   for (;;) {
-    const ssize_t n = RealRecvmsg()(c->fd, msg, flags);
+    const ssize_t n = SysRecvmsg(c->fd, msg, flags);
     if (n <= 0) return n;
     c->segs.clear();
     Http2Out to_grpc, to_client;
@@ -299,16 +284,16 @@ ssize_t Send(InlineConn* c, const msghdr* msg, int flags) {
     // Streams gRPC had to refuse, over the reset budget: the connection ends. A shutdown of the
     // reading side wakes gRPC's reader, which reads the end.
     FailLocked(c);
-    RealShutdown()(c->fd, SHUT_RD);
+    SysShutdown(c->fd, SHUT_RD);
     errno = EPIPE;
     return -1;
   }
-  if (total == 0) return RealSendmsg()(c->fd, msg, flags);
+  if (total == 0) return SysSendmsg(c->fd, msg, flags);
   if (!SameBytes(to_client.parts(), c->segs)) {
     ToClientLocked(c, to_client);
     return static_cast<ssize_t>(total);
   }
-  ssize_t w = RealSendmsg()(c->fd, msg, flags | MSG_NOSIGNAL | MSG_DONTWAIT);
+  ssize_t w = SysSendmsg(c->fd, msg, flags | MSG_NOSIGNAL | MSG_DONTWAIT);
   if (w < 0) {
     if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) return -1;
     w = 0;
@@ -332,7 +317,7 @@ int Shutdown(InlineConn* c, int how) {
   // Frames still queued for the client (a GOAWAY saying why): the linger after close() sends
   // them first.
   if (c->failed || c->to_client.size() > 0) return 0;
-  return RealShutdown()(c->fd, how);
+  return SysShutdown(c->fd, how);
 }
 
 int Close(InlineConn* c) {
@@ -340,17 +325,27 @@ int Close(InlineConn* c) {
   const int fd = c->fd;
   g_conns[fd].store(nullptr, std::memory_order_release);
   g_count.fetch_sub(1, std::memory_order_relaxed);
-  FrontDoor::Impl* door = c->door;
   std::unique_ptr<InlineConn> owned(c);
-  if (door == nullptr) return RealClose()(fd);
+  // gRPC's last read or write of the descriptor is over (it closes only then); taking the lock
+  // says so to ThreadSanitizer, which cannot see gRPC's own ordering.
+  FrontDoor::Impl* door;
+  bool in_epoll, linger;
+  std::string rest;
+  {
+    std::lock_guard<std::mutex> l(c->mu);
+    door = c->door;
+    in_epoll = c->in_epoll;
+    linger = c->failed || c->to_client.size() > 0;
+    rest.assign(c->to_client.begin(), c->to_client.size());
+  }
+  if (door == nullptr) return SysClose(fd);
   door->inline_conns.erase(fd);
-  if (c->in_epoll) epoll_ctl(door->inline_epoll, EPOLL_CTL_DEL, fd, nullptr);
-  if (c->failed || c->to_client.size() > 0) {
-    std::string rest(c->to_client.begin(), c->to_client.size());
+  if (in_epoll) epoll_ctl(door->inline_epoll, EPOLL_CTL_DEL, fd, nullptr);
+  if (linger) {
     door->Linger(fd, c->peer_host, std::move(rest));
     return 0;
   }
-  const int r = RealClose()(fd);
+  const int r = SysClose(fd);
   door->Forget(c->peer_host);
   return r;
 }
@@ -433,7 +428,7 @@ void FrontDoor::Impl::InlineLoop() {
       ++handshake_timeouts;
       Note(c->peer_host, "closed_handshake_timeout",
            "no TLS handshake or HTTP/2 preface in time (slow or idle client)");
-      front_door::RealShutdown()(fd, SHUT_RDWR);  // gRPC reads the end and closes it
+      front_door::SysShutdown(fd, SHUT_RDWR);  // gRPC reads the end and closes it
     }
   }
 }
@@ -445,7 +440,7 @@ void FrontDoor::Impl::StopInline() {
       std::lock_guard<std::mutex> l(c->mu);
       c->door = nullptr;
       c->failed = true;
-      front_door::RealShutdown()(fd, SHUT_RDWR);  // gRPC reads the end and closes it
+      front_door::SysShutdown(fd, SHUT_RDWR);  // gRPC reads the end and closes it
     }
     inline_conns.clear();
   }
@@ -481,22 +476,22 @@ ssize_t recvmsg(int fd, struct msghdr* msg, int flags) {
   if (auto* c = framepipe::front_door::Find(fd); c && !(flags & (MSG_ERRQUEUE | MSG_PEEK))) {
     return framepipe::front_door::Recv(c, msg, flags);
   }
-  return framepipe::front_door::RealRecvmsg()(fd, msg, flags);
+  return framepipe::front_door::SysRecvmsg(fd, msg, flags);
 }
 
 ssize_t sendmsg(int fd, const struct msghdr* msg, int flags) {
   if (auto* c = framepipe::front_door::Find(fd)) return framepipe::front_door::Send(c, msg, flags);
-  return framepipe::front_door::RealSendmsg()(fd, msg, flags);
+  return framepipe::front_door::SysSendmsg(fd, msg, flags);
 }
 
 int shutdown(int fd, int how) noexcept {
   if (auto* c = framepipe::front_door::Find(fd)) return framepipe::front_door::Shutdown(c, how);
-  return framepipe::front_door::RealShutdown()(fd, how);
+  return framepipe::front_door::SysShutdown(fd, how);
 }
 
 int close(int fd) {
   if (auto* c = framepipe::front_door::Find(fd)) return framepipe::front_door::Close(c);
-  return framepipe::front_door::RealClose()(fd);
+  return framepipe::front_door::SysClose(fd);
 }
 
 }  // extern "C"

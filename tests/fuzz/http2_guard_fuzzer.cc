@@ -4,7 +4,11 @@
 // body it offers spliced past it at fuzzer-chosen points. No crash, no hang, never a splice of
 // more than the guard judged - and both must mean the same to gRPC: the same verdict, the same
 // non-DATA frames, the same DATA bytes per stream (however the guard framed them) and the same
-// flow-control credit handed back to the client.
+// flow-control credit handed back to the client. A third guard, in inline mode (as in gRPC's own
+// reads: frames passed as they came where it can judge them), gets fuzzer-chosen reads, each in
+// two buffers with the rest of the read as lookahead: the same verdict and meaning, except that
+// a stream ended at a prefix may have had up to four bytes of that prefix reach gRPC (an intact
+// frame ending inside it), which gRPC holds without acting on.
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
@@ -86,6 +90,49 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
     pieces_server += Join(s);
     pieces_client += Join(c);
+  }
+  framepipe::Http2Limits inline_limits = limits;
+  inline_limits.inline_mode = true;
+  framepipe::Http2Guard inl(inline_limits);
+  std::string inline_server;
+  {
+    framepipe::Http2Out s0, c0;
+    (void)inl.FromServer(settings, now, &s0, &c0);
+  }
+  bool inline_ok = true;
+  for (size_t pos = 0, step = 0; pos < client.size() && inline_ok; ++step) {
+    s.Clear();
+    c.Clear();
+    const size_t n = std::min<size_t>(client.size() - pos, 1 + ((chunking * (step + 3)) % 211));
+    const std::string_view read = std::string_view(client).substr(pos, n);
+    const size_t cut = (splicing * (step + 1)) % (n + 1);
+    const std::string_view segs[2] = {read.substr(0, cut), read.substr(cut)};
+    for (int i = 0; i < 2 && inline_ok; ++i) {
+      inl.SetReadAhead(segs + i + 1, 1 - i);
+      inline_ok = inl.FromClient(segs[i], now, &s, &c);
+    }
+    inl.SetReadAhead(nullptr, 0);
+    inline_server += Join(s);
+    pos += n;
+  }
+  if (whole_ok != inline_ok || whole.violation() != inl.violation()) {
+    Fail("inline and relayed disagree on the verdict");
+  }
+  if (whole_ok) {
+    const Http2Meaning a = Parse(whole_server), b = Parse(inline_server);
+    if (a.frames != b.frames || a.tail != b.tail) Fail("inline: gRPC would get other frames");
+    std::map<uint32_t, std::pair<std::string, std::string>> by_stream;
+    for (const auto& [sid, d] : a.data) by_stream[sid].first = d;
+    for (const auto& [sid, d] : b.data) by_stream[sid].second = d;
+    for (const auto& [sid, d] : by_stream) {
+      const std::string& relayed = d.first;
+      const std::string& inlined = d.second;
+      const size_t extra = inlined.size() - std::min(inlined.size(), relayed.size());
+      if (inlined.compare(0, relayed.size(), relayed) != 0 || extra > 4 ||
+          (extra > 0 && !inl.rejected(sid))) {
+        Fail("inline: gRPC would get different bytes");
+      }
+    }
   }
   if (whole_ok != pieces_ok || whole.violation() != pieces.violation()) {
     Fail("one read and many reads disagree on the verdict");
