@@ -48,8 +48,9 @@ uint32_t StreamWindow(const ServerOptions& o) {
 }
 
 // The HTTP/2 and gRPC limits every transport of this server gets (gRPC's own knobs; the front
-// door adds what gRPC 1.51 lacks). `guarded`: every connection comes through the front door.
-void ApplyTransportLimits(const ServerOptions& o, bool guarded, grpc::ServerBuilder* b) {
+// door adds what gRPC 1.51 lacks). `relayed`: every connection comes through the front door's
+// relay (TLS, --guard relay), not guarded inline.
+void ApplyTransportLimits(const ServerOptions& o, bool relayed, grpc::ServerBuilder* b) {
   b->SetMaxReceiveMessageSize(static_cast<int>(o.max_receive_message_bytes));
   b->SetMaxSendMessageSize(4 << 20);
   // Frames are JPEG, PNG or raw pixels: compression gains nothing and a compressed message is a
@@ -72,14 +73,18 @@ void ApplyTransportLimits(const ServerOptions& o, bool guarded, grpc::ServerBuil
   // gRPC's own buffers are bounded too: a fixed per-stream window and a resource quota over all
   // connections. Without BDP probing gRPC 1.51 keeps the connection's window at 64 KiB, so a
   // client sends 64 KiB and waits for a WINDOW_UPDATE, about four round trips per 720p JPEG and
-  // ninety per raw 1080p frame. BDP probing raises the connection window, but also the stream
-  // window gRPC announces; behind the front door the guard lowers that back to the fixed window
-  // before the client sees it (Http2Limits::max_initial_window), so probing is on there only -
-  // and not under a hard ceiling: with it, multi-megabyte messages arrive in whole DATA frames
-  // and many at once, and fifty clients sending raw 1080p under --max-memory-mb 320 took the
-  // process up to 331 MiB past its start (267-279 MiB without; ReliabilityTest.MemoryCeiling*
-  // beside a CPU load).
-  const bool probe = (guarded || o.unguarded_bdp_probe) && !HardMemoryCeiling(o);
+  // ninety per raw 1080p frame: through the relay each one a hop through the front door's threads
+  // (relay CPU 0.30-0.35 ms per 720p JPEG without probing, 0.12 ms with). BDP probing raises the
+  // connection window, but also the stream window gRPC announces; behind the front door the guard
+  // lowers that back to the fixed window before the client sees it
+  // (Http2Limits::max_initial_window), so probing is on for relayed connections only. Guarded
+  // inline, a round trip costs what it does to gRPC's own listener, and probing costs more than
+  // it saves (bench, raw 1080p: gRPC's listener with probing 157.9 frames/s, without 167.9). Nor
+  // under a hard ceiling: with it, multi-megabyte messages arrive in whole DATA frames and many
+  // at once, and fifty clients sending raw 1080p under --max-memory-mb 320 took the process up to
+  // 331 MiB past its start (267-279 MiB without; ReliabilityTest.MemoryCeiling* beside a CPU
+  // load).
+  const bool probe = (relayed || o.unguarded_bdp_probe) && !HardMemoryCeiling(o);
   b->AddChannelArgument(GRPC_ARG_HTTP2_BDP_PROBE, probe ? 1 : 0);
   b->AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, static_cast<int>(StreamWindow(o)));
 }
@@ -219,7 +224,10 @@ absl::Status Server::Impl::StartGrpc(uint64_t memory) {
     builder.AddListeningPort(options.listen, creds, &port);
   }
   builder.RegisterService(service.get());
-  ApplyTransportLimits(options, front_door != nullptr, &builder);
+  ApplyTransportLimits(
+      options,
+      front_door != nullptr && (options.guard_relay || !options.security.tls_cert.empty()),
+      &builder);
   // A last-resort guard only: under pressure gRPC resets streams rather than pushing back, so
   // the bounds that matter are the credits and the read budget above.
   grpc::ResourceQuota quota("framepipe");
