@@ -209,8 +209,6 @@ class Http2Guard {
   bool Spliced(size_t n, Http2Out* to_server, Http2Out* to_client);
 
   bool preface_received() const { return preface_done_; }
-  // The guard ended this stream (at a message's prefix or its headers); recent ones only.
-  bool rejected(uint32_t stream) const { return rejected_.count(stream) > 0; }
   Http2Violation violation() const { return violation_; }
   const std::string& violation_detail() const { return detail_; }
   // Streams ended at their prefix since the last call (for metrics and logs), then reset.

@@ -225,8 +225,7 @@ absl::Status Server::Impl::StartGrpc(uint64_t memory) {
   }
   builder.RegisterService(service.get());
   ApplyTransportLimits(
-      options,
-      front_door != nullptr && (options.guard_relay || !options.security.tls_cert.empty()),
+      options, front_door != nullptr && (options.guard_relay || !options.security.tls_cert.empty()),
       &builder);
   // A last-resort guard only: under pressure gRPC resets streams rather than pushing back, so
   // the bounds that matter are the credits and the read budget above.
