@@ -1,22 +1,23 @@
-// FrontDoor: the server's own listener, in front of gRPC. It accepts TCP connections itself,
-// hands each to gRPC over a local socket pair (grpc::AddInsecureChannelFromFd) and relays the
-// bytes through an Http2Guard, which stops the HTTP/2 attacks gRPC 1.51 has no defence for
-// (header floods, rapid reset, oversized messages at their length prefix). Owning accept() also
-// fixes what 1.51's listener gets wrong: after EMFILE it never accepts again; here the process'
-// file limit is raised to its hard limit at start, connections are capped below it (total and
-// per client address, plus a per-address connect rate), a refused connection gets an HTTP/2
-// GOAWAY saying why, and accepting resumes as soon as descriptors free up.
+// FrontDoor: the server's own listener, in front of gRPC. It accepts TCP connections itself and
+// hands each to gRPC (grpc::AddInsecureChannelFromFd) behind an Http2Guard, which stops the
+// HTTP/2 attacks gRPC 1.51 has no defence for (header floods, rapid reset, oversized messages at
+// their length prefix). Owning accept() also fixes what 1.51's listener gets wrong: after EMFILE
+// it never accepts again; here the process' file limit is raised to its hard limit at start,
+// connections are capped below it (total and per client address, plus a per-address connect
+// rate), a refused connection gets an HTTP/2 GOAWAY saying why, and accepting resumes as soon as
+// descriptors free up.
 //
-// With TLS configured, the front door terminates TLS (OpenSSL) before the guard, so every
-// defence applies to TLS connections too; gRPC then sees plaintext on the socket pair, and the
-// service checks bearer tokens itself.
+// Plaintext connections are guarded inline (front_door_inline.cc): gRPC gets the client's socket
+// itself and the guard runs inside gRPC's own reads and writes of it, so honest bytes are never
+// copied or moved through another socket. TLS connections (and all of them with
+// inline_plaintext off: --guard relay) are relayed: the front door terminates TLS (OpenSSL),
+// runs the guard and passes the bytes on over a local socket pair (front_door_relay.cc),
+// splicing the runs of message body the guard has judged from the client's socket to gRPC's,
+// kernel to kernel; the service checks bearer tokens itself.
 //
-// Plain connections do not pay for the relay where the bytes are large: the runs of message body
-// the guard has already judged (their length prefix checked) are spliced from the client's socket
-// to gRPC's through a pipe, without being copied into this process.
-//
-// Threads: one acceptor, `io_threads` relay threads (epoll), each connection owned by one of
-// them. All public methods are thread-safe.
+// Threads: one acceptor, `io_threads` relay threads (epoll), each relayed connection owned by one
+// of them, and one thread for the inline connections' deadlines and queued writes. All public
+// methods are thread-safe.
 #pragma once
 
 #include <atomic>
