@@ -400,6 +400,54 @@ TEST_F(GuardTest, GrpcResettingAStreamMidFrameLeavesTheFrameWhole) {
   EXPECT_EQ(to_server_, Data(1, "after"));
 }
 
+// Random honest client traffic: five streams of 1-4 gRPC messages (0-40 or 1,000-300,000 bytes)
+// in DATA frames of random sizes (1 byte to 1 MiB, a quarter of them 1-7 bytes), the streams
+// interleaved; with `padded`, a fifth of the frames padded.
+struct RandomTraffic {
+  std::string all;       // what the client sends
+  std::string expected;  // the same without padding: what gRPC should make of it
+  uint64_t padding = 0;  // padding bytes (with their length bytes): credit the guard owes back
+};
+RandomTraffic MakeRandomTraffic(std::mt19937* rng, bool padded) {
+  auto uni = [&](uint32_t lo, uint32_t hi) {
+    return std::uniform_int_distribution<uint32_t>(lo, hi)(*rng);
+  };
+  RandomTraffic t;
+  t.all = std::string(kPreface) + Settings();
+  t.expected = t.all;
+  std::vector<std::pair<uint32_t, std::string>> pending;  // stream, its unsent gRPC bytes
+  for (uint32_t id = 1; id <= 9; id += 2) {
+    std::string msgs;
+    for (uint32_t m = uni(1, 4); m > 0; --m) {
+      const uint32_t size = uni(0, 1) ? uni(0, 40) : uni(1000, 300000);
+      msgs += GrpcMessage(size, 0, std::string(size, static_cast<char>('a' + m)));
+    }
+    t.all += Headers(id, kEndHeaders);
+    t.expected += Headers(id, kEndHeaders);
+    pending.push_back({id, msgs});
+  }
+  while (!pending.empty()) {  // frames of random sizes, streams interleaved
+    const size_t k = uni(0, static_cast<uint32_t>(pending.size() - 1));
+    auto& [id, rest] = pending[k];
+    const size_t n = std::min<size_t>(rest.size(), uni(0, 3) ? uni(1, (1 << 20) - 256) : uni(1, 7));
+    const bool last = n == rest.size();
+    const std::string chunk = rest.substr(0, n);
+    rest.erase(0, n);
+    const uint8_t end = last ? kEndStream : 0;
+    if (uni(0, 4) == 0 && padded) {
+      const uint32_t pad = uni(0, 255);
+      t.padding += pad + 1;
+      t.all += Frame(0, end | kPadded, id,
+                     std::string(1, static_cast<char>(pad)) + chunk + std::string(pad, 0));
+    } else {
+      t.all += Data(id, chunk, end);
+    }
+    t.expected += Data(id, chunk, end);
+    if (last) pending.erase(pending.begin() + static_cast<std::ptrdiff_t>(k));
+  }
+  return t;
+}
+
 // Whatever the client's framing and however its bytes are split between reads and splices, gRPC
 // gets the same bytes, meaning the same as what the client sent, and every byte it does not get
 // (padding) is credited back.
@@ -409,40 +457,10 @@ TEST(GuardSpliceTest, SplicedBytesEqualReadBytesAndMeanWhatTheClientSent) {
     auto uni = [&](uint32_t lo, uint32_t hi) {
       return std::uniform_int_distribution<uint32_t>(lo, hi)(rng);
     };
-    std::string all = std::string(kPreface) + Settings();
-    std::string expected = all;
-    uint64_t padding = 0;
-    std::vector<std::pair<uint32_t, std::string>> pending;  // stream, its unsent gRPC bytes
-    for (uint32_t id = 1; id <= 9; id += 2) {
-      std::string msgs;
-      for (uint32_t m = uni(1, 4); m > 0; --m) {
-        const uint32_t size = uni(0, 1) ? uni(0, 40) : uni(1000, 300000);
-        msgs += GrpcMessage(size, 0, std::string(size, static_cast<char>('a' + m)));
-      }
-      all += Headers(id, kEndHeaders);
-      expected += Headers(id, kEndHeaders);
-      pending.push_back({id, msgs});
-    }
-    while (!pending.empty()) {  // frames of random sizes, streams interleaved
-      const size_t k = uni(0, static_cast<uint32_t>(pending.size() - 1));
-      auto& [id, rest] = pending[k];
-      const size_t n =
-          std::min<size_t>(rest.size(), uni(0, 3) ? uni(1, (1 << 20) - 256) : uni(1, 7));
-      const bool last = n == rest.size();
-      const std::string chunk = rest.substr(0, n);
-      rest.erase(0, n);
-      const uint8_t end = last ? kEndStream : 0;
-      if (uni(0, 4) == 0) {
-        const uint32_t pad = uni(0, 255);
-        padding += pad + 1;
-        all += Frame(0, end | kPadded, id,
-                     std::string(1, static_cast<char>(pad)) + chunk + std::string(pad, 0));
-      } else {
-        all += Data(id, chunk, end);
-      }
-      expected += Data(id, chunk, end);
-      if (last) pending.erase(pending.begin() + static_cast<std::ptrdiff_t>(k));
-    }
+    const RandomTraffic t = MakeRandomTraffic(&rng, true);
+    const std::string& all = t.all;
+    const std::string& expected = t.expected;
+    const uint64_t padding = t.padding;
     Http2Guard read_all({}), spliced({});
     std::string out_read, out_spliced, credit_read, credit_spliced;
     const TimePoint now{};
@@ -920,40 +938,10 @@ TEST(InlineGuardTest, HonestFramesPassAsTheyCameAndMeanWhatTheClientSent) {
       return std::uniform_int_distribution<uint32_t>(lo, hi)(rng);
     };
     const bool padding_allowed = seed % 2 == 0;
-    std::string all = std::string(kPreface) + Settings();
-    std::string expected = all;
-    uint64_t padding = 0;
-    std::vector<std::pair<uint32_t, std::string>> pending;
-    for (uint32_t id = 1; id <= 9; id += 2) {
-      std::string msgs;
-      for (uint32_t m = uni(1, 4); m > 0; --m) {
-        const uint32_t size = uni(0, 1) ? uni(0, 40) : uni(1000, 300000);
-        msgs += GrpcMessage(size, 0, std::string(size, static_cast<char>('a' + m)));
-      }
-      all += Headers(id, kEndHeaders);
-      expected += Headers(id, kEndHeaders);
-      pending.push_back({id, msgs});
-    }
-    while (!pending.empty()) {
-      const size_t k = uni(0, static_cast<uint32_t>(pending.size() - 1));
-      auto& [id, rest] = pending[k];
-      const size_t n =
-          std::min<size_t>(rest.size(), uni(0, 3) ? uni(1, (1 << 20) - 256) : uni(1, 7));
-      const bool last = n == rest.size();
-      const std::string chunk = rest.substr(0, n);
-      rest.erase(0, n);
-      const uint8_t end = last ? kEndStream : 0;
-      if (padding_allowed && uni(0, 4) == 0) {
-        const uint32_t pad = uni(0, 255);
-        padding += pad + 1;
-        all += Frame(0, end | kPadded, id,
-                     std::string(1, static_cast<char>(pad)) + chunk + std::string(pad, 0));
-      } else {
-        all += Data(id, chunk, end);
-      }
-      expected += Data(id, chunk, end);
-      if (last) pending.erase(pending.begin() + static_cast<std::ptrdiff_t>(k));
-    }
+    const RandomTraffic t = MakeRandomTraffic(&rng, padding_allowed);
+    const std::string& all = t.all;
+    const std::string& expected = t.expected;
+    const uint64_t padding = t.padding;
     // All of it in one read (in up to four buffers): every frame can be judged, nothing copied.
     if (!padding_allowed) {
       Http2Guard g(InlineLimits());
