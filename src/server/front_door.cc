@@ -338,9 +338,6 @@ void FrontDoor::Stop() {
   StopAccepting();
   m.stopping = true;
   m.StopInline();
-  if (m.inline_epoll >= 0) close(m.inline_epoll);
-  if (m.inline_wake >= 0) close(m.inline_wake);
-  m.inline_epoll = m.inline_wake = -1;
   for (auto& t : m.io) {
     uint64_t one = 1;
     (void)write(t->wake_fd, &one, sizeof(one));
@@ -508,8 +505,9 @@ std::string FrontDoor::Impl::RefusalDetail(ConnectionRefusal why) const {
   }
 }
 
-// An admitted connection: a socket pair, gRPC gets one end, a relay thread the other and the
-// client socket.
+// An admitted connection: guarded inline (gRPC gets the client socket itself, see
+// front_door_inline.cc) or relayed (a socket pair, gRPC gets one end, a relay thread the other
+// and the client socket).
 void FrontDoor::Impl::Relay(int fd, const std::string& peer, const std::string& host,
                             TimePoint now) {
   std::shared_ptr<StreamQuota> quota;
@@ -581,27 +579,21 @@ void FrontDoor::Impl::Refuse(int fd, const std::string& peer, const std::string&
                              ConnectionRefusal why, const std::string& detail) {
   ++refused[static_cast<int>(why)];
   Note(host, absl::StrCat("refused_", ConnectionRefusalLabel(why)), detail);
+  // A plaintext gRPC client reads the GOAWAY and reports why; with TLS there is no handshake to
+  // spend on a refused connection: it is just closed.
+  Linger(fd, peer, host,
+         ssl_ctx ? "" : Http2Guard::RefusalFrames(absl::StrCat("framepipe: ", detail)),
+         /*counted=*/false);
+}
+
+void FrontDoor::Impl::Linger(int fd, const std::string& peer, const std::string& host,
+                             std::string to_client, bool counted) {
   auto* c = new Connection;
   c->client_fd = fd;
   c->peer = peer;
   c->peer_host = host;
   c->closing = true;
-  c->deadline = time->Now() + kLinger;
-  if (!ssl_ctx) {
-    // A plaintext gRPC client reads the GOAWAY and reports why; with TLS there is no handshake
-    // to spend on a refused connection: it is just closed.
-    c->to_client.data = Http2Guard::RefusalFrames(absl::StrCat("framepipe: ", detail));
-  }
-  Hand(c);
-}
-
-void FrontDoor::Impl::Linger(int fd, const std::string& host, std::string to_client) {
-  auto* c = new Connection;
-  c->client_fd = fd;
-  c->peer = host;
-  c->peer_host = host;
-  c->closing = true;
-  c->counted = true;  // its slot comes back when the relay closes it
+  c->counted = counted;  // an admitted connection's slot comes back when the relay closes it
   c->deadline = time->Now() + kLinger;
   c->to_client.data = std::move(to_client);
   Hand(c);

@@ -177,9 +177,11 @@ struct FrontDoor::Impl {
                    std::shared_ptr<StreamQuota> quota);
   void InlineLoop();
   void StopInline();
-  // A connection gRPC has closed with frames still queued for the client: a relay thread writes
-  // them, then closes it (as a refused connection).
-  void Linger(int fd, const std::string& host, std::string to_client);
+  // A connection that is over but for `to_client` (a refusal's GOAWAY, frames an inline
+  // connection still had queued when gRPC closed it): a relay thread writes them, shuts down and
+  // closes after the client's FIN or kLinger. `counted`: it holds a slot in the counts.
+  void Linger(int fd, const std::string& peer, const std::string& host, std::string to_client,
+              bool counted);
   // The guard's stream rejections and violation, to the counters and the peer log.
   void CountRejections(Http2Guard* g, const std::string& host);
   void CountViolation(const Http2Guard& g, const std::string& host);

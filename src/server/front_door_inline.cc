@@ -377,7 +377,7 @@ int Close(InlineConn* c) {
   door->inline_conns.erase(fd);
   if (in_epoll) epoll_ctl(door->inline_epoll, EPOLL_CTL_DEL, fd, nullptr);
   if (linger) {
-    door->Linger(fd, c->peer_host, std::move(rest));
+    door->Linger(fd, c->peer_host, c->peer_host, std::move(rest), /*counted=*/true);
     return 0;
   }
   const int r = SysClose(fd);
@@ -484,6 +484,9 @@ void FrontDoor::Impl::StopInline() {
     (void)write(inline_wake, &one, sizeof(one));
     inline_thread.join();
   }
+  if (inline_epoll >= 0) close(inline_epoll);
+  if (inline_wake >= 0) close(inline_wake);
+  inline_epoll = inline_wake = -1;
 }
 
 void FrontDoor::Impl::CountRejections(Http2Guard* g, const std::string& host) {
