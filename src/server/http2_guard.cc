@@ -673,13 +673,7 @@ bool Http2Guard::ScanPayload(const char* p, size_t n, Http2Out* to_server, Http2
     s.prefix_passed = 0;
     StreamRejection why;
     uint64_t declared = 0;
-    bool ok = CheckPrefix(s.prefix, &why, &declared);
-    if (ok && s.max_messages > 0 && ++s.messages > s.max_messages) {
-      ok = false;
-      why = StreamRejection::kTooManyMessages;
-      declared = s.messages;
-    }
-    if (!ok) {
+    if (!CheckPrefix(s.prefix, s.max_messages, &s.messages, &why, &declared)) {
       // The prefix (part of it may have come in earlier frames) and the rest of this frame never
       // reach gRPC.
       RejectStream(data_.sid, &s, why, declared);
@@ -730,8 +724,7 @@ bool Http2Guard::CanPassIntact(const StreamIn& s, uint32_t len) const {
       have = 0;
       StreamRejection why;
       uint64_t declared = 0;
-      if (!CheckPrefix(prefix, &why, &declared)) return false;
-      if (s.max_messages > 0 && ++messages > s.max_messages) return false;
+      if (!CheckPrefix(prefix, s.max_messages, &messages, &why, &declared)) return false;
       msg_remaining = Be32(prefix + 1);
     }
     avail += end;
@@ -767,8 +760,7 @@ bool Http2Guard::ScanIntact(const char* p, size_t n, Http2Out* to_server, Http2O
     s.prefix_passed = 0;
     StreamRejection why;
     uint64_t declared = 0;
-    if (!CheckPrefix(s.prefix, &why, &declared) ||
-        (s.max_messages > 0 && ++s.messages > s.max_messages)) {
+    if (!CheckPrefix(s.prefix, s.max_messages, &s.messages, &why, &declared)) {
       // CanPassIntact judged every prefix of the frame: this cannot happen.
       return Violation(Http2Violation::kProtocol, "internal: a prefix passed intact failed",
                        to_client);
@@ -806,8 +798,8 @@ void Http2Guard::EndData(Http2Out* to_server) {
   data_ = DataIn{};
 }
 
-bool Http2Guard::CheckPrefix(const uint8_t* prefix, StreamRejection* why,
-                             uint64_t* declared) const {
+bool Http2Guard::CheckPrefix(const uint8_t* prefix, uint32_t max_messages, uint32_t* messages,
+                             StreamRejection* why, uint64_t* declared) const {
   const uint32_t length = Be32(prefix + 1);
   *declared = length;
   if (prefix[0] == 1 && !limits_.allow_compressed_messages) {
@@ -816,6 +808,11 @@ bool Http2Guard::CheckPrefix(const uint8_t* prefix, StreamRejection* why,
   }
   if (length > limits_.max_message_bytes) {
     *why = StreamRejection::kMessageTooLarge;
+    return false;
+  }
+  if (max_messages > 0 && ++*messages > max_messages) {
+    *why = StreamRejection::kTooManyMessages;
+    *declared = *messages;
     return false;
   }
   return true;

@@ -272,8 +272,11 @@ class Http2Guard {
   // as it came, judged from `ahead_` (see Http2Limits::inline_mode).
   bool CanPassIntact(const StreamIn& s, uint32_t len) const;
   void EndData(Http2Out* to_server);
-  // A complete length prefix: false (and *why, *declared) when it ends the stream.
-  bool CheckPrefix(const uint8_t* prefix, StreamRejection* why, uint64_t* declared) const;
+  // A complete length prefix beginning a stream's next message (*messages: those begun so far,
+  // counted on when `max_messages` limits them): false (and *why, *declared) when it ends the
+  // stream.
+  bool CheckPrefix(const uint8_t* prefix, uint32_t max_messages, uint32_t* messages,
+                   StreamRejection* why, uint64_t* declared) const;
   void RejectStream(uint32_t id, StreamIn* s, StreamRejection why, uint64_t declared);
   // A stream is no longer open at gRPC: its unit of the quota comes back.
   void Unopen(uint32_t id);
